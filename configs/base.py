@@ -1,0 +1,55 @@
+"""Fields shared by every workflow. Workflow configs start from get_base() and add or
+change what they need; presets (":smoke") are applied by each file's get_config(arg)."""
+
+from ml_collections import ConfigDict
+
+
+def get_base() -> ConfigDict:
+    c = ConfigDict()
+    c.workflow = "coconut"
+    c.mode = "train"  # train | eval
+    c.workdir = ""
+    c.seed = 0
+
+    # model: either an HF directory / converted checkpoint, or a from-scratch ModelConfig
+    c.model = ConfigDict()
+    c.model.path = ""  # local HF dir or Orbax checkpoint from latent_jax.convert
+    c.model.model_type = "llama"
+    c.model.hidden_size = 128
+    c.model.intermediate_size = 512
+    c.model.num_hidden_layers = 4
+    c.model.num_attention_heads = 4
+    c.model.num_key_value_heads = 4
+    c.model.head_dim = 32
+    c.model.max_position_embeddings = 1024
+    c.model.dtype = "float32"  # compute dtype; bfloat16 on accelerators
+    c.model.param_dtype = "float32"
+    c.model.scan_layers = False
+    c.model.remat_policy = "none"
+
+    # device mesh (data, fsdp, tensor); -1 = all remaining devices
+    c.mesh = ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    # optimizer
+    c.optim = ConfigDict()
+    c.optim.name = "adamw"  # adamw | muon (Muon on hidden 2-D weights, AdamW elsewhere)
+    c.optim.learning_rate = 1e-4
+    c.optim.weight_decay = 0.01
+    c.optim.warmup_steps = 0
+    c.optim.grad_clip = 1.0
+    c.optim.grad_accum = 1
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.adamw_learning_rate = 3e-4  # for muon: the AdamW group's learning rate
+    c.optim.reset_on_stage_change = False
+
+    c.batch_size = 8
+    c.num_epochs = 1
+    c.log_every = 10
+    c.eval_every_epochs = 1
+    c.keep_best = 2
+    c.wandb_project = ""
+    return c

@@ -1,0 +1,58 @@
+"""Entry point: python -m latent_jax.main --config=configs/X.py[:preset] --workdir DIR
+
+The config's `workflow` picks what runs (see WORKFLOWS); `mode` (train | eval) is read by
+the workflow. Any field may be overridden with --config.a.b=value; unknown keys are
+rejected with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+# workflow name -> "module:function"; each function is run(config, workdir) -> dict
+WORKFLOWS = {
+    "roundtrip": "latent_jax.demo:run",
+    "coconut": "latent_jax.train.loop:run",
+    "act": "latent_jax.train.act_loop:run",
+    "diffusion": "latent_jax.train.diffusion_loop:run",
+    "multimodal_coconut": "latent_jax.train.loop:run",
+}
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Path to an ml_collections config file, optionally :preset.", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, plots). Default: config.workdir.")
+
+
+def resolve_workflow(name: str):
+    if name not in WORKFLOWS:
+        raise SystemExit(f"error: unknown config.workflow={name!r}; valid: {', '.join(sorted(WORKFLOWS))}")
+    mod, fn = WORKFLOWS[name].split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value to override config fields")
+    config = _CONFIG.value
+    workdir = flags.FLAGS.workdir or config.get("workdir") or "runs/default"
+    run = resolve_workflow(config.workflow)
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        run(config, workdir)
+    except (FileNotFoundError, ValueError) as e:  # user-caused problems: one line, no traceback
+        if os.environ.get("LATENT_JAX_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

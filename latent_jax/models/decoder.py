@@ -1,0 +1,202 @@
+"""The one decoder LM for every family: token ids or embeddings in; logits, hidden states and
+an updated KV cache out.
+
+    model = Decoder(config)
+    out = model.apply({"params": params}, input_ids, attention_mask=mask)
+    out.logits, out.hidden, out.all_hidden, out.attn_last, out.cache
+
+Unused outputs (per-layer hidden states, attention probabilities, logits) cost nothing
+under jit: XLA removes them.
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from latent_jax.models.config import ModelConfig
+from latent_jax.models.layers import DecoderLayer, KVCache, RMSNorm, _dense
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+@flax.struct.dataclass
+class DecoderOutput:
+    """logits (B,T,V) float32; hidden (B,T,D) after the final norm; all_hidden (L+1,B,T,D):
+    the input embeddings then every layer's output (before the final norm); attn_last
+    (L,B,H,K): each layer's attention probabilities of the newest query over the keys
+    (cache slots when a cache is given); cache: the updated KVCache or None."""
+
+    logits: Array
+    hidden: Array
+    all_hidden: Array
+    attn_last: Array
+    cache: KVCache | None
+
+
+class _ScanBody(nn.Module):
+    """Adapter so the decoder layer fits nn.scan's (carry, xs) -> (carry, ys) shape."""
+
+    config: ModelConfig
+    remat: str = "none"
+
+    @nn.compact
+    def __call__(self, x, positions, key_pos, causal, cache_end, xs):
+        window, layer_cache = xs
+        layer_cls = _maybe_remat(DecoderLayer, self.remat)
+        y, new_cache, attn = layer_cls(self.config, name="layer")(
+            x, positions, key_pos, causal, window, layer_cache, cache_end
+        )
+        return y, (new_cache, attn, x)
+
+
+def _maybe_remat(cls, policy: str):
+    if policy == "none":
+        return cls
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy={policy!r}; use one of none, {', '.join(REMAT_POLICIES)}")
+    return nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=True)
+
+
+class Decoder(nn.Module):
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=nn.initializers.normal(cfg.initializer_range),
+            dtype=cfg.jnp_dtype,
+            param_dtype=cfg.jnp_param_dtype,
+        )
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                _ScanBody,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                length=cfg.num_hidden_layers,
+            )(cfg, cfg.remat_policy)
+        else:
+            layer_cls = _maybe_remat(DecoderLayer, cfg.remat_policy)
+            self.layers = [layer_cls(cfg) for _ in range(cfg.num_hidden_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _dense(cfg.vocab_size, False, cfg, "lm_head")
+
+    # ----------------------------------------------------------------- pieces
+    def embed(self, input_ids: Array) -> Array:
+        """Token embeddings (B, T, D) in the compute dtype."""
+        return self.embed_tokens(input_ids)
+
+    def head(self, hidden: Array) -> Array:
+        """Logits (float32) from final-normed hidden states."""
+        if self.config.tie_word_embeddings:
+            logits = self.embed_tokens.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        return logits.astype(jnp.float32)
+
+    # ---------------------------------------------------------------- forward
+    def __call__(
+        self,
+        input_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+        cache: KVCache | None = None,
+        inputs_embeds: Array | None = None,
+        causal: bool | Array = True,
+    ) -> DecoderOutput:
+        """Run the stack on (B, T) tokens or (B, T, D) embeddings.
+
+        attention_mask (B, T): 1 for real tokens, 0 for padding (left or right).
+        positions (B, T): rotary positions. Default: continue from the cache's largest
+        position (0 without a cache), counting only real tokens.
+        cache: written at slots [cache.end, cache.end + T); the returned cache has end += T.
+        causal: False gives bidirectional attention (masked-diffusion models).
+        """
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
+        x, all_hidden, attn, new_cache = self.stack(x, attention_mask, positions, cache, causal)
+        hidden = self.norm(x)
+        return DecoderOutput(
+            logits=self.head(hidden), hidden=hidden, all_hidden=all_hidden, attn_last=attn, cache=new_cache
+        )
+
+    def final_norm(self, x: Array) -> Array:
+        return self.norm(x)
+
+    def stack(
+        self,
+        x: Array,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+        cache: KVCache | None = None,
+        causal: bool | Array = True,
+    ) -> tuple[Array, Array, Array, KVCache | None]:
+        """Apply every layer to embeddings x (B, T, D).
+
+        Returns (x before the final norm, all_hidden, attn_last, new cache). Recursive
+        methods (ACT) call this repeatedly on their own state.
+        """
+        cfg = self.config
+        B, T = x.shape[:2]
+        if attention_mask is None:
+            attention_mask = jnp.ones((B, T), jnp.int32)
+        valid = attention_mask.astype(bool)
+        if positions is None:
+            positions = default_positions(valid, cache)
+        positions = positions.astype(jnp.int32)
+        key_pos = jnp.where(valid, positions, -1)
+        causal = jnp.asarray(causal, bool)
+        windows = jnp.asarray(cfg.layer_windows, jnp.int32)
+        cache_end = None if cache is None else cache.end
+
+        if cfg.scan_layers:
+            layer_caches = None if cache is None else {"k": cache.k, "v": cache.v, "pos": cache.pos}
+            x, (new_caches, attn, hs) = self.layers(
+                x, positions, key_pos, causal, cache_end, (windows, layer_caches)
+            )
+        else:
+            outs_c, outs_a, outs_h = [], [], []
+            for i, layer in enumerate(self.layers):
+                lc = None if cache is None else {"k": cache.k[i], "v": cache.v[i], "pos": cache.pos[i]}
+                outs_h.append(x)
+                x, nc, a = layer(x, positions, key_pos, causal, windows[i], lc, cache_end)
+                outs_c.append(nc)
+                outs_a.append(a)
+            attn = jnp.stack(outs_a)
+            hs = jnp.stack(outs_h)
+            new_caches = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs_c)
+        all_hidden = jnp.concatenate([hs, x[None]], axis=0)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=new_caches["k"], v=new_caches["v"], pos=new_caches["pos"], end=cache.end + T)
+        return x, all_hidden, attn, new_cache
+
+
+def default_positions(valid: Array, cache: KVCache | None = None) -> Array:
+    """Rotary positions for (B, T) tokens with validity mask `valid`: continue after the
+    cache's largest stored position (0 without a cache), counting only real tokens."""
+    start = 0 if cache is None else jnp.max(cache.pos[0], axis=-1)[:, None] + 1
+    return jnp.maximum(start + jnp.cumsum(valid, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def init_params(config: ModelConfig, rng: Array | int = 0) -> dict:
+    """Random params for `config` (a plain nested dict)."""
+    if isinstance(rng, int):
+        rng = jax.random.PRNGKey(rng)
+    ids = jnp.zeros((1, 4), jnp.int32)
+    return jax.jit(Decoder(config).init)(rng, ids)["params"]

@@ -1,0 +1,228 @@
+"""Building blocks of the decoder: RMSNorm, rotary embeddings, GQA attention, gated MLP, KV cache.
+
+Everything is a pure function of params and arrays. The KV cache is an explicit pytree
+(`KVCache`) that is passed in and returned; it never lives inside a module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from latent_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+ACTIVATIONS = {
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+}
+
+
+# ---------------------------------------------------------------------------- cache
+@flax.struct.dataclass
+class KVCache:
+    """Static-shape KV cache for every layer.
+
+    k, v: (layers, batch, slots, kv_heads, head_dim), rotary already applied.
+    pos:  (layers, batch, slots) int32, the token position held in each slot; -1 = empty.
+          Positions are per layer so that pruning methods (TOVA) may keep different slots
+          per layer; kept tokens retain their original positions.
+    end:  () int32, the next slot to write (slots [0, end) have been written).
+    """
+
+    k: Array
+    v: Array
+    pos: Array
+    end: Array
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
+        dtype = dtype or config.jnp_dtype
+        shape = (config.num_hidden_layers, batch, slots, config.num_key_value_heads, config.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            pos=jnp.full(shape[:3], -1, jnp.int32),
+            end=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[2]
+
+    def nbytes(self) -> int:
+        return sum(int(x.size) * x.dtype.itemsize for x in (self.k, self.v, self.pos))
+
+
+# ----------------------------------------------------------------------- norms, rope
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+        return scale.astype(self.dtype) * y
+
+
+def rotary_cos_sin(config: ModelConfig, positions: Array) -> tuple[Array, Array]:
+    """cos, sin of shape (batch, seq, rotary_dim) for integer positions (batch, seq).
+
+    longrope (Phi-3) switches to the long factors when the largest position in the call is
+    beyond original_max_position_embeddings, exactly as transformers does.
+    """
+    pos = positions.astype(jnp.float32)
+    inv = jnp.asarray(config.inv_freq(long=False))
+    if config.rope_type == "longrope":
+        inv_long = jnp.asarray(config.inv_freq(long=True))
+        use_long = jnp.max(positions) + 1 > config.rope_original_max_position_embeddings
+        inv = jnp.where(use_long, inv_long, inv)
+    freqs = pos[..., None] * inv
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    scale = config.rope_attention_scaling
+    return jnp.cos(emb) * scale, jnp.sin(emb) * scale
+
+
+def _rotate_half(x: Array) -> Array:
+    h = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
+    """x: (batch, seq, heads, head_dim); rotates the first cos.shape[-1] dims (partial rotary)."""
+    rd = cos.shape[-1]
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    x_rot = x_rot * cos + _rotate_half(x_rot) * sin
+    return jnp.concatenate([x_rot, x_pass], axis=-1) if x_pass.shape[-1] else x_rot
+
+
+def attention_mask_from_positions(
+    q_pos: Array, k_pos: Array, causal: bool | Array, window: Array | int
+) -> Array:
+    """Boolean (batch, q, k): which keys each query may see.
+
+    k_pos = -1 marks padding or empty cache slots. window = 0 means full attention; otherwise
+    a key is visible only when q_pos - k_pos < window (Mistral / Qwen2 sliding window).
+    """
+    qp = q_pos[:, :, None]
+    kp = k_pos[:, None, :]
+    ok = (kp >= 0) & (~jnp.asarray(causal, bool) | (kp <= qp))
+    window = jnp.asarray(window)
+    ok &= (window <= 0) | (qp - kp < window)
+    return ok
+
+
+# ------------------------------------------------------------------------ attention
+def _dense(features: int, bias: bool, cfg: ModelConfig, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=bias,
+        dtype=cfg.jnp_dtype,
+        param_dtype=cfg.jnp_param_dtype,
+        kernel_init=nn.initializers.normal(cfg.initializer_range),
+        name=name,
+    )
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None):
+        """x: (B, T, D); positions: (B, T); key_pos: (B, T) positions of these tokens as keys
+        (-1 for padding). layer_cache: dict(k, v, pos) for this layer or None.
+
+        Returns (out, new_layer_cache, attn_last) where attn_last is the newest query's
+        attention probabilities (B, heads, keys); unused, it is removed under jit.
+        """
+        cfg = self.config
+        B, T, _ = x.shape
+        H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        if cfg.fused_qkv:
+            qkv = _dense(cfg.q_size + 2 * cfg.kv_size, cfg.attention_bias, cfg, "qkv_proj")(x)
+            q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
+        else:
+            q = _dense(cfg.q_size, cfg.attention_bias, cfg, "q_proj")(x)
+            k = _dense(cfg.kv_size, cfg.attention_bias, cfg, "k_proj")(x)
+            v = _dense(cfg.kv_size, cfg.attention_bias, cfg, "v_proj")(x)
+        q = q.reshape(B, T, H, D)
+        k = k.reshape(B, T, Hkv, D)
+        v = v.reshape(B, T, Hkv, D)
+        cos, sin = rotary_cos_sin(cfg, positions)
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
+
+        new_cache = None
+        if layer_cache is not None:
+            zero = jnp.zeros((), jnp.int32)
+            idx = (zero, cache_end, zero, zero)
+            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), idx)
+            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), idx)
+            kpos_all = jax.lax.dynamic_update_slice(layer_cache["pos"], key_pos.astype(jnp.int32), (zero, cache_end))
+            new_cache = {"k": k_all, "v": v_all, "pos": kpos_all}
+            k_all = k_all.astype(q.dtype)
+            v_all = v_all.astype(q.dtype)
+        else:
+            k_all, v_all, kpos_all = k, v, key_pos
+
+        mask = attention_mask_from_positions(positions, kpos_all, causal, window)
+        G = H // Hkv
+        qg = q.reshape(B, T, Hkv, G, D)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_all, preferred_element_type=jnp.float32)
+        scores = scores * (D ** -0.5)
+        big_neg = jnp.finfo(jnp.float32).min
+        scores = jnp.where(mask[:, None, None, :, :], scores, big_neg)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_all.dtype), v_all)
+        out = out.reshape(B, T, H * D)
+        out = _dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
+        attn_last = probs[:, :, :, -1, :].reshape(B, H, -1)
+        return out, new_cache, attn_last
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        act = ACTIVATIONS[cfg.hidden_act]
+        if cfg.fused_gate_up:
+            gu = _dense(2 * cfg.intermediate_size, cfg.mlp_bias, cfg, "gate_up_proj")(x)
+            gate, up = jnp.split(gu, 2, axis=-1)
+        else:
+            gate = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "gate_proj")(x)
+            up = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "up_proj")(x)
+        return _dense(cfg.hidden_size, cfg.mlp_bias, cfg, "down_proj")(act(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer block. Call signature is all arrays so it can be scanned/remat'd."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None):
+        cfg = self.config
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name=name)
+        h, new_cache, attn = Attention(cfg, name="self_attn")(
+            norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end
+        )
+        x = x + h
+        x = x + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x))
+        return x, new_cache, attn

@@ -1,0 +1,163 @@
+"""Device mesh, logical-axis sharding rules, placement of params and batches.
+
+Params stay plain pytrees: their logical axes are derived from their names (one table,
+`PARAM_AXES`), and one rules table (`DEFAULT_RULES`) maps logical axes to mesh axes
+('data', 'fsdp', 'tensor'). Batches are split over ('data', 'fsdp').
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
+DEFAULT_RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "norm": None,
+    "layers": None,
+    "vision": None,
+}
+
+# (regex on the '/'-joined param path, logical axes of the unstacked array); first match wins.
+PARAM_AXES: list[tuple[str, tuple[str | None, ...]]] = [
+    (r"embed_tokens/embedding$", ("vocab", "embed")),
+    (r"lm_head/kernel$", ("embed", "vocab")),
+    (r"(q_proj|qkv_proj)/kernel$", ("embed", "heads")),
+    (r"(k_proj|v_proj)/kernel$", ("embed", "kv_heads")),
+    (r"(q_proj|qkv_proj)/bias$", ("heads",)),
+    (r"(k_proj|v_proj)/bias$", ("kv_heads",)),
+    (r"o_proj/kernel$", ("heads", "embed")),
+    (r"(gate_proj|up_proj|gate_up_proj)/kernel$", ("embed", "mlp")),
+    (r"(gate_proj|up_proj|gate_up_proj)/bias$", ("mlp",)),
+    (r"down_proj/kernel$", ("mlp", "embed")),
+    (r"(scale|bias)$", ("norm",)),
+]
+
+
+def make_mesh(shape: Sequence[int] | dict | None = None, devices=None) -> Mesh:
+    """A Mesh with axes ('data', 'fsdp', 'tensor'). `shape` is a 3-sequence or a dict with
+    those keys; one entry may be -1 (= all remaining devices). Default: all devices on 'data'."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if shape is None:
+        shape = (-1, 1, 1)
+    if isinstance(shape, dict) or hasattr(shape, "items"):
+        unknown = set(dict(shape)) - set(MESH_AXES)
+        if unknown:
+            raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid: {MESH_AXES}")
+        shape = tuple(int(dict(shape).get(a, 1)) for a in MESH_AXES)
+    shape = [int(s) for s in shape]
+    if len(shape) != 3:
+        raise ValueError(f"mesh shape needs 3 entries (data, fsdp, tensor), got {shape}")
+    if shape.count(-1) > 1:
+        raise ValueError("at most one mesh axis may be -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if n % known:
+            raise ValueError(f"{n} devices cannot be split as {shape}")
+        shape[shape.index(-1)] = n // known
+    if math.prod(shape) != n:
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but {n} are visible; "
+            "set config.mesh so the product equals the device count (-1 = the rest)"
+        )
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def _path_str(path) -> str:
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+    return "/".join(parts)
+
+
+def logical_axes(params) -> Any:
+    """Pytree of logical-axis tuples matching `params` (stacked scan layers get 'layers' first)."""
+
+    def one(path, x):
+        s = _path_str(path)
+        nd = np.ndim(x)
+        for pat, axes in PARAM_AXES:
+            if re.search(pat, s):
+                extra = nd - len(axes)
+                if extra < 0:
+                    break
+                return ("layers",) * extra + tuple(axes)
+        return (None,) * nd
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: dict | None = None) -> P:
+    """PartitionSpec for one array: logical axes -> mesh axes, dropping any mesh axis that does
+    not divide the dimension or is already used by an earlier dimension."""
+    rules = DEFAULT_RULES if rules is None else rules
+    used: set[str] = set()
+    out = []
+    for ax, dim in zip(axes, shape):
+        m = rules.get(ax) if ax is not None else None
+        if m is None:
+            out.append(None)
+            continue
+        cand = (m,) if isinstance(m, str) else tuple(m)
+        cand = tuple(c for c in cand if c not in used and mesh.shape[c] > 1)
+        size = math.prod(mesh.shape[c] for c in cand) if cand else 1
+        if not cand or dim % size:
+            out.append(None)
+            continue
+        used.update(cand)
+        out.append(cand[0] if len(cand) == 1 else cand)
+    return P(*out)
+
+
+def param_shardings(params, mesh: Mesh, rules: dict | None = None):
+    """Pytree of NamedSharding for params (works on arrays or ShapeDtypeStructs)."""
+    axes = logical_axes(params)
+    return jax.tree.map(
+        lambda x, a: NamedSharding(mesh, spec_for(a, np.shape(x), mesh, rules)),
+        params,
+        axes,
+        is_leaf=lambda t: isinstance(t, tuple) and all(isinstance(e, (str, type(None))) for e in t),
+    )
+
+
+def shard_params(params, mesh: Mesh, rules: dict | None = None):
+    """Place params on the mesh according to the rules."""
+    return jax.device_put(params, param_shardings(params, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, rules: dict | None = None) -> NamedSharding:
+    """Batch-major arrays: dim 0 over the 'batch' rule's mesh axes, the rest replicated."""
+    rules = DEFAULT_RULES if rules is None else rules
+    b = rules["batch"]
+    b = tuple(a for a in ((b,) if isinstance(b, str) else b) if mesh.shape[a] > 1) or None
+    return NamedSharding(mesh, P(b, *([None] * (ndim - 1))))
+
+
+def shard_batch(batch, mesh: Mesh, rules: dict | None = None):
+    """Place a dict/pytree of host arrays (batch-major) on the mesh."""
+    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), rules)), batch)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Multi-host init (TPU pods, multi-node GPU); call before any device is touched. On TPU
+    VMs and SLURM the arguments are discovered and may be left out."""
+    jax.distributed.initialize(coordinator, num_processes, process_id)
