@@ -225,7 +225,7 @@ def save_hf(
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype or ("float32" if cfg.param_dtype == "float32" else cfg.param_dtype)
     ]
-    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)).to(tdtype).contiguous() for k, v in state.items()}
+    tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)).to(tdtype).contiguous() for k, v in state.items()}
     shards: list[dict] = [{}]
     size = 0
     for k, t in tensors.items():

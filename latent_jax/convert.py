@@ -1,0 +1,88 @@
+"""Convert between Hugging Face directories and latent_jax Orbax checkpoints.
+
+    python -m latent_jax.convert hf-to-orbax --hf DIR --out CKPT [--dtype bfloat16]
+    python -m latent_jax.convert orbax-to-hf --ckpt CKPT --out DIR [--dtype bfloat16]
+
+hf-to-orbax reads config.json and safetensors (one file, or shards listed in
+model.safetensors.index.json; never pickle) and writes an Orbax checkpoint, the model config
+and the tokenizer files. orbax-to-hf writes safetensors + config.json + generation_config
+(+ tokenizer) that `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m latent_jax.convert", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("hf-to-orbax", help="HF directory (config.json + safetensors) -> Orbax checkpoint")
+    a.add_argument("--hf", required=True, help="local Hugging Face model directory")
+    a.add_argument("--out", required=True, help="output checkpoint directory (replaced atomically)")
+    a.add_argument("--dtype", choices=DTYPES, default=None, help="store params in this dtype (default: as read)")
+    a.add_argument("--scan-layers", action="store_true", help="store layers stacked (for config.scan_layers=True)")
+    b = sub.add_parser("orbax-to-hf", help="Orbax checkpoint -> HF directory transformers can load")
+    b.add_argument("--ckpt", required=True, help="checkpoint written by hf-to-orbax or save_model")
+    b.add_argument("--out", required=True, help="output HF directory")
+    b.add_argument("--dtype", choices=DTYPES, default=None, help="safetensors dtype (default: the params' dtype)")
+    return p
+
+
+def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, scan_layers: bool = False) -> str:
+    """Convert an HF directory to a latent_jax checkpoint; returns the checkpoint path."""
+    from latent_jax.models.hf import load_hf
+    from latent_jax.train.checkpoint import _cast, save_model
+
+    if not os.path.isdir(hf_dir):
+        raise FileNotFoundError(f"--hf {hf_dir} is not a directory; pass a local Hugging Face model directory")
+    over = {"scan_layers": True} if scan_layers else {}
+    if dtype:
+        over["param_dtype"] = dtype
+    cfg, params = load_hf(hf_dir, **over)
+    params = _cast(params, dtype)
+    return save_model(out, params, cfg, tokenizer_dir=hf_dir)
+
+
+def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None) -> str:
+    """Convert a latent_jax checkpoint to an HF directory; returns the directory."""
+    from latent_jax.models.hf import save_hf
+    from latent_jax.train.checkpoint import _resolve, load_model
+
+    cfg, params = load_model(ckpt)
+    save_hf(params, cfg, out, tokenizer_dir=_resolve(ckpt), dtype=dtype)
+    return os.path.abspath(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; returns the exit status (0 ok, 2 a user error reported on one line)."""
+    args = _parser().parse_args(argv)
+    from latent_jax.models.config import ConfigError
+    from latent_jax.models.hf import WeightsError
+    from latent_jax.train.checkpoint import CheckpointError
+
+    t0 = time.perf_counter()
+    try:
+        if args.cmd == "hf-to-orbax":
+            path = hf_to_orbax(args.hf, args.out, args.dtype, args.scan_layers)
+        else:
+            path = orbax_to_hf(args.ckpt, args.out, args.dtype)
+    except (ConfigError, WeightsError, CheckpointError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("LATENT_JAX_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, KeyError):
+            msg = f"config.json lacks required key {e}; is this a decoder LM config?"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Conversion CLI: HF -> Orbax -> HF round trips that transformers loads with the same
+logits, --dtype, sharded safetensors, and one-line errors for bad inputs."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from latent_jax.convert import main
+from tests.conftest import FAMILIES
+
+
+def _hf_logits(d, ids, mask=None):
+    import transformers
+
+    m = transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32)
+    m.eval()
+    with torch.no_grad():
+        return m(input_ids=torch.tensor(ids), attention_mask=None if mask is None else torch.tensor(mask)).logits.numpy()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_roundtrip_loaded_by_transformers(family, tiny_hf_dir, tmp_path, capsys):
+    src = tiny_hf_dir(family)
+    ck, out = str(tmp_path / "ck"), str(tmp_path / "hf")
+    assert main(["hf-to-orbax", "--hf", src, "--out", ck]) == 0
+    assert main(["orbax-to-hf", "--ckpt", ck, "--out", out]) == 0
+    assert os.path.exists(os.path.join(out, "model.safetensors"))
+    assert os.path.exists(os.path.join(out, "generation_config.json"))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 128, size=(2, 40))  # longer than Mistral's window 8 and Phi-3's original 32
+    mask = np.ones_like(ids)
+    mask[1, :5] = 0
+    ref = _hf_logits(src, ids, mask)
+    back = _hf_logits(out, ids, mask)
+    assert np.abs(ref - back)[mask.astype(bool)].max() <= 1e-4
+    # and latent_jax on the Orbax checkpoint agrees with transformers on the original
+    from latent_jax.models.decoder import Decoder
+    from latent_jax.train.checkpoint import load_any
+
+    cfg, params = load_any(ck)
+    ours = np.asarray(Decoder(cfg).apply({"params": params}, ids, attention_mask=mask).logits)
+    assert np.abs(ours - ref)[mask.astype(bool)].max() <= 1e-4
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["model_type"] == family
+
+
+def test_dtype_and_sharded_input(tiny_hf_dir, tmp_path):
+    import transformers
+    from safetensors import safe_open
+
+    src = tiny_hf_dir("llama")
+    sharded = str(tmp_path / "sharded")
+    m = transformers.AutoModelForCausalLM.from_pretrained(src)
+    m.save_pretrained(sharded, max_shard_size="40KB")
+    assert os.path.exists(os.path.join(sharded, "model.safetensors.index.json"))
+    ck, out = str(tmp_path / "ck"), str(tmp_path / "hf16")
+    assert main(["hf-to-orbax", "--hf", sharded, "--out", ck, "--dtype", "bfloat16"]) == 0
+    with open(os.path.join(ck, "model_config.json")) as f:
+        assert json.load(f)["param_dtype"] == "bfloat16"
+    assert main(["orbax-to-hf", "--ckpt", ck, "--out", out]) == 0
+    with safe_open(os.path.join(out, "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+    ids = np.arange(3, 20)[None]
+    ref = _hf_logits(src, ids)
+    back = _hf_logits(out, ids)
+    assert np.abs(ref - back).max() < 0.1  # bf16 weights: close, not exact
+    # --dtype float32 on export widens back
+    out32 = str(tmp_path / "hf32")
+    assert main(["orbax-to-hf", "--ckpt", ck, "--out", out32, "--dtype", "float32"]) == 0
+    with safe_open(os.path.join(out32, "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("lm_head.weight").dtype == torch.float32
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_errors_are_one_line(tiny_hf_dir, tmp_path, capsys):
+    src = tiny_hf_dir("qwen2")
+    out = str(tmp_path / "o")
+    assert "is not a directory" in _err(capsys, ["hf-to-orbax", "--hf", str(tmp_path / "missing"), "--out", out])
+
+    def variant(name, edit_cfg=None, drop=None, add=None):
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        if edit_cfg:
+            cfg = json.loads((d / "config.json").read_text())
+            edit_cfg(cfg)
+            (d / "config.json").write_text(json.dumps(cfg))
+        if drop:
+            os.remove(d / drop)
+        if add:
+            (d / add).write_bytes(b"pickle")
+        return str(d)
+
+    d = variant("unknown", lambda c: c.update(model_type="gpt_neox"))
+    assert "unknown model_type='gpt_neox'" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    d = variant("remote", lambda c: c.update(model_type="phi4mm", auto_map={"AutoModelForCausalLM": "x.Y"}))
+    assert "trust_remote_code" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    d = variant("noweights", drop="model.safetensors")
+    assert "no model.safetensors" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    d = variant("pickle", drop="model.safetensors", add="pytorch_model.bin")
+    assert "safetensors only" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    d = variant("shape", lambda c: c.update(intermediate_size=c["intermediate_size"] * 2))
+    assert "shape mismatch" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    d = variant("noconfig", drop="config.json")
+    assert "no config.json" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    assert "not a latent_jax checkpoint" in _err(capsys, ["orbax-to-hf", "--ckpt", src, "--out", out])
+    assert not os.path.exists(out)  # nothing written on failure
+
+
+def test_subprocess_entry_point(tiny_hf_dir, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "latent_jax.convert", "orbax-to-hf", "--ckpt", str(tmp_path / "x"), "--out", str(tmp_path / "y")],
+        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "hf-to-orbax" in r.stderr
