@@ -1,0 +1,403 @@
+"""Continuous thought (Coconut, Hao et al. 2024, arXiv 2412.06769) as pure functions.
+
+A batch is left-padded so that every row's first latent slot sits at column
+`latent_start`; the columns `latent_start .. latent_start + num_latent - 1` are the thought
+columns (a row with fewer latents has ordinary tokens there, `latent_mask` False).
+
+    forward:  prefix [0, latent_start) is prefilled once into a KVCache
+              lax.scan over the num_latent thought columns: at a latent slot the input
+              embedding is the previous position's last-layer hidden state (after the final
+              norm); elsewhere the token's embedding. The prefix cache is a scan constant,
+              only the per-thought K/V buffer (num_latent slots) is carried, and each
+              thought step is rematerialised, so the backward pass keeps O(num_latent) small
+              buffers instead of num_latent copies of the full cache.
+              the remaining tokens run teacher-forced against [prefix cache | thought K/V].
+    loss:     mean next-token cross entropy over labels != -100 (labels aligned with
+              input_ids, shifted inside, as transformers and the original code do).
+    generate: the same prefill + thought scan, then a lax.while_loop decode (batched, KV
+              cached) with latent_jax.decoding.sampling.sample_logits.
+
+`feedback=False` is the "pause as thought" ablation: latent slots keep the `<|latent|>`
+token's own (learned) embedding and there is no recurrence, so one ordinary forward pass.
+
+Multimodal callers pass `embeds_override` (B, T, D) with `embeds_override_mask` (B, T):
+those positions take the given embeddings (image / video features) instead of token
+embeddings; everything else is unchanged.
+
+`naive_coconut_logits` is the reference algorithm of the original implementation
+(num_latent + 1 full forward passes without a cache, replacing the latent embeddings
+after each pass); tests and benchmarks compare against it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from latent_jax.decoding.sampling import GenerateOutput, SamplingParams, sample_logits
+from latent_jax.models.config import ModelConfig
+from latent_jax.models.decoder import Decoder
+from latent_jax.models.layers import KVCache
+
+Array = jax.Array
+
+IGNORE_INDEX = -100
+LATENT_TOKENS = ("<|start-latent|>", "<|end-latent|>", "<|latent|>")
+
+
+@flax.struct.dataclass
+class CoconutOutput:
+    """logits (B, T, V) float32 for every input position; cache: the KV cache after the whole
+    sequence (slots: T + extra_slots) or None when not requested."""
+
+    logits: Array
+    cache: KVCache | None
+
+
+# ----------------------------------------------------------------------------- helpers
+def input_embeddings(
+    params: dict,
+    input_ids: Array,
+    config: ModelConfig,
+    embeds_override: Array | None = None,
+    embeds_override_mask: Array | None = None,
+) -> Array:
+    """Token embeddings (B, T, D), with `embeds_override` at the positions where
+    `embeds_override_mask` is True (multimodal prefixes)."""
+    model = Decoder(config)
+    emb = model.apply({"params": params}, input_ids, method=model.embed)
+    if embeds_override is not None:
+        if embeds_override_mask is None:
+            raise ValueError("embeds_override needs embeds_override_mask (B, T) marking the replaced positions")
+        emb = jnp.where(embeds_override_mask[..., None].astype(bool), embeds_override.astype(emb.dtype), emb)
+    return emb
+
+
+def positions_from_mask(attention_mask: Array) -> Array:
+    """Rotary positions (B, T) for left-padded rows: cumsum(mask) - 1, clamped at 0."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _empty_cache_like(config: ModelConfig, batch: int, slots: int, dtype) -> KVCache:
+    return KVCache.init(config, batch, slots, dtype)
+
+
+def _concat_caches(parts: list[KVCache], end) -> KVCache:
+    return KVCache(
+        k=jnp.concatenate([p.k for p in parts], axis=2),
+        v=jnp.concatenate([p.v for p in parts], axis=2),
+        pos=jnp.concatenate([p.pos for p in parts], axis=2),
+        end=jnp.asarray(end, jnp.int32),
+    )
+
+
+def _slice_cache(c: KVCache, start: int, stop: int) -> KVCache:
+    return KVCache(k=c.k[:, :, start:stop], v=c.v[:, :, start:stop], pos=c.pos[:, :, start:stop], end=c.end)
+
+
+# ----------------------------------------------------------------------------- forward
+def coconut_forward(
+    params: dict,
+    input_ids: Array,
+    attention_mask: Array,
+    latent_mask: Array,
+    position_ids: Array | None = None,
+    *,
+    config: ModelConfig,
+    latent_start: int,
+    num_latent: int,
+    feedback: bool = True,
+    extra_slots: int | None = None,
+    remat_thoughts: bool = True,
+    embeds_override: Array | None = None,
+    embeds_override_mask: Array | None = None,
+) -> CoconutOutput:
+    """Continuous-thought forward over a (B, T) batch aligned at `latent_start`.
+
+    Returns logits for every position. With `extra_slots` (an int), also returns the KV
+    cache of the whole sequence with that many empty slots appended (for decoding).
+    Gradients flow through every thought.
+    """
+    cfg = config
+    model = Decoder(cfg)
+    p = {"params": params}
+    B, T = input_ids.shape
+    P, n = int(latent_start), int(num_latent)
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask)
+    attention_mask = attention_mask.astype(jnp.int32)
+    emb = input_embeddings(params, input_ids, cfg, embeds_override, embeds_override_mask)
+    cdt = cfg.jnp_dtype
+    want_cache = extra_slots is not None
+    extra = int(extra_slots or 0)
+
+    if n == 0 or not feedback:
+        # no thoughts, or pause-as-thought: latents are ordinary (learned) token embeddings
+        cache = _empty_cache_like(cfg, B, T + extra, cdt) if want_cache else None
+        out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids, cache=cache)
+        return CoconutOutput(logits=out.logits, cache=out.cache)
+
+    if P < 1 or P + n > T:
+        raise ValueError(
+            f"latent_start={P}, num_latent={n} do not fit a sequence of length {T}; the first latent "
+            "needs a preceding token (the question and <|start-latent|>)"
+        )
+
+    # 1. prefix, prefilled once
+    pre = model.apply(
+        p,
+        inputs_embeds=emb[:, :P],
+        attention_mask=attention_mask[:, :P],
+        positions=position_ids[:, :P],
+        cache=_empty_cache_like(cfg, B, P, cdt),
+    )
+    prefix_cache = pre.cache  # scan constant
+
+    # 2. thoughts: scan over columns P .. P+n-1 carrying the previous hidden state and a
+    #    small K/V buffer for the thought slots only
+    buf0 = _empty_cache_like(cfg, B, n, cdt)
+    cols = slice(P, P + n)
+    xs = (
+        jnp.arange(n, dtype=jnp.int32),
+        jnp.swapaxes(emb[:, cols], 0, 1),  # (n, B, D)
+        jnp.swapaxes(latent_mask[:, cols].astype(bool), 0, 1),  # (n, B)
+        jnp.swapaxes(attention_mask[:, cols], 0, 1),
+        jnp.swapaxes(position_ids[:, cols], 0, 1),
+    )
+
+    def step(carry, x):
+        h_prev, bk, bv, bpos = carry
+        i, tok_emb, is_latent, m, pos = x
+        inp = jnp.where(is_latent[:, None], h_prev.astype(tok_emb.dtype), tok_emb)[:, None]
+        cache = _concat_caches([prefix_cache, KVCache(k=bk, v=bv, pos=bpos, end=jnp.int32(0))], P + i)
+        o = model.apply(p, inputs_embeds=inp, attention_mask=m[:, None], positions=pos[:, None], cache=cache)
+        nc = _slice_cache(o.cache, P, P + n)
+        h = o.hidden[:, 0]
+        return (h, nc.k, nc.v, nc.pos), h
+
+    if remat_thoughts:
+        step = jax.checkpoint(step, prevent_cse=True)
+    h0 = pre.hidden[:, -1]
+    (_, bk, bv, bpos), hs = jax.lax.scan(step, (h0, buf0.k, buf0.v, buf0.pos), xs)
+    thought_logits = model.apply(p, jnp.swapaxes(hs, 0, 1), method=model.head)  # (B, n, V)
+
+    # 3. the rest, teacher-forced against [prefix | thoughts]
+    thoughts = KVCache(k=bk, v=bv, pos=bpos, end=jnp.int32(0))
+    rest = T - P - n
+    tail = _empty_cache_like(cfg, B, rest + extra, cdt)
+    cache = _concat_caches([prefix_cache, thoughts, tail], P + n)
+    logits = [pre.logits, thought_logits]
+    if rest > 0:
+        suf = model.apply(
+            p,
+            inputs_embeds=emb[:, P + n :],
+            attention_mask=attention_mask[:, P + n :],
+            positions=position_ids[:, P + n :],
+            cache=cache,
+        )
+        logits.append(suf.logits)
+        cache = suf.cache
+    return CoconutOutput(logits=jnp.concatenate(logits, axis=1), cache=cache if want_cache else None)
+
+
+def masked_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """(mean next-token CE over labels != -100, number of such tokens). labels are aligned
+    with the inputs: logits[:, t] predicts labels[:, t + 1]."""
+    lg = logits[:, :-1].astype(jnp.float32)
+    lb = labels[:, 1:]
+    valid = lb != IGNORE_INDEX
+    logp = jax.nn.log_softmax(lg, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, lb, 0)[..., None], axis=-1)[..., 0]
+    count = jnp.sum(valid)
+    loss = jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(count, 1)
+    return loss, count
+
+
+def coconut_loss(
+    params: dict,
+    batch: dict,
+    *,
+    config: ModelConfig,
+    latent_start: int,
+    num_latent: int,
+    feedback: bool = True,
+    remat_thoughts: bool = True,
+) -> tuple[Array, dict]:
+    """(loss, aux) for a batch dict with input_ids, attention_mask, labels, latent_mask and
+    optionally position_ids, embeds_override, embeds_override_mask. aux: n_tokens, accuracy
+    (next-token accuracy on labelled positions)."""
+    out = coconut_forward(
+        params,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["latent_mask"],
+        batch.get("position_ids"),
+        config=config,
+        latent_start=latent_start,
+        num_latent=num_latent,
+        feedback=feedback,
+        remat_thoughts=remat_thoughts,
+        embeds_override=batch.get("embeds_override"),
+        embeds_override_mask=batch.get("embeds_override_mask"),
+    )
+    loss, count = masked_cross_entropy(out.logits, batch["labels"])
+    lb = batch["labels"][:, 1:]
+    valid = lb != IGNORE_INDEX
+    correct = jnp.sum((jnp.argmax(out.logits[:, :-1], -1) == lb) & valid)
+    return loss, {"n_tokens": count, "token_accuracy": correct / jnp.maximum(count, 1)}
+
+
+# ----------------------------------------------------------------------------- reference
+def naive_coconut_logits(
+    params: dict,
+    input_ids: Array,
+    attention_mask: Array,
+    latent_mask: Array,
+    position_ids: Array | None = None,
+    *,
+    config: ModelConfig,
+    num_passes: int | None = None,
+    embeds_override: Array | None = None,
+    embeds_override_mask: Array | None = None,
+) -> Array:
+    """The original algorithm without any cache: for pass k = 0 .. max_latents - 1 run the
+    full sequence, then put the hidden state before each row's k-th latent into that latent's
+    embedding; one final full pass gives the logits. Latent positions may be anywhere."""
+    model = Decoder(config)
+    p = {"params": params}
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask)
+    emb = input_embeddings(params, input_ids, config, embeds_override, embeds_override_mask)
+    lm = latent_mask.astype(bool)
+    rank = jnp.cumsum(lm, axis=1) - 1  # k for the k-th latent of the row
+    n_max = int(jnp.max(jnp.sum(lm, axis=1))) if num_passes is None else int(num_passes)
+    for k in range(n_max):
+        out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids)
+        prev_hidden = jnp.concatenate([jnp.zeros_like(out.hidden[:, :1]), out.hidden[:, :-1]], axis=1)
+        fill = lm & (rank == k)
+        emb = jnp.where(fill[..., None], prev_hidden.astype(emb.dtype), emb)
+    out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids)
+    return out.logits
+
+
+# ----------------------------------------------------------------------------- generation
+@functools.partial(
+    jax.jit,
+    static_argnames=("config", "latent_start", "num_latent", "max_new_tokens", "top_k", "feedback", "cache_dtype"),
+)
+def coconut_generate(
+    params: dict,
+    input_ids: Array,
+    attention_mask: Array,
+    latent_mask: Array,
+    rng: Array,
+    sp: SamplingParams,
+    stop_ids: Array,
+    *,
+    config: ModelConfig,
+    latent_start: int,
+    num_latent: int,
+    max_new_tokens: int,
+    top_k: int = 0,
+    pad_id: int = 0,
+    feedback: bool = True,
+    cache_dtype: str | None = None,
+    embeds_override: Array | None = None,
+    embeds_override_mask: Array | None = None,
+) -> GenerateOutput:
+    """Batched, KV-cached Coconut generation.
+
+    Prompts (B, T): question + <|start-latent|> left-padded so the first latent is at column
+    `latent_start`, then the latent slots, then the rest of the prompt (usually
+    <|end-latent|>), right-padded with attention_mask 0 when rows differ. The prefix is
+    prefilled once, the thoughts are scanned, the rest is prefilled, and a while_loop decodes
+    up to max_new_tokens per row (greedy at temperature 0, else temperature / top-p / top-k).
+    """
+    del cache_dtype  # the cache uses the compute dtype
+    B, T = input_ids.shape
+    attention_mask = attention_mask.astype(jnp.int32)
+    positions = positions_from_mask(attention_mask)
+    out = coconut_forward(
+        params,
+        input_ids,
+        attention_mask,
+        latent_mask,
+        positions,
+        config=config,
+        latent_start=latent_start,
+        num_latent=num_latent,
+        feedback=feedback,
+        extra_slots=max_new_tokens,
+        remat_thoughts=False,
+        embeds_override=embeds_override,
+        embeds_override_mask=embeds_override_mask,
+    )
+    model = Decoder(config)
+    last_idx = (T - 1 - jnp.argmax(attention_mask[:, ::-1], axis=-1)).astype(jnp.int32)
+    last_logits = jnp.take_along_axis(out.logits, last_idx[:, None, None], axis=1)[:, 0]
+    last_pos = jnp.take_along_axis(positions, last_idx[:, None], axis=1)[:, 0]
+    rng, sub = jax.random.split(rng)
+    tok = sample_logits(last_logits, sub, sp, top_k)
+    tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+
+    def is_stop(t):
+        if stop_ids.shape[0] == 0:
+            return jnp.zeros(t.shape, bool)
+        return jnp.any(t[:, None] == stop_ids[None, :], axis=-1)
+
+    done = is_stop(tok)
+    lengths = jnp.ones((B,), jnp.int32)
+
+    def cond_fn(s):
+        return (s[0] < max_new_tokens) & ~jnp.all(s[4])
+
+    def body_fn(s):
+        i, tok, cache, pos, done, tokens, lengths, rng = s
+        pos = pos + 1
+        o = model.apply({"params": params}, tok[:, None], positions=pos[:, None], cache=cache)
+        rng, sub = jax.random.split(rng)
+        nxt = sample_logits(o.logits[:, -1], sub, sp, top_k)
+        nxt = jnp.where(done, pad_id, nxt)
+        tokens = tokens.at[:, i].set(nxt)
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | is_stop(nxt)
+        return (i + 1, nxt, o.cache, pos, done, tokens, lengths, rng)
+
+    init = (jnp.int32(1), tok, out.cache, last_pos, done, tokens, lengths, rng)
+    i, _, _, _, _, tokens, lengths, _ = jax.lax.while_loop(cond_fn, body_fn, init)
+    return GenerateOutput(tokens=tokens, lengths=lengths, steps=i - 1)
+
+
+def naive_generate_one(
+    params: dict,
+    prompt_ids: list[int],
+    latent_id: int,
+    *,
+    config: ModelConfig,
+    max_new_tokens: int,
+    stop_ids: tuple[int, ...] = (),
+) -> list[int]:
+    """Greedy batch-1 generation as the original implementation does it: every new token
+    recomputes the whole sequence (with all latent passes) without a cache. Reference for
+    tests and benchmarks only."""
+    ids = list(prompt_ids)
+    out_toks: list[int] = []
+    latent_pos = [i for i, t in enumerate(ids) if t == latent_id]
+
+    @jax.jit
+    def logits_fn(params, x, lm):
+        m = jnp.ones_like(x)
+        return naive_coconut_logits(params, x, m, lm, config=config, num_passes=len(latent_pos))[:, -1]
+
+    for _ in range(max_new_tokens):
+        x = jnp.asarray([ids], jnp.int32)
+        lm = jnp.zeros_like(x, bool).at[0, jnp.asarray(latent_pos, jnp.int32)].set(True) if latent_pos else jnp.zeros_like(x, bool)
+        nxt = int(jnp.argmax(logits_fn(params, x, lm)[0]))
+        out_toks.append(nxt)
+        ids.append(nxt)
+        if nxt in stop_ids:
+            break
+    return out_toks
