@@ -78,3 +78,25 @@ def make_tiny_hf(family: str, out_dir: str, seed: int = 0, **kw) -> str:
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+def make_tiny_tokenizer(out_dir: str, vocab_size: int = 128) -> str:
+    """Save a character-level tokenizer (<pad>=0, <s>=1, </s>=2, <unk>=3, then printable ASCII,
+    at most vocab_size entries) that transformers' AutoTokenizer loads; returns out_dir."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    chars = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
+    vocab = {t: i for i, t in enumerate((specials + chars)[:vocab_size])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return out_dir

@@ -72,6 +72,119 @@ def _is_stop(tok: Array, stop_ids: Array) -> Array:
     return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
 
 
+@flax.struct.dataclass
+class DecodeState:
+    """The while_loop state between the prefill and the decode loop (see `prefill`, `decode`).
+
+    step: () index of the next token to write in `tokens`; tok (B,) the last token; cache the
+    KV cache; pos (B,) the last token's positions; done (B,); tokens (B, max_new); lengths (B,);
+    rng; long () whether longrope's long factors are in use; input_ids / attention_mask: the
+    left-padded prompt (kept for Phi-3's one-time cache recompute with long factors)."""
+
+    step: Array
+    tok: Array
+    cache: KVCache
+    pos: Array
+    done: Array
+    tokens: Array
+    lengths: Array
+    rng: Array
+    long: Array
+    input_ids: Array
+    attention_mask: Array
+
+
+def _needs_long_switch(config: ModelConfig, total_len: int) -> bool:
+    """Whether a longrope model may cross original_max_position_embeddings within total_len."""
+    return config.rope_type == "longrope" and total_len > (config.rope_original_max_position_embeddings or 0)
+
+
+def _prefill(params, input_ids, attention_mask, rng, sp, stop_ids, *, config, max_new_tokens, top_k,
+             pad_id, cache_dtype) -> DecodeState:
+    model = Decoder(config)
+    B, T = input_ids.shape
+    cache = KVCache.init(config, B, T + max_new_tokens, cache_dtype and jnp.dtype(cache_dtype))
+    out = model.apply({"params": params}, input_ids, attention_mask=attention_mask, cache=cache)
+    last_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32) - 1
+    rng, sub = jax.random.split(rng)
+    tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
+    tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+    orig = config.rope_original_max_position_embeddings or 0
+    return DecodeState(
+        step=jnp.int32(1),
+        tok=tok,
+        cache=out.cache,
+        pos=last_pos,
+        done=_is_stop(tok, stop_ids),
+        tokens=tokens,
+        lengths=jnp.ones((B,), jnp.int32),
+        rng=rng,
+        long=jnp.max(last_pos) + 1 > orig,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+    )
+
+
+def _decode(params, state: DecodeState, sp, stop_ids, *, config, max_new_tokens, top_k, pad_id) -> GenerateOutput:
+    model = Decoder(config)
+    B, T = state.input_ids.shape
+    switch = _needs_long_switch(config, T + max_new_tokens)
+    orig = config.rope_original_max_position_embeddings or 0
+
+    def step_logits(s: DecodeState, pos: Array) -> tuple[Array, KVCache]:
+        o = model.apply({"params": params}, s.tok[:, None], positions=pos[:, None], cache=s.cache)
+        return o.logits[:, -1], o.cache
+
+    def recompute_logits(s: DecodeState, pos: Array) -> tuple[Array, KVCache]:
+        # transformers' Phi3ForCausalLM drops the cache the step the sequence first exceeds
+        # original_max_position_embeddings and re-encodes everything with the long factors
+        seq = jnp.concatenate([s.input_ids, s.tokens], axis=1)
+        gen_mask = (jnp.arange(max_new_tokens) < s.step)[None, :]
+        mask = jnp.concatenate([s.attention_mask, jnp.broadcast_to(gen_mask, s.tokens.shape)], axis=1)
+        fresh = KVCache.init(config, B, s.cache.slots, s.cache.k.dtype)
+        o = model.apply({"params": params}, seq, attention_mask=mask.astype(jnp.int32), cache=fresh)
+        logits = jax.lax.dynamic_index_in_dim(o.logits, T + s.step - 1, axis=1, keepdims=False)
+        return logits, o.cache.replace(end=jnp.int32(T) + s.step)
+
+    def cond_fn(s: DecodeState):
+        return (s.step < max_new_tokens) & ~jnp.all(s.done)
+
+    def body_fn(s: DecodeState):
+        pos = s.pos + 1
+        long = s.long
+        if switch:
+            crossing = ~s.long & (jnp.max(pos) + 1 > orig)
+            logits, cache = jax.lax.cond(crossing, recompute_logits, step_logits, s, pos)
+            long = s.long | crossing
+        else:
+            logits, cache = step_logits(s, pos)
+        rng, sub = jax.random.split(s.rng)
+        nxt = sample_logits(logits, sub, sp, top_k)
+        nxt = jnp.where(s.done, pad_id, nxt)
+        return s.replace(
+            step=s.step + 1,
+            tok=nxt,
+            cache=cache,
+            pos=pos,
+            done=s.done | _is_stop(nxt, stop_ids),
+            tokens=s.tokens.at[:, s.step].set(nxt),
+            lengths=s.lengths + (~s.done).astype(jnp.int32),
+            rng=rng,
+            long=long,
+        )
+
+    s = jax.lax.while_loop(cond_fn, body_fn, state)
+    return GenerateOutput(tokens=s.tokens, lengths=s.lengths, steps=s.step - 1)
+
+
+prefill = jax.jit(_prefill, static_argnames=("config", "max_new_tokens", "top_k", "pad_id", "cache_dtype"))
+prefill.__doc__ = """Prefill left-padded prompts (B, T) into a KV cache of T + max_new_tokens slots and
+sample the first new token; returns the DecodeState that `decode` continues from."""
+
+decode = jax.jit(_decode, static_argnames=("config", "max_new_tokens", "top_k", "pad_id"))
+decode.__doc__ = """Run the decode while_loop from a DecodeState; returns the GenerateOutput."""
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "cache_dtype"))
 def generate(
     params: dict,
@@ -90,40 +203,14 @@ def generate(
     """Generate up to max_new_tokens for left-padded prompts (B, T).
 
     The prompt is prefilled once into a KV cache of T + max_new_tokens slots; each step of
-    the while_loop decodes one token per row at that row's own position.
+    the while_loop decodes one token per row at that row's own position. For longrope
+    (Phi-3) the step that first crosses original_max_position_embeddings re-encodes the
+    whole sequence with the long factors, as transformers does.
     """
-    model = Decoder(config)
-    B, T = input_ids.shape
-    cache = KVCache.init(config, B, T + max_new_tokens, cache_dtype and jnp.dtype(cache_dtype))
-    out = model.apply({"params": params}, input_ids, attention_mask=attention_mask, cache=cache)
-    last_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32) - 1
-    rng, sub = jax.random.split(rng)
-    tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
-    tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
-    done = _is_stop(tok, stop_ids)
-    lengths = jnp.ones((B,), jnp.int32)
-
-    # the loop state: (step, last token, cache, last position, done, tokens, lengths, rng)
-    def cond_fn(s):
-        return (s[0] < max_new_tokens) & ~jnp.all(s[4])
-
-    def body_fn(s):
-        i, tok, cache, pos, done, tokens, lengths, rng = s
-        pos = pos + 1
-        o = model.apply(
-            {"params": params}, tok[:, None], positions=pos[:, None], cache=cache
-        )
-        rng, sub = jax.random.split(rng)
-        nxt = sample_logits(o.logits[:, -1], sub, sp, top_k)
-        nxt = jnp.where(done, pad_id, nxt)
-        tokens = tokens.at[:, i].set(nxt)
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | _is_stop(nxt, stop_ids)
-        return (i + 1, nxt, o.cache, pos, done, tokens, lengths, rng)
-
-    init = (jnp.int32(1), tok, out.cache, last_pos, done, tokens, lengths, rng)
-    i, _, _, _, _, tokens, lengths, _ = jax.lax.while_loop(cond_fn, body_fn, init)
-    return GenerateOutput(tokens=tokens, lengths=lengths, steps=i - 1)
+    state = _prefill(params, input_ids, attention_mask, rng, sp, stop_ids, config=config,
+                     max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id, cache_dtype=cache_dtype)
+    return _decode(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
+                   pad_id=pad_id)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, bucket: int = 1) -> tuple[np.ndarray, np.ndarray]:
