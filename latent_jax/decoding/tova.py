@@ -1,0 +1,296 @@
+"""TOVA: Token Omission Via Attention (Oren et al. 2024, "Transformers are Multi-State RNNs").
+
+A fixed-size KV cache per layer. After every decode step the cache holds one slot too many
+(the newest token was just written); the slot with the lowest attention weight from the
+newest query is dropped, so the cache never grows. Scores are the attention probabilities
+of the newest query averaged over the query heads (or weighted per head), and K, V and the
+rotary position are gathered with the same indices for every KV head (GQA). Kept tokens
+keep their original rotary positions (KVCache.pos), so nothing is re-rotated.
+
+    opts = TovaOptions(cache_size=64)
+    out = tova_generate(params, ids, mask, rng, SamplingParams.make(), stop_ids,
+                        config=config, max_new_tokens=256, opts=opts)
+
+A prompt longer than the budget is prefilled whole (one cache of the prompt's length) and
+then cut to the budget by the last prompt token's attention. Generation is one jitted
+lax.while_loop over a cache of cache_size + 1 slots: memory does not depend on the number
+of generated tokens.
+
+Options (the seed's TOVACompression): fixed `cache_size`; `dynamic_sizing` with
+`cache_size_factor`, `min_cache_size`, `max_cache_size` (budget = clip(factor * (prompt +
+new tokens))); `per_layer` decisions (each layer its own kept set) or one shared decision
+from the layer-averaged scores; `head_weight_strategy` "mean" or "weighted" (fixed / learned
+per-head weights passed as `head_weights`, optionally momentum-updated during generation
+towards the heads whose attention is most focused, `head_weight_update="momentum"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latent_jax.decoding.sampling import SamplingParams, left_pad, sample_logits
+from latent_jax.models.config import ModelConfig
+from latent_jax.models.decoder import Decoder
+from latent_jax.models.layers import KVCache
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TovaOptions:
+    """Static TOVA settings (hashable; a jit static argument)."""
+
+    cache_size: int = 512
+    per_layer: bool = True
+    head_weight_strategy: str = "mean"  # mean | weighted
+    head_weight_update: str = "none"  # none | momentum (only with weighted)
+    learning_rate: float = 0.01
+    weight_momentum: float = 0.9
+    entropy_weight: float = 0.3
+    dynamic_sizing: bool = False
+    cache_size_factor: float = 0.5
+    min_cache_size: int = 128
+    max_cache_size: int = 2048
+
+    def __post_init__(self):
+        if self.head_weight_strategy not in ("mean", "weighted"):
+            raise ValueError(f"head_weight_strategy={self.head_weight_strategy!r}; use 'mean' or 'weighted'")
+        if self.head_weight_update not in ("none", "momentum"):
+            raise ValueError(f"head_weight_update={self.head_weight_update!r}; use 'none' or 'momentum'")
+        if self.head_weight_update == "momentum" and self.head_weight_strategy != "weighted":
+            raise ValueError("head_weight_update='momentum' needs head_weight_strategy='weighted'")
+        if not self.dynamic_sizing and self.cache_size < 1:
+            raise ValueError(f"cache_size={self.cache_size} must be >= 1")
+        if self.dynamic_sizing and not (1 <= self.min_cache_size <= self.max_cache_size):
+            raise ValueError("need 1 <= min_cache_size <= max_cache_size for dynamic_sizing")
+
+    def budget(self, seq_len: int) -> int:
+        """Cache slots kept for a sequence of `seq_len` tokens (prompt + new tokens)."""
+        if not self.dynamic_sizing:
+            return self.cache_size
+        return int(min(max(int(self.cache_size_factor * seq_len), self.min_cache_size), self.max_cache_size))
+
+
+@flax.struct.dataclass
+class TovaOutput:
+    """tokens (B, max_new), lengths (B,), steps () decode forward passes after the prefill,
+    cache the final pruned KVCache (cache_size + 1 slots), head_weights (B, L, H) final
+    per-head weights, cache_size () the budget used."""
+
+    tokens: Array
+    lengths: Array
+    steps: Array
+    cache: KVCache
+    head_weights: Array
+    cache_size: Array
+
+
+def _is_stop(tok: Array, stop_ids: Array) -> Array:
+    if stop_ids.shape[0] == 0:
+        return jnp.zeros(tok.shape, bool)
+    return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+
+
+def token_scores(attn: Array, pos: Array, head_weights: Array, per_layer: bool) -> Array:
+    """Importance of every cache slot: (L, B, S) from attn (L, B, H, S), slot positions
+    pos (L, B, S) and per-head weights (B, L, H) (rows sum to 1). Empty slots score -1 so
+    they are dropped first. With per_layer=False every layer gets the layer-averaged score."""
+    w = jnp.transpose(head_weights, (1, 0, 2))[..., None]  # (L, B, H, 1)
+    s = jnp.sum(attn.astype(jnp.float32) * w, axis=2)
+    if not per_layer:
+        # a slot index holds the same token in every layer when decisions are shared
+        s = jnp.broadcast_to(jnp.mean(s, axis=0, keepdims=True), s.shape)
+    return jnp.where(pos >= 0, s, -1.0)
+
+
+def keep_top(cache: KVCache, scores: Array, keep: int) -> KVCache:
+    """A cache of `keep` slots holding the highest-scoring slots of `cache` per layer and row
+    (K, V and positions gathered with the same indices for every KV head), in slot order."""
+    _, idx = jax.lax.top_k(scores, keep)  # (L, B, keep)
+    idx = jnp.sort(idx, axis=-1)
+    gather = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 3)), axis=2)
+    return KVCache(k=gather(cache.k), v=gather(cache.v), pos=jnp.take_along_axis(cache.pos, idx, axis=2),
+                   end=jnp.asarray(keep, jnp.int32))
+
+
+def _pad_slots(cache: KVCache, slots: int) -> KVCache:
+    extra = slots - cache.slots
+    if extra <= 0:
+        return cache
+    pad = lambda a, v: jnp.pad(a, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 3), constant_values=v)
+    return KVCache(k=pad(cache.k, 0), v=pad(cache.v, 0), pos=pad(cache.pos, -1), end=cache.end)
+
+
+def _momentum_update(w: Array, vel: Array, attn: Array, pos: Array, opts: TovaOptions) -> tuple[Array, Array]:
+    """Move per-head weights (B, L, H) towards the heads whose newest-query attention is most
+    focused (low entropy), blended with uniform by (1 - entropy_weight); heavy-ball update."""
+    a = jnp.transpose(attn.astype(jnp.float32), (1, 0, 2, 3))  # (B, L, H, S)
+    valid = jnp.transpose(pos >= 0, (1, 0, 2))[:, :, None, :]
+    ent = -jnp.sum(jnp.where(valid & (a > 0), a * jnp.log(jnp.maximum(a, 1e-30)), 0.0), axis=-1)
+    n = jnp.maximum(jnp.sum(valid, axis=-1), 2).astype(jnp.float32)
+    focus = 1.0 - ent / jnp.log(n)  # 1 = all mass on one slot, 0 = uniform
+    focus = focus / jnp.maximum(jnp.sum(focus, axis=-1, keepdims=True), 1e-9)
+    H = w.shape[-1]
+    target = opts.entropy_weight * focus + (1.0 - opts.entropy_weight) / H
+    vel = opts.weight_momentum * vel + (target - w)
+    w = jnp.maximum(w + opts.learning_rate * vel, 0.0)
+    w = w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 1e-9)
+    return w, vel
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "opts", "top_k", "cache_size"))
+def _tova_generate(params, input_ids, attention_mask, rng, sp, stop_ids, head_weights, *, config, max_new_tokens,
+                   opts, top_k, pad_id, cache_size):
+    model = Decoder(config)
+    B, T = input_ids.shape
+    C = cache_size
+    # prefill the whole prompt, then cut to the budget by the last prompt token's attention
+    cache = KVCache.init(config, B, T)
+    out = model.apply({"params": params}, input_ids, attention_mask=attention_mask, cache=cache)
+    keep = min(C, T)
+    scores = token_scores(out.attn_last, out.cache.pos, head_weights, opts.per_layer)
+    cache = _pad_slots(keep_top(out.cache, scores, keep), C + 1)
+    cache = cache.replace(end=jnp.asarray(C, jnp.int32))
+    last_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32) - 1
+    rng, sub = jax.random.split(rng)
+    tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
+    tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+    done = _is_stop(tok, stop_ids)
+    lengths = jnp.ones((B,), jnp.int32)
+    vel = jnp.zeros_like(head_weights)
+
+    def cond_fn(s):
+        return (s[0] < max_new_tokens) & ~jnp.all(s[4])
+
+    def body_fn(s):
+        i, tok, cache, pos, done, tokens, lengths, rng, hw, vel = s
+        pos = pos + 1
+        o = model.apply({"params": params}, tok[:, None], positions=pos[:, None], cache=cache)
+        if opts.head_weight_update == "momentum":
+            hw, vel = _momentum_update(hw, vel, o.attn_last, o.cache.pos, opts)
+        sc = token_scores(o.attn_last, o.cache.pos, hw, opts.per_layer)
+        cache = _pad_slots(keep_top(o.cache, sc, C), C + 1).replace(end=jnp.asarray(C, jnp.int32))
+        rng, sub = jax.random.split(rng)
+        nxt = sample_logits(o.logits[:, -1], sub, sp, top_k)
+        nxt = jnp.where(done, pad_id, nxt)
+        tokens = tokens.at[:, i].set(nxt)
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | _is_stop(nxt, stop_ids)
+        return (i + 1, nxt, cache, pos, done, tokens, lengths, rng, hw, vel)
+
+    init = (jnp.int32(1), tok, cache, last_pos, done, tokens, lengths, rng, head_weights, vel)
+    i, _, cache, _, _, tokens, lengths, _, hw, _ = jax.lax.while_loop(cond_fn, body_fn, init)
+    return TovaOutput(tokens=tokens, lengths=lengths, steps=i - 1, cache=cache, head_weights=hw,
+                      cache_size=jnp.asarray(C, jnp.int32))
+
+
+def tova_generate(
+    params: dict,
+    input_ids: Array,
+    attention_mask: Array,
+    rng: Array,
+    sp: SamplingParams,
+    stop_ids: Array,
+    *,
+    config: ModelConfig,
+    max_new_tokens: int,
+    opts: TovaOptions = TovaOptions(),
+    head_weights: Array | None = None,
+    top_k: int = 0,
+    pad_id: int = 0,
+) -> TovaOutput:
+    """Generate up to max_new_tokens for left-padded prompts (B, T) with a TOVA cache.
+
+    head_weights: (L, H) or (B, L, H) per-head weights for head_weight_strategy='weighted'
+    (normalised to sum 1 per layer); uniform when None. The budget is opts.budget(T +
+    max_new_tokens) slots per layer (one more slot holds the newest token before eviction).
+    """
+    B, T = input_ids.shape
+    L, H = config.num_hidden_layers, config.num_attention_heads
+    if opts.head_weight_strategy == "mean" or head_weights is None:
+        hw = jnp.full((B, L, H), 1.0 / H, jnp.float32)
+    else:
+        hw = jnp.asarray(head_weights, jnp.float32)
+        if hw.shape not in ((L, H), (B, L, H)):
+            raise ValueError(f"head_weights has shape {hw.shape}; expected ({L}, {H}) or ({B}, {L}, {H})")
+        hw = jnp.broadcast_to(hw, (B, L, H))
+        hw = hw / jnp.maximum(jnp.sum(hw, axis=-1, keepdims=True), 1e-9)
+    C = opts.budget(T + max_new_tokens)
+    return _tova_generate(params, jnp.asarray(input_ids), jnp.asarray(attention_mask), rng, sp,
+                          jnp.asarray(stop_ids, jnp.int32), hw, config=config, max_new_tokens=max_new_tokens,
+                          opts=opts, top_k=top_k, pad_id=pad_id, cache_size=C)
+
+
+# --------------------------------------------------------------------------------- CLI
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of --strategy tova."""
+    g = parser.add_argument_group("tova")
+    g.add_argument("--cache-size", type=int, default=512, help="TOVA: KV slots kept per layer")
+    g.add_argument("--dynamic-sizing", action="store_true", help="TOVA: budget = factor * sequence length, clipped")
+    g.add_argument("--cache-size-factor", type=float, default=0.5)
+    g.add_argument("--min-cache-size", type=int, default=128)
+    g.add_argument("--max-cache-size", type=int, default=2048)
+    g.add_argument("--shared-decisions", action="store_true", help="TOVA: one kept set for all layers")
+    g.add_argument("--head-weights", default="mean", choices=["mean", "weighted", "momentum"],
+                   help="TOVA: average heads uniformly, by fixed weights, or momentum-updated weights")
+
+
+def options_from_args(args: argparse.Namespace) -> TovaOptions:
+    hw = getattr(args, "head_weights", "mean")
+    return TovaOptions(
+        cache_size=getattr(args, "cache_size", 512),
+        per_layer=not getattr(args, "shared_decisions", False),
+        head_weight_strategy="mean" if hw == "mean" else "weighted",
+        head_weight_update="momentum" if hw == "momentum" else "none",
+        dynamic_sizing=getattr(args, "dynamic_sizing", False),
+        cache_size_factor=getattr(args, "cache_size_factor", 0.5),
+        min_cache_size=getattr(args, "min_cache_size", 128),
+        max_cache_size=getattr(args, "max_cache_size", 2048),
+    )
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    if tokenizer is None:
+        return ""
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _stop_ids(config: ModelConfig, args) -> np.ndarray:
+    if getattr(args, "ignore_eos", False):
+        return np.zeros((0,), np.int32)
+    return np.asarray(config.eos_token_id, np.int32).reshape(-1)
+
+
+def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int]], args) -> list[dict]:
+    """--strategy tova: one JSON-able dict per prompt."""
+    opts = options_from_args(args)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    ids, mask = left_pad(prompts, pad, getattr(args, "bucket", 1) or 1)
+    sp = SamplingParams.make(getattr(args, "temperature", 0.0), getattr(args, "top_p", 1.0))
+    max_new = getattr(args, "max_new_tokens", 64)
+    rng = jax.random.PRNGKey(getattr(args, "seed", 0))
+    t0 = time.perf_counter()
+    out = tova_generate(params, ids, mask, rng, sp, _stop_ids(config, args), config=config, max_new_tokens=max_new,
+                        opts=opts, top_k=getattr(args, "top_k", 0) or 0, pad_id=pad)
+    jax.block_until_ready(out.tokens)
+    dt = time.perf_counter() - t0
+    toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+    C = int(out.cache_size)
+    res = []
+    for i, p in enumerate(prompts):
+        new = toks[i, : lens[i]].tolist()
+        res.append({
+            "input_ids": list(p), "output_ids": new, "text": _decode(tokenizer, new),
+            "tokens_per_s": float(lens[i] / dt), "forward_passes": int(out.steps) + 1,
+            "cache_size": C, "cache_bytes": out.cache.nbytes() // len(prompts),
+            "prompt_cut": len(p) > C,
+        })
+    return res
