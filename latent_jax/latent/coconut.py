@@ -37,7 +37,15 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from latent_jax.decoding.sampling import GenerateOutput, SamplingParams, sample_logits
+from latent_jax.decoding.sampling import (
+    DecodeState,
+    GenerateOutput,
+    SamplingParams,
+    _decode,
+    _is_stop,
+    _needs_long_switch,
+    sample_logits,
+)
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -318,6 +326,11 @@ def coconut_generate(
     """
     del cache_dtype  # the cache uses the compute dtype
     B, T = input_ids.shape
+    if _needs_long_switch(config, T + max_new_tokens):
+        raise ValueError(
+            "Coconut generation past rope_original_max_position_embeddings of a longrope (Phi-3) model is not "
+            "supported; lower max_new_tokens or the prompt length"
+        )
     attention_mask = attention_mask.astype(jnp.int32)
     positions = positions_from_mask(attention_mask)
     out = coconut_forward(
@@ -335,40 +348,26 @@ def coconut_generate(
         embeds_override=embeds_override,
         embeds_override_mask=embeds_override_mask,
     )
-    model = Decoder(config)
     last_idx = (T - 1 - jnp.argmax(attention_mask[:, ::-1], axis=-1)).astype(jnp.int32)
     last_logits = jnp.take_along_axis(out.logits, last_idx[:, None, None], axis=1)[:, 0]
     last_pos = jnp.take_along_axis(positions, last_idx[:, None], axis=1)[:, 0]
     rng, sub = jax.random.split(rng)
     tok = sample_logits(last_logits, sub, sp, top_k)
-    tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
-
-    def is_stop(t):
-        if stop_ids.shape[0] == 0:
-            return jnp.zeros(t.shape, bool)
-        return jnp.any(t[:, None] == stop_ids[None, :], axis=-1)
-
-    done = is_stop(tok)
-    lengths = jnp.ones((B,), jnp.int32)
-
-    def cond_fn(s):
-        return (s[0] < max_new_tokens) & ~jnp.all(s[4])
-
-    def body_fn(s):
-        i, tok, cache, pos, done, tokens, lengths, rng = s
-        pos = pos + 1
-        o = model.apply({"params": params}, tok[:, None], positions=pos[:, None], cache=cache)
-        rng, sub = jax.random.split(rng)
-        nxt = sample_logits(o.logits[:, -1], sub, sp, top_k)
-        nxt = jnp.where(done, pad_id, nxt)
-        tokens = tokens.at[:, i].set(nxt)
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | is_stop(nxt)
-        return (i + 1, nxt, o.cache, pos, done, tokens, lengths, rng)
-
-    init = (jnp.int32(1), tok, out.cache, last_pos, done, tokens, lengths, rng)
-    i, _, _, _, _, tokens, lengths, _ = jax.lax.while_loop(cond_fn, body_fn, init)
-    return GenerateOutput(tokens=tokens, lengths=lengths, steps=i - 1)
+    state = DecodeState(
+        step=jnp.int32(1),
+        tok=tok,
+        cache=out.cache,
+        pos=last_pos,
+        done=_is_stop(tok, stop_ids),
+        tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
+        lengths=jnp.ones((B,), jnp.int32),
+        rng=rng,
+        long=jnp.asarray(True),
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+    )
+    return _decode(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
+                   pad_id=pad_id)
 
 
 def naive_generate_one(
