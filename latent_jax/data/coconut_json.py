@@ -84,6 +84,7 @@ def _iter_rows(text: str, path: str):
         pos = skip_ws(pos)
         if pos < n and text[pos] == "]":
             return
+        line, last = 1, 0
         while True:
             pos = skip_ws(pos)
             try:
@@ -92,7 +93,9 @@ def _iter_rows(text: str, path: str):
                 raise DataError(
                     f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}; fix or regenerate the file"
                 ) from None
-            yield row, _line_of(text, pos)
+            line += text.count("\n", last, pos)
+            last = pos
+            yield row, line
             pos = skip_ws(end)
             if pos < n and text[pos] == ",":
                 pos += 1

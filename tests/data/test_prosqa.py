@@ -1,0 +1,63 @@
+import re
+
+import pytest
+
+from latent_jax.data import prosqa
+from latent_jax.data.coconut_json import load_coconut_json
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return prosqa.generate_splits({"train": 300, "valid": 40, "test": 40}, seed=5, concepts=26, min_hops=3, max_hops=5)
+
+
+def test_deterministic_in_seed(splits):
+    again = prosqa.generate_splits({"train": 300, "valid": 40, "test": 40}, seed=5, concepts=26, min_hops=3, max_hops=5)
+    assert again == splits
+    other = prosqa.generate_splits({"train": 300, "valid": 40, "test": 40}, seed=6, concepts=26, min_hops=3, max_hops=5)
+    assert other["train"] != splits["train"]
+
+
+def test_problems_are_multi_hop_and_consistent(splits):
+    words = set(prosqa.concept_vocabulary(26))
+    qs = [r["question"] for rows in splits.values() for r in rows]
+    assert len(set(qs)) == len(qs)  # no repeats within or across splits
+    first_a = 0
+    for r in splits["train"]:
+        sym, edges = r["idx_to_symbol"], r["edges"]
+        person = sym[r["root"]]
+        target, neg = sym[r["target"]], sym[r["neg_target"]]
+        assert r["root"] == 0 and set(sym[1:]) <= words
+        reach = prosqa.reachable(edges, r["root"])
+        assert r["target"] in reach and r["neg_target"] not in reach
+        # the question states exactly the graph's facts, then the query
+        facts = re.findall(r"[^.?]+[.?]", r["question"])
+        query = facts.pop().strip()
+        m = re.fullmatch(rf"Is {person} a (\w+) or (\w+)\?", query)
+        assert m and {m.group(1), m.group(2)} == {target, neg}
+        first_a += m.group(1) == target
+        want = {f"{sym[u]} is a {sym[v]}." if u == 0 else f"Every {sym[u]} is a {sym[v]}." for u, v in edges}
+        assert {f.strip() for f in facts} == want and len(facts) == len(edges)
+        # steps walk the graph from the person's concept to the target, one hop each
+        assert 3 <= len(r["steps"]) <= 5
+        chain = [re.fullmatch(rf"{person} is a (\w+)\.", s).group(1) for s in r["steps"]]
+        idx = {s: i for i, s in enumerate(sym)}
+        starts = [v for u, v in edges if u == 0]
+        assert any([s, idx[chain[0]]] in edges for s in starts)
+        assert all([idx[a], idx[b]] in edges for a, b in zip(chain, chain[1:]))
+        assert chain[-1] == target and r["answer"] == f"{person} is a {target}."
+        # no in-degree shortcut: each candidate is the object of exactly one fact
+        assert sum(v == r["target"] for _, v in edges) == 1 == sum(v == r["neg_target"] for _, v in edges)
+    assert 0.35 < first_a / len(splits["train"]) < 0.65
+
+
+def test_cli_writes_coconut_files(tmp_path, capsys):
+    assert prosqa.main(["--out", str(tmp_path), "--train", "30", "--valid", "5", "--test", "5", "--seed", "2"]) == 0
+    for name, n in (("train", 30), ("valid", 5), ("test", 5)):
+        exs = load_coconut_json(tmp_path / f"prosqa_{name}.json")
+        assert len(exs) == n and {"edges", "root", "target", "neg_target", "idx_to_symbol"} <= set(exs[0].extra)
+    assert "train:" in capsys.readouterr().out
+    assert prosqa.main(["--out", str(tmp_path), "--concepts", "10"]) == 2
+    assert "use --concepts" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="hops range"):
+        prosqa.generate_splits({"train": 1}, min_hops=4, max_hops=3)
