@@ -14,6 +14,7 @@ text compare exactly with the gold answers.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterable, Sequence
 
@@ -91,6 +92,16 @@ class Tokenizer:
         """Saves an HF-loadable tokenizer dir (tokenizer.json + tokenizer_config.json)."""
         os.makedirs(out_dir, exist_ok=True)
         self.hf.save_pretrained(out_dir)
+        # a generic fast tokenizer: write the class name every transformers version knows
+        # (v5 writes its new backend name)
+        cfg_path = os.path.join(out_dir, "tokenizer_config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+            if cfg.get("tokenizer_class") == "TokenizersBackend":
+                cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+                with open(cfg_path, "w") as f:
+                    json.dump(cfg, f, indent=2)
         return out_dir
 
     def __len__(self) -> int:

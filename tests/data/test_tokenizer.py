@@ -31,6 +31,7 @@ def test_trained_tokenizer_is_hf_loadable_and_exact(trained, rows):
     assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))
     cfg = json.load(open(os.path.join(out, "tokenizer_config.json")))
     assert (cfg["bos_token"], cfg["eos_token"], cfg["pad_token"]) == (T.BOS, T.EOS, T.PAD)
+    assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(out)
