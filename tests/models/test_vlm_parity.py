@@ -5,6 +5,7 @@ the Phi-4-MM vision LoRA merge, and the audio refusal."""
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -23,9 +24,27 @@ def vlm_dirs(tmp_path_factory):
     return {f: make_tiny_vlm(f, str(tmp_path_factory.mktemp(f)), with_tokenizer=False) for f in ("internvl", "phi4mm")}
 
 
+_HF_CACHE = {}
+
+
 def _hf(family, path):
+    if path in _HF_CACHE:
+        return _HF_CACHE[path]
     cls = transformers.InternVLForConditionalGeneration if family == "internvl" else transformers.Phi4MultimodalForCausalLM
-    return cls.from_pretrained(path, attn_implementation="eager").eval()
+    _HF_CACHE[path] = cls.from_pretrained(path, attn_implementation="eager").eval()
+    return _HF_CACHE[path]
+
+
+_FWD = {}
+
+
+def _forward(cfg, params, ids, **kw):
+    """Jitted latent_jax forward (op-by-op dispatch is slow on CPU); layouts are static."""
+    layouts = kw.pop("layouts", None)
+    key = (cfg, layouts)
+    if key not in _FWD:
+        _FWD[key] = jax.jit(lambda p, i, kw: VisionLanguageModel(cfg).apply({"params": p}, i, layouts=layouts, **kw).logits)
+    return np.asarray(_FWD[key](params, jnp.asarray(ids), {k: jnp.asarray(v) for k, v in kw.items()}))
 
 
 def _internvl_inputs(cfg, n_tiles_per_row=(2, 1), seed=0):
@@ -47,11 +66,9 @@ BOS = 1
 
 def _internvl_compare(hf, cfg, params, ids, mask, px):
     ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pixel_values=torch.tensor(px)).logits
-    out = VisionLanguageModel(cfg).apply(
-        {"params": params}, jnp.asarray(ids), pixel_values=jnp.asarray(px), attention_mask=jnp.asarray(mask)
-    )
+    out = _forward(cfg, params, ids, pixel_values=px, attention_mask=mask)
     m = mask.astype(bool)
-    return np.abs(np.asarray(out.logits)[m] - ref.detach().numpy()[m]).max()
+    return np.abs(out[m] - ref.detach().numpy()[m]).max()
 
 
 def test_internvl_images_parity(vlm_dirs):
@@ -99,9 +116,8 @@ def _phi4_compare(hf, cfg, params, spec, seed=0):
     ids = np.array([[BOS, 5, 6] + [IMAGE_TOKEN_ID] * n_tok + [7, 8, 9]])
     ref = hf(input_ids=torch.tensor(ids), image_pixel_values=torch.tensor(px), image_sizes=torch.tensor(sizes),
              image_attention_mask=torch.tensor(pm.astype(np.int64))).logits.detach().numpy()
-    out = VisionLanguageModel(cfg).apply({"params": params}, jnp.asarray(ids), pixel_values=jnp.asarray(px),
-                                         patch_mask=jnp.asarray(pm), layouts=layouts)
-    return np.abs(np.asarray(out.logits) - ref).max()
+    out = _forward(cfg, params, ids, pixel_values=px, patch_mask=pm, layouts=layouts)
+    return np.abs(out - ref).max()
 
 
 def test_phi4mm_hd_images_parity(vlm_dirs):
@@ -125,7 +141,8 @@ def test_export_reloads_in_transformers(vlm_dirs, tmp_path, family):
     cfg, params, unused = load_vlm(d, return_unused=True)
     out = str(tmp_path / "export")
     save_vlm(params, cfg, out, unused=unused)
-    a, b = _hf(family, d), _hf(family, out)
+    cls = transformers.InternVLForConditionalGeneration if family == "internvl" else transformers.Phi4MultimodalForCausalLM
+    a, b = _hf(family, d), cls.from_pretrained(out, attn_implementation="eager").eval()
     sa, sb = a.state_dict(), b.state_dict()
     assert set(sa) == set(sb)
     worst = max(float((sa[k] - sb[k]).abs().max()) for k in sa)
@@ -172,7 +189,8 @@ def test_phi4mm_vision_lora_merged_at_load(vlm_dirs, tmp_path):
         with open(p / "config.json", "w") as f:
             json.dump(c, f)
     cfg, params = load_vlm(str(lora_dir))
-    assert _phi4_compare(_hf("phi4mm", str(ref_dir)), cfg, params, [(1, 1, 0)]) <= TOL
+    ref = transformers.Phi4MultimodalForCausalLM.from_pretrained(str(ref_dir), attn_implementation="eager").eval()
+    assert _phi4_compare(ref, cfg, params, [(1, 1, 0)]) <= TOL
     base_cfg, base_params = load_vlm(d)
     diff = np.abs(np.asarray(params["language_model"]["layers_0"]["self_attn"]["qkv_proj"]["kernel"])
                   - np.asarray(base_params["language_model"]["layers_0"]["self_attn"]["qkv_proj"]["kernel"])).max()
