@@ -269,7 +269,7 @@ def forward_with_token_drop(
     config: VLMConfig,
     inputs_embeds: Array,
     attention_mask: Array,
-    video_mask: Array,
+    video_mask,
     drop_layers: Sequence[int],
     keep_ratio: float,
     mode: str = "uniform",
@@ -279,10 +279,17 @@ def forward_with_token_drop(
     Before each layer in `drop_layers`, keep `keep_ratio` of the remaining video tokens
     (video_mask marks them): 'uniform' keeps evenly spaced ones, 'attention' the ones the
     last query attended to most at the previous layer. Text tokens are always kept and keep
-    their rotary positions. Returns (logits of the last position (B, V), kept sequence length).
+    their rotary positions. video_mask (B, T) must be concrete (NumPy) with the same number
+    of video tokens per row. Returns (logits of the last position (B, V), kept sequence length).
     """
+    import numpy as np
+
     from latent_jax.data.hico import select_video_tokens
 
+    counts = np.asarray(video_mask).astype(bool).sum(-1)
+    if len(set(counts.tolist())) != 1:
+        raise ValueError("video token dropping needs the same number of video tokens in every row")
+    num_video = int(counts[0])
     cfg = config.text
     if cfg.scan_layers:
         raise ValueError("token dropping needs model.scan_layers=False")
@@ -295,7 +302,8 @@ def forward_with_token_drop(
     layer = DecoderLayer(cfg)
     for i in range(cfg.num_hidden_layers):
         if i in set(drop_layers):
-            idx = select_video_tokens(vmask & valid, keep_ratio, mode, attn)
+            idx = select_video_tokens(vmask, keep_ratio, mode, attn, num_video=num_video)
+            num_video = max(1, int(round(num_video * keep_ratio)))
             take = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 2)), axis=1)
             x, positions, valid, vmask = take(x), take(positions), take(valid), take(vmask)
         key_pos = jnp.where(valid, positions, -1)
