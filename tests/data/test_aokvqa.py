@@ -1,0 +1,31 @@
+"""A-OKVQA: reading, MC and direct-answer scoring (min(1, matches/3)), rationales as steps."""
+
+import pytest
+
+from latent_jax.data import aokvqa as ak
+from latent_jax.data.mm_fixtures import write_aokvqa_fixture
+
+ROW = {"question": "What color?", "choices": ["red", "blue", "green", "black"], "correct_choice_idx": 1,
+       "direct_answers": ["blue"] * 2 + ["navy"] * 5 + ["teal"] * 3, "rationales": ["It is blue. ", " Sky."]}
+
+
+def test_scoring():
+    assert ak.mc_correct("blue", ROW) == 1 and ak.mc_correct("B.", ROW) == 1 and ak.mc_correct("red", ROW) == 0
+    assert ak.mc_correct("The answer is blue.", ROW) == 1
+    assert ak.direct_answer_accuracy("blue", ROW) == pytest.approx(2 / 3)
+    assert ak.direct_answer_accuracy("navy", ROW) == 1.0
+    assert ak.direct_answer_accuracy("purple", ROW) == 0.0
+    assert ak.cot_steps(ROW) == ["It is blue.", "Sky."] and ak.answer_text(ROW) == "blue"
+    r = ak.results([{"mc_correct": 1, "da_accuracy": 1.0}, {"mc_correct": 0, "da_accuracy": 1 / 3}])
+    assert r["mc_accuracy"] == 0.5 and r["da_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_read(tmp_path):
+    import os
+
+    root = write_aokvqa_fixture(str(tmp_path / "ak"), n_train=3, n_val=2)
+    rows = ak.load_rows(root, "val")
+    assert len(rows) == 2 and len(rows[0]["direct_answers"]) == 10
+    assert os.path.exists(ak.image_path(os.path.join(root, "coco"), "val", rows[0]["image_id"]))
+    with pytest.raises(FileNotFoundError, match="config.data.path"):
+        ak.load_rows(str(tmp_path / "missing"), "val")
