@@ -29,6 +29,9 @@ import numpy as np
 STRATEGIES: dict[str, str] = {
     "greedy": "latent_jax.decoding.strategies",
     "sample": "latent_jax.decoding.strategies",
+    "tova": "latent_jax.decoding.tova",
+    "diffusion": "latent_jax.decoding.diffusion",
+    "typical": "latent_jax.decoding.speculative",
 }
 
 

@@ -241,6 +241,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shared-decisions", action="store_true", help="TOVA: one kept set for all layers")
     g.add_argument("--head-weights", default="mean", choices=["mean", "weighted", "momentum"],
                    help="TOVA: average heads uniformly, by fixed weights, or momentum-updated weights")
+    parser.set_defaults(temperature=0.0)
 
 
 def options_from_args(args: argparse.Namespace) -> TovaOptions:
@@ -257,40 +258,34 @@ def options_from_args(args: argparse.Namespace) -> TovaOptions:
     )
 
 
-def _decode(tokenizer, ids: list[int]) -> str:
-    if tokenizer is None:
-        return ""
-    return tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _stop_ids(config: ModelConfig, args) -> np.ndarray:
-    if getattr(args, "ignore_eos", False):
-        return np.zeros((0,), np.int32)
-    return np.asarray(config.eos_token_id, np.int32).reshape(-1)
-
-
 def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int]], args) -> list[dict]:
-    """--strategy tova: one JSON-able dict per prompt."""
+    """--strategy tova: one JSON-able dict per prompt, with the cache budget and its bytes."""
+    from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
+
     opts = options_from_args(args)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
-    ids, mask = left_pad(prompts, pad, getattr(args, "bucket", 1) or 1)
-    sp = SamplingParams.make(getattr(args, "temperature", 0.0), getattr(args, "top_p", 1.0))
-    max_new = getattr(args, "max_new_tokens", 64)
-    rng = jax.random.PRNGKey(getattr(args, "seed", 0))
-    t0 = time.perf_counter()
-    out = tova_generate(params, ids, mask, rng, sp, _stop_ids(config, args), config=config, max_new_tokens=max_new,
-                        opts=opts, top_k=getattr(args, "top_k", 0) or 0, pad_id=pad)
-    jax.block_until_ready(out.tokens)
-    dt = time.perf_counter() - t0
-    toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
-    C = int(out.cache_size)
-    res = []
-    for i, p in enumerate(prompts):
-        new = toks[i, : lens[i]].tolist()
-        res.append({
-            "input_ids": list(p), "output_ids": new, "text": _decode(tokenizer, new),
-            "tokens_per_s": float(lens[i] / dt), "forward_passes": int(out.steps) + 1,
-            "cache_size": C, "cache_bytes": out.cache.nbytes() // len(prompts),
-            "prompt_cut": len(p) > C,
-        })
-    return res
+    sp = SamplingParams.make(args.temperature, args.top_p)
+    stops = np.asarray(stop_ids_from(args, config), np.int32)
+    kw = dict(config=config, max_new_tokens=int(args.max_new_tokens), opts=opts, top_k=int(args.top_k), pad_id=pad)
+    rng = jax.random.PRNGKey(int(args.seed))
+    results = []
+    for start, chunk in batches(prompts, int(args.batch_size)):
+        rows = bucket_batch(len(chunk), int(args.batch_size))
+        ids, mask = pad_batch(chunk, rows, pad)
+        rng, sub = jax.random.split(rng)
+        jax.block_until_ready(tova_generate(params, ids, mask, sub, sp, stops, **kw).tokens)  # compile
+        t0 = time.perf_counter()
+        out = tova_generate(params, ids, mask, sub, sp, stops, **kw)
+        jax.block_until_ready(out.tokens)
+        dt = time.perf_counter() - t0
+        toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+        C = int(out.cache_size)
+        for j, p in enumerate(chunk):
+            new = toks[j, : lens[j]].tolist()
+            results.append(dict(
+                index=start + j, strategy="tova", input_ids=list(map(int, p)), output_ids=new,
+                text=decode_text(tokenizer, new), num_new_tokens=len(new),
+                tokens_per_s=len(new) / dt if dt > 0 else None, decode_s=dt, forward_passes=1 + int(out.steps),
+                cache_size=C, cache_bytes_per_row=out.cache.nbytes() // rows, prompt_cut=len(p) > C,
+            ))
+    return results
