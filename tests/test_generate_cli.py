@@ -1,0 +1,117 @@
+"""Generation CLI: --prompt / --input-ids / --prompts-file, HF dir and Orbax checkpoint,
+--json fields, batching does not change greedy output, strategy registry, one-line errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from latent_jax.decoding import sampling as S
+from latent_jax.decoding import strategies
+from latent_jax.generate import main, run
+from latent_jax.models.hf import load_hf
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from latent_jax.testing import make_tiny_hf, make_tiny_tokenizer
+
+    d = str(tmp_path_factory.mktemp("gen_llama"))
+    make_tiny_hf("llama", d, initializer_range=0.2)
+    make_tiny_tokenizer(d)
+    return d
+
+
+def _json_lines(capsys):
+    out = capsys.readouterr().out.strip().splitlines()
+    return [json.loads(line) for line in out]
+
+
+def test_prompt_json_matches_generate(model_dir, capsys):
+    assert main(["--model", model_dir, "--prompt", "Hello", "--max-new-tokens", "6", "--stop-ids", "none", "--json"]) == 0
+    (r,) = _json_lines(capsys)
+    for k in ("input_ids", "output_ids", "text", "tokens_per_s", "forward_passes"):
+        assert k in r
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert r["input_ids"] == tok("Hello")["input_ids"]
+    cfg, params = load_hf(model_dir)
+    ids, mask = S.left_pad([r["input_ids"]])
+    ref = S.generate(params, ids, mask, jax.random.PRNGKey(0), S.SamplingParams.make(),
+                     np.zeros((0,), np.int32), config=cfg, max_new_tokens=6)
+    assert r["output_ids"] == np.asarray(ref.tokens)[0].tolist()  # new tokens only
+    assert r["text"] == tok.decode(r["output_ids"], skip_special_tokens=True)
+    assert r["forward_passes"] == 6 and r["tokens_per_s"] > 0
+
+
+def test_batch_file_equals_single_runs_and_orbax(model_dir, tmp_path, capsys):
+    pf = tmp_path / "p.jsonl"
+    rows = [{"prompt": "abc"}, {"input_ids": [5, 6, 7, 8, 9, 10, 11]}, {"prompt": "The quick brown fox"}]
+    pf.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    batch = run(["--model", model_dir, "--prompts-file", str(pf), "--max-new-tokens", "5", "--batch-size", "2"])
+    assert [r["index"] for r in batch] == [0, 1, 2]
+    single = run(["--model", model_dir, "--input-ids", "5,6,7,8,9,10,11", "--max-new-tokens", "5"])
+    assert batch[1]["output_ids"] == single[0]["output_ids"]
+    # the converted Orbax checkpoint gives the same tokens (and keeps the tokenizer)
+    from latent_jax.convert import main as convert
+
+    ck = str(tmp_path / "ck")
+    assert convert(["hf-to-orbax", "--hf", model_dir, "--out", ck]) == 0
+    capsys.readouterr()
+    again = run(["--model", ck, "--prompts-file", str(pf), "--max-new-tokens", "5", "--batch-size", "2"])
+    assert [r["output_ids"] for r in again] == [r["output_ids"] for r in batch]
+    assert again[0]["text"] is not None
+
+
+def test_sample_strategy_seeded(model_dir):
+    argv = ["--model", model_dir, "--input-ids", "3,4,5", "--strategy", "sample", "--temperature", "2.0",
+            "--top-k", "20", "--top-p", "0.9", "--max-new-tokens", "8", "--stop-ids", "none"]
+    a = run(argv + ["--seed", "1"])[0]["output_ids"]
+    b = run(argv + ["--seed", "1"])[0]["output_ids"]
+    c = run(argv + ["--seed", "7"])[0]["output_ids"]
+    assert a == b and a != c and len(a) == 8
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def test_errors_are_one_line(model_dir, tmp_path, capsys):
+    from latent_jax.testing import make_tiny_hf
+
+    notok = make_tiny_hf("qwen2", str(tmp_path / "notok"))
+    capsys.readouterr()
+    assert "no tokenizer files" in _err(capsys, ["--model", notok, "--prompt", "hi"])
+    assert main(["--model", notok, "--input-ids", "4,5", "--max-new-tokens", "2"]) == 0  # ids work without one
+    capsys.readouterr()
+    assert "does not exist" in _err(capsys, ["--model", str(tmp_path / "none"), "--input-ids", "1"])
+    assert "outside the vocabulary" in _err(capsys, ["--model", model_dir, "--input-ids", "1,999"])
+    assert "--top-p" in _err(capsys, ["--model", model_dir, "--input-ids", "1", "--top-p", "0"])
+    assert "--max-new-tokens" in _err(capsys, ["--model", model_dir, "--input-ids", "1", "--max-new-tokens", "0"])
+    assert "unknown --strategy 'nope'" in _err(capsys, ["--model", model_dir, "--input-ids", "1", "--strategy", "nope"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{oops\n')
+    assert "line 2 is not valid JSON" in _err(capsys, ["--model", model_dir, "--prompts-file", str(bad)])
+    bad.write_text('{"text": "x"}\n')
+    assert '"prompt"' in _err(capsys, ["--model", model_dir, "--prompts-file", str(bad)])
+    assert "does not exist" in _err(capsys, ["--model", model_dir, "--prompts-file", str(tmp_path / "nofile")])
+
+
+def test_strategy_registry(monkeypatch):
+    assert strategies.get_strategy("greedy") is strategies
+    monkeypatch.setitem(strategies.STRATEGIES, "broken", "latent_jax.decoding.does_not_exist")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        strategies.get_strategy("broken")
+    monkeypatch.setitem(strategies.STRATEGIES, "nofn", "json")
+    with pytest.raises(ValueError, match="lacks add_cli_args"):
+        strategies.get_strategy("nofn")
+    assert strategies.bucket_length(5) == 16 and strategies.bucket_length(17) == 32
+    assert strategies.bucket_length(600) == 768
+    assert strategies.bucket_batch(3, 8) == 4 and strategies.bucket_batch(9, 8) == 9
