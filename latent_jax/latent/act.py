@@ -111,14 +111,15 @@ def halting_update(cum: Array, running: Array, p: Array, k: Array | int, k_max: 
     """One step of ACT halting arithmetic for every token.
 
     cum: mass assigned so far; running: tokens that ran this step; p: their halting
-    probabilities at this step; k: 0-based step index. A running token halts when
-    cum + p >= tau or this is step k_max - 1, taking the remainder 1 - cum as its weight;
+    probabilities at this step; k: 0-based step index. A running token halts when its
+    cumulative halting probability min(cum + p, 1) reaches tau (so tau > 1 is never
+    reached) or this is step k_max - 1, taking the remainder 1 - cum as its weight;
     otherwise its weight is p (clipped so the mass never exceeds 1).
     Returns (weight, new cum, still running, halted now).
     """
     p = p.astype(jnp.float32)
     last = jnp.asarray(k) >= k_max - 1
-    halt = running & ((cum + p >= tau) | last)
+    halt = running & ((jnp.minimum(cum + p, 1.0) >= tau) | last)
     rest = 1.0 - cum
     w = jnp.where(halt, rest, jnp.where(running, jnp.minimum(p, rest), 0.0))
     return w, cum + w, running & ~halt, halt

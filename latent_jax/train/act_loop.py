@@ -1,0 +1,444 @@
+"""The 'act' workflow: train and evaluate a recursive-halting (ACT) decoder.
+
+Tasks (config.task):
+    digits  scikit-learn's 8x8 digits, classified by predicting the label token after the image
+    mnist   MNIST 28x28 from a locally prepared tensorflow-datasets directory (config.data.data_dir)
+    text    next-token LM on a local text / token file (config.data.path)
+
+Training uses the lax.scan recursion (remat per step); evaluation uses the early-halting
+lax.while_loop. Writes workdir/metrics.jsonl (+ TensorBoard), workdir/act_training.png
+(accuracy and expected steps over training), workdir/results.json and Orbax training
+checkpoints under workdir/checkpoints (resumed when present).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ml_collections import ConfigDict
+
+from latent_jax import parallel
+from latent_jax.data.augment import AugmentConfig, affine_augment, dataset_multiplicity
+from latent_jax.latent.act import ACTConfig, act_apply, act_loss, init_params
+from latent_jax.models import vision_tokens as vt
+from latent_jax.models.config import ModelConfig
+from latent_jax.train.metrics import MetricsWriter, plot_series
+from latent_jax.train.muon import muon_adamw
+
+TASKS = ("digits", "mnist", "text")
+_MODEL_FIELDS = (
+    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "dtype", "param_dtype",
+    "scan_layers", "remat_policy",
+)
+
+
+# --------------------------------------------------------------------------- building
+def model_config_from(model_cfg: ConfigDict, vocab_size: int, **extra) -> ModelConfig:
+    """A from-scratch ModelConfig from config.model fields."""
+    kw = {k: model_cfg[k] for k in _MODEL_FIELDS if k in model_cfg}
+    kw.update(extra)
+    return ModelConfig(vocab_size=vocab_size, **kw)
+
+
+def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **extra) -> tuple[ModelConfig, dict]:
+    """(model config, {'decoder', 'act'} params): from config.model.path when set, else random."""
+    if config.model.get("path"):
+        from latent_jax.train.checkpoint import load_any
+
+        mcfg, dec = load_any(config.model.path)
+        mcfg = mcfg.replace(dtype=config.model.dtype)
+        if mcfg.vocab_size < vocab_size:
+            raise ValueError(
+                f"model at {config.model.path} has vocab_size={mcfg.vocab_size} < {vocab_size} needed by this task; "
+                "use a model with a larger vocabulary or train from scratch (model.path='')"
+            )
+        return mcfg, init_params(mcfg, acfg, rng, decoder_params=dec)
+    mcfg = model_config_from(config.model, vocab_size, **extra)
+    return mcfg, init_params(mcfg, acfg, rng)
+
+
+def build_optimizer(params: Any, optim: ConfigDict, total_steps: int, frozen: Callable[[str], bool] | None = None
+                    ) -> optax.GradientTransformation:
+    """Gradient clipping + AdamW or Muon/AdamW (optim.name) on a warmup-cosine schedule;
+    params whose '/'-joined path satisfies `frozen` get no updates."""
+    lr = float(optim.learning_rate)
+    warm = int(optim.get("warmup_steps", 0))
+    total = max(total_steps, warm + 1)
+    if warm > 0:
+        sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, end_value=0.1 * lr)
+    else:
+        sched = optax.cosine_decay_schedule(lr, total, alpha=0.1)
+    name = optim.get("name", "adamw")
+    if name == "muon":
+        tx = muon_adamw(params, optim, sched)
+    elif name == "adamw":
+        tx = optax.adamw(sched, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999), weight_decay=optim.weight_decay)
+    else:
+        raise ValueError(f"optim.name={name!r}; use 'adamw' or 'muon'")
+    parts = []
+    if optim.get("grad_clip", 0):
+        parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
+    tx = optax.chain(*parts, tx)
+    if frozen is not None:
+        labels = jax.tree_util.tree_map_with_path(
+            lambda p, _: "frozen" if frozen(parallel._path_str(p)) else "train", params
+        )
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    if int(optim.get("grad_accum", 1)) > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=int(optim.grad_accum))
+    return tx
+
+
+def _count(params) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+# ------------------------------------------------------------------------------ tasks
+@dataclasses.dataclass
+class _Task:
+    mcfg: ModelConfig
+    params: dict
+    steps_per_epoch: int
+    train_batches: Callable[[int, int, int], Iterator[dict]]  # (epoch, first step, total steps)
+    eval_batches: Callable[[], list[dict]]
+    loss_fn: Callable  # (params, batch) -> (loss, metrics)
+    eval_fn: Callable  # (params, batch) -> dict of sums
+    frozen: Callable[[str], bool] | None
+    info: dict
+
+
+def _image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
+    d = config.data
+    if config.task == "digits":
+        from latent_jax.data.digits import load_digits_splits
+
+        train, test = load_digits_splits(d.get("test_fraction", 0.2), seed=config.seed)
+    else:
+        from latent_jax.data.mnist import load_mnist
+
+        train, test = load_mnist(d.get("data_dir", ""))
+    if d.get("max_train", 0):
+        train = dataclasses.replace(train, images=train.images[: d.max_train], labels=train.labels[: d.max_train])
+    if d.get("max_eval", 0):
+        test = dataclasses.replace(test, images=test.images[: d.max_eval], labels=test.labels[: d.max_eval])
+    vcfg = vt.VisionTokenConfig.from_dict(config.vision)
+    n_classes = vcfg.num_labels
+    H, W = train.image_shape
+    n_img = vcfg.num_tokens(H, W)
+    T = n_img + 1  # BOS + image; the label token is predicted after the last position
+    vocab = vt.vocab_size(n_classes)
+    r_model, r_enc = jax.random.split(rng)
+    mcfg, params = _load_or_init(config, acfg, vocab, r_model, bos_token_id=vt.BOS_ID, pad_token_id=vt.PAD_ID,
+                                 eos_token_id=(vt.EOS_ID,))
+    params["encoder"] = vt.init_encoder_params(vcfg, mcfg.hidden_size, (H, W), r_enc)
+    aug = AugmentConfig.from_dict(config.augment)
+    bs = int(config.batch_size)
+    if len(train) < bs:
+        raise ValueError(f"batch_size={bs} is larger than the training set ({len(train)}); lower batch_size")
+    mult = dataset_multiplicity(d.get("token_param_ratio", 0.0), _count(params), len(train), T + 1,
+                                d.get("max_multiplicity", 0))
+    steps_per_epoch = (len(train) * mult) // bs
+    ponder_all = config.get("ponder_on", "all") == "all"
+
+    def train_batches(epoch: int, step0: int, total: int) -> Iterator[dict]:
+        rng_np = np.random.default_rng([config.seed, epoch])
+        order = np.concatenate([rng_np.permutation(len(train)) for _ in range(mult)])
+        for i in range(steps_per_epoch):
+            idx = order[i * bs:(i + 1) * bs]
+            imgs = train.images[idx]
+            if aug.enabled:
+                prob, deg, tr = aug.at(step0 + i, total)
+                imgs = affine_augment(imgs, rng_np, prob, deg, tr)
+            yield {"images": imgs, "labels": train.labels[idx]}
+
+    def eval_batches() -> list[dict]:
+        out = []
+        for s in range(0, len(test), bs):
+            imgs, labs = test.images[s:s + bs], test.labels[s:s + bs]
+            n = len(labs)
+            pad = bs - n
+            out.append({
+                "images": np.concatenate([imgs, np.zeros((pad,) + imgs.shape[1:], imgs.dtype)]),
+                "labels": np.concatenate([labs, np.zeros((pad,), labs.dtype)]),
+                "valid": np.arange(bs) < n,
+            })
+        return out
+
+    def targets(labels):
+        B = labels.shape[0]
+        tgt = jnp.zeros((B, T), jnp.int32).at[:, -1].set(vt.label_token(labels))
+        mask = jnp.zeros((B, T), jnp.float32).at[:, -1].set(1.0)
+        return tgt, mask
+
+    def loss_fn(params, batch):
+        emb = vt.image_inputs(params, batch["images"], vcfg, mcfg)
+        tgt, mask = targets(batch["labels"])
+        labels = tgt if acfg.lambda_deep_supervision else None
+        out = act_apply(params, mcfg, acfg, inputs_embeds=emb, labels=labels, loop="scan")
+        loss, m = act_loss(out, tgt, mask, acfg, None if not ponder_all else jnp.ones_like(mask))
+        pred = jnp.argmax(vt.label_logits(out.logits[:, -1], n_classes), -1)
+        m["accuracy"] = jnp.mean((pred == batch["labels"]).astype(jnp.float32))
+        m["act_label_steps"] = jnp.mean(out.n_steps[:, -1].astype(jnp.float32))
+        return loss, m
+
+    def eval_fn(params, batch):
+        emb = vt.image_inputs(params, batch["images"], vcfg, mcfg)
+        out = act_apply(params, mcfg, acfg, inputs_embeds=emb, loop="while")
+        v = batch["valid"].astype(jnp.float32)
+        lg = vt.label_logits(out.logits[:, -1], n_classes)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out.logits[:, -1], vt.label_token(batch["labels"]))
+        return {
+            "n": jnp.sum(v),
+            "correct": jnp.sum((jnp.argmax(lg, -1) == batch["labels"]) * v),
+            "ce": jnp.sum(ce * v),
+            "label_steps": jnp.sum(out.n_steps[:, -1] * v),
+            "expected_steps": jnp.sum(jnp.mean(out.expected_steps, -1) * v),
+            "mean_steps": jnp.sum(jnp.mean(out.n_steps.astype(jnp.float32), -1) * v),
+            "inner_steps": out.inner_steps.astype(jnp.float32),
+        }
+
+    frozen = (lambda p: p.startswith("encoder/")) if vcfg.freeze_encoder else None
+    info = {"task": config.task, "train_examples": len(train), "test_examples": len(test),
+            "tokens_per_example": T + 1, "multiplicity": mult, "encoder": vcfg.encoder}
+    return _Task(mcfg, params, steps_per_epoch, train_batches, eval_batches, loss_fn, eval_fn, frozen, info)
+
+
+def _text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
+    from latent_jax.data import text_tokens as tt
+
+    d = config.data
+    path = d.get("path", "")
+    if not path and d.get("synthetic", False):
+        path = tt.write_smoke_text(os.path.join(workdir, "smoke_corpus.txt"))
+    if not path:
+        raise FileNotFoundError("data.path is empty; set --config.data.path to a local .txt, .npy or .bin token file")
+    tok_dir = d.get("tokenizer_dir", "") or (config.model.path if config.model.get("path") else "")
+    tokens = tt.load_tokens(path, tok_dir)
+    S = int(d.seq_len)
+    train_w, eval_w = tt.split_windows(tt.lm_windows(tokens, S), d.get("eval_fraction", 0.1), config.seed)
+    if d.get("max_eval", 0):
+        eval_w = eval_w[: d.max_eval]
+    vocab = int(tokens.max()) + 1 if tok_dir else tt.BYTE_VOCAB
+    mcfg, params = _load_or_init(config, acfg, vocab, rng, bos_token_id=tt.BYTE_BOS, pad_token_id=tt.BYTE_PAD)
+    if int(tokens.max()) >= mcfg.vocab_size:
+        raise ValueError(f"{path} has token id {int(tokens.max())} >= vocab_size {mcfg.vocab_size}; "
+                         "tokenize with the model's tokenizer (data.tokenizer_dir)")
+    bs = int(config.batch_size)
+    if len(train_w) < bs:
+        raise ValueError(f"batch_size={bs} exceeds the {len(train_w)} training windows; lower batch_size or data.seq_len")
+    steps_per_epoch = len(train_w) // bs
+
+    def train_batches(epoch: int, step0: int, total: int) -> Iterator[dict]:
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_w))
+        for i in range(steps_per_epoch):
+            yield {"tokens": train_w[order[i * bs:(i + 1) * bs]]}
+
+    def eval_batches() -> list[dict]:
+        out = []
+        for s in range(0, len(eval_w), bs):
+            w = eval_w[s:s + bs]
+            n = len(w)
+            out.append({"tokens": np.concatenate([w, np.zeros((bs - n, S + 1), w.dtype)]), "valid": np.arange(bs) < n})
+        return out
+
+    def loss_fn(params, batch):
+        x, y = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
+        out = act_apply(params, mcfg, acfg, x, labels=y if acfg.lambda_deep_supervision else None, loop="scan")
+        mask = jnp.ones(y.shape, jnp.float32)
+        loss, m = act_loss(out, y, mask, acfg)
+        m["accuracy"] = jnp.mean((jnp.argmax(out.logits, -1) == y).astype(jnp.float32))
+        return loss, m
+
+    def eval_fn(params, batch):
+        x, y = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
+        out = act_apply(params, mcfg, acfg, x, loop="while")
+        v = batch["valid"].astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, y).mean(-1)
+        acc = (jnp.argmax(out.logits, -1) == y).mean(-1)
+        return {
+            "n": jnp.sum(v),
+            "correct": jnp.sum(acc * v),
+            "ce": jnp.sum(ce * v),
+            "label_steps": jnp.sum(out.n_steps[:, -1] * v),
+            "expected_steps": jnp.sum(jnp.mean(out.expected_steps, -1) * v),
+            "mean_steps": jnp.sum(jnp.mean(out.n_steps.astype(jnp.float32), -1) * v),
+            "inner_steps": out.inner_steps.astype(jnp.float32),
+        }
+
+    info = {"task": "text", "data": path, "tokens": int(len(tokens)), "train_windows": int(len(train_w)),
+            "eval_windows": int(len(eval_w)), "seq_len": S}
+    return _Task(mcfg, params, steps_per_epoch, train_batches, eval_batches, loss_fn, eval_fn, None, info)
+
+
+# ---------------------------------------------------------------------------- the loop
+def _evaluate(eval_step, params, batches, mesh) -> dict:
+    tot: dict[str, float] = {}
+    inner = []
+    for b in batches:
+        r = jax.device_get(eval_step(params, parallel.shard_batch(b, mesh)))
+        inner.append(float(r.pop("inner_steps")))
+        for k, v in r.items():
+            tot[k] = tot.get(k, 0.0) + float(v)
+    n = max(tot.get("n", 0.0), 1.0)
+    return {
+        "accuracy": tot["correct"] / n,
+        "ce": tot["ce"] / n,
+        "act_inner_steps": float(np.mean(inner)),
+        "act_expected_steps": tot["expected_steps"] / n,
+        "act_mean_steps": tot["mean_steps"] / n,
+        "act_label_steps": tot["label_steps"] / n,
+    }
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Train (config.mode == 'train') or evaluate the latest checkpoint ('eval'); returns results."""
+    if config.task not in TASKS:
+        raise ValueError(f"config.task={config.task!r}; use one of {', '.join(TASKS)}")
+    if config.mode not in ("train", "eval"):
+        raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
+    t_start = time.time()
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
+    acfg = ACTConfig.from_dict(config.act)
+    mesh = parallel.make_mesh(dict(config.mesh))
+    rng = jax.random.PRNGKey(config.seed)
+    if config.task == "text":
+        task = _text_task(config, acfg, rng, workdir)
+    else:
+        task = _image_task(config, acfg, rng)
+    if task.steps_per_epoch < 1:
+        raise ValueError("no full training batch per epoch; lower batch_size")
+    total_steps = int(config.get("max_steps", 0)) or task.steps_per_epoch * int(config.num_epochs)
+    n_epochs = math.ceil(total_steps / task.steps_per_epoch)
+
+    params = parallel.shard_params(task.params, mesh)
+    tx = build_optimizer(params, config.optim, total_steps, task.frozen)
+    opt_state = tx.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, opt_state, batch):
+        (_, m), g = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch)
+        updates, opt_state = tx.update(g, opt_state, params)
+        m["grad_norm"] = optax.global_norm(g)
+        return optax.apply_updates(params, updates), opt_state, m
+
+    eval_step = jax.jit(task.eval_fn)
+
+    ckpt = None
+    step, epoch0 = 0, 0
+    if config.get("checkpoint", True):
+        from latent_jax.train.checkpoint import TrainCheckpointer
+
+        ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep_best=int(config.keep_best),
+                                 best_metric="accuracy")
+        restored = ckpt.restore_latest({"params": params, "opt_state": opt_state}) if ckpt.latest_step() is not None else None
+        if restored is not None:
+            state, extra = restored
+            params, opt_state = state["params"], state["opt_state"]
+            step, epoch0 = int(extra.get("step", 0)), int(extra.get("epoch", 0))
+            print(f"resumed from {ckpt.directory} at step {step} (epoch {epoch0})")
+
+    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config=config.to_dict())
+    n_params = _count(params)
+    print(f"act: {task.info} params={n_params:,} steps/epoch={task.steps_per_epoch} total_steps={total_steps} "
+          f"k_max={acfg.k_max} tau={acfg.tau}")
+    eval_batches = task.eval_batches()
+    history: list[dict] = []
+    if config.mode == "eval":
+        if ckpt is None or ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (mode=train)")
+        res = _evaluate(eval_step, params, eval_batches, mesh)
+        writer.write(step, res, prefix="eval/")
+        writer.close()
+        res.update(step=step, wall_s=time.time() - t_start)
+        _write_json(os.path.join(workdir, "eval_results.json"), res)
+        print(f"eval: {res}")
+        return res
+
+    from tqdm import tqdm
+
+    eval_every = max(1, int(config.get("eval_every_epochs", 1)))
+    window: list[dict] = []
+    train_s = 0.0
+    pbar = tqdm(total=total_steps, initial=step, desc="act train", disable=not config.get("progress", True))
+    for epoch in range(epoch0, n_epochs):
+        t_ep = time.time()
+        for batch in task.train_batches(epoch, step, total_steps):
+            if step >= total_steps:
+                break
+            params, opt_state, m = train_step(params, opt_state, parallel.shard_batch(batch, mesh))
+            step += 1
+            window.append(m)
+            pbar.update(1)
+            if step % int(config.log_every) == 0 or step == total_steps:
+                avg = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
+                window = []
+                writer.write(step, avg, prefix="train/")
+                pbar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}",
+                                 steps=f"{avg['act_expected_steps']:.2f}")
+        train_s += time.time() - t_ep
+        last = epoch == n_epochs - 1 or step >= total_steps
+        if (epoch + 1) % eval_every == 0 or last:
+            res = _evaluate(eval_step, params, eval_batches, mesh)
+            res["epoch"] = epoch + 1
+            writer.write(step, res, prefix="eval/")
+            history.append(dict(res, step=step))
+            tqdm.write(f"epoch {epoch + 1} step {step}: eval accuracy={res['accuracy']:.4f} ce={res['ce']:.4f} "
+                       f"inner_steps={res['act_inner_steps']:.2f} expected_steps={res['act_expected_steps']:.2f}")
+            if ckpt is not None:
+                ckpt.save(step, {"params": params, "opt_state": opt_state}, metrics={"accuracy": res["accuracy"]},
+                          extra={"step": step, "epoch": epoch + 1, "config": config.to_dict()})
+        if step >= total_steps:
+            break
+    pbar.close()
+    if ckpt is not None:
+        ckpt.close()
+    writer.close()
+
+    rows = [r for r in history]
+    png = None
+    if rows:
+        xs = [r["step"] for r in rows]
+        png = plot_series(
+            os.path.join(workdir, "act_training.png"),
+            {"eval accuracy": (xs, [r["accuracy"] for r in rows])},
+            "step", "accuracy", title=f"ACT {task.info.get('task')} (k_max={acfg.k_max}, tau={acfg.tau})",
+            secondary={"expected steps": (xs, [r["act_expected_steps"] for r in rows]),
+                       "inner steps (while_loop)": (xs, [r["act_inner_steps"] for r in rows])},
+            secondary_label="recursion steps",
+        )
+    final = history[-1] if history else {}
+    results = {
+        "final": final,
+        "best_accuracy": max((r["accuracy"] for r in history), default=None),
+        "steps": step,
+        "train_seconds": train_s,
+        "wall_seconds": time.time() - t_start,
+        "params": n_params,
+        "info": task.info,
+        "act": dataclasses.asdict(acfg),
+        "plot": png,
+    }
+    _write_json(os.path.join(workdir, "results.json"), results)
+    print(f"act done: accuracy={final.get('accuracy')} steps={step} wall={results['wall_seconds']:.1f}s "
+          f"mean inner steps={final.get('act_inner_steps')} expected steps={final.get('act_expected_steps')}")
+    return results
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)
