@@ -43,8 +43,8 @@ def tiny_vlm_hf_config(family: str, image_size: int = 28, patch_size: int = 7, *
         ac = dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=4, ext_pw_out_channel=32,
                   depthwise_separable_out_channel=32, nemo_conv_channels=32, audio_token_id=4)
         base = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=64,
-                    max_position_embeddings=1024, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+                    num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=4096,
+                    max_position_embeddings=16384, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
                     rms_norm_eps=1e-5,
                     rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
                                      "short_factor": [1.0 + 0.1 * i for i in range(half)],

@@ -1,0 +1,373 @@
+"""Multimodal Coconut: `run(config, workdir)` for the `multimodal_coconut` workflow.
+
+The Coconut curriculum (latent_jax.latent.curriculum) and continuous thought
+(latent_jax.latent.coconut) with image or video embeddings in the prefix:
+
+    prompt  = instructions + <image>*N + question (+ <|start-latent|> <|latent|>*k <|end-latent|>)
+    target  = remaining reasoning steps + answer + eos
+
+The vision tower and projector run once per example (they are frozen; the language model
+is trained) and their features replace the `<image>` placeholders through
+`embeds_override`. Datasets: CinePile (video; HiCo optional) and A-OKVQA (image; rationales
+are the CoT steps). Modes (config.coconut_mode): no_cot (vanilla), cot, coconut.
+
+    workdir/metrics.jsonl, tb/       train loss / eval accuracy (MetricsWriter)
+    workdir/predictions.jsonl        per eval example: prompt question, response, scores
+    workdir/results.json             dataset results (CinePile: accuracy per category,
+                                     hard_split, visual_reliance; A-OKVQA: MC and DA) +
+                                     HiCo compression ratio and data stats
+    workdir/final_model/             HF export of the trained model (config.save_model)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from latent_jax.data.pipeline import collate_eval, collate_train
+from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
+from latent_jax.decoding.sampling import SamplingParams
+from latent_jax.latent.coconut import coconut_generate, coconut_loss
+from latent_jax.latent.curriculum import (
+    CurriculumConfig,
+    TokenizedExample,
+    eval_prompt,
+    scheduled_stage,
+    train_sample,
+)
+from latent_jax.models.multimodal import VLMConfig, VisionLanguageModel
+from latent_jax.train.metrics import MetricsWriter
+from latent_jax.train.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+IMAGE_PLACEHOLDER = "<image>"
+
+
+@dataclasses.dataclass
+class MMItem:
+    """One example before tokenisation: text before/after the media, media, steps, answer."""
+
+    before: str
+    after: str
+    media: Any  # ("video", path | None) or ("image", path)
+    steps: list[str]
+    answer: str
+    row: dict
+
+
+# ------------------------------------------------------------------------ setup
+def _require(path: str, key: str, hint: str) -> str:
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"config.{key}={path!r} does not exist; set --config.{key}=DIR ({hint})")
+    return path
+
+
+def _ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
+    """Build the tiny model and dataset the :smoke presets point at (nothing downloaded)."""
+    from latent_jax.data import mm_fixtures as fx
+
+    fdir = os.path.join(workdir, "fixtures")
+    fam = config.model.family
+    mdir = os.path.join(fdir, f"tiny_{fam}")
+    if not os.path.exists(os.path.join(mdir, "config.json")):
+        fx.make_tiny_vlm(fam, mdir, seed=config.seed)
+    with config.unlocked():
+        config.model.path = mdir
+        if config.data.dataset == "cinepile":
+            root = os.path.join(fdir, "cinepile")
+            if not os.path.exists(os.path.join(root, "test.parquet")):
+                fx.write_cinepile_fixture(root, n_train=8, n_test=6, n_clips=3, num_frames=8)
+            config.data.path = root
+        else:
+            root = os.path.join(fdir, "aokvqa")
+            if not os.path.exists(os.path.join(root, "aokvqa_v1p0_val.json")):
+                fx.write_aokvqa_fixture(root, n_train=8, n_val=6)
+            config.data.path = root
+            config.data.coco_dir = os.path.join(root, "coco")
+
+
+def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
+    """The dataset's examples for `split` as MMItems (+ stats)."""
+    d = config.data
+    if d.dataset == "cinepile":
+        from latent_jax.data import cinepile as cp
+
+        rows = cp.filter_rows(cp.load_rows(d.path, split), d.use_hard_split, d.visual_reliance, d.max_videos)
+        clips = d.clips_dir or os.path.join(d.path, "clips")
+        exs, stats = cp.build_examples(rows, clips, d.missing_clip)
+        items = []
+        for e in exs:
+            before = "" if d.get("short_prompt") else cp.PROMPT + "\n"
+            subs = "" if d.get("short_prompt") else f"**Subtitles:**\n{e.row.get('subtitles') or ''}\n"
+            after = f"{subs}Question: {cp.format_question(e.row)}\n"
+            items.append(MMItem(before, after, ("video", e.clip), [], e.answer, e.row))
+        return items, stats
+    if d.dataset == "aokvqa":
+        from latent_jax.data import aokvqa as ak
+
+        rows = ak.load_rows(d.path, split)
+        coco = _require(d.coco_dir, "data.coco_dir", "COCO 2017 with train2017/ and val2017/")
+        items, missing = [], 0
+        for r in rows:
+            p = ak.image_path(coco, split, r["image_id"])
+            if not os.path.exists(p):
+                missing += 1
+                continue
+            items.append(MMItem("", ak.format_question(r, d.multiple_choice), ("image", p), ak.cot_steps(r),
+                                ak.answer_text(r), r))
+        return items, {"rows": len(rows), "missing_images": missing}
+    raise ValueError(f"config.data.dataset={d.dataset!r}; use cinepile or aokvqa")
+
+
+class FeatureCache:
+    """Frozen vision features per media file, computed once with a jitted tower."""
+
+    def __init__(self, cfg: VLMConfig, params: dict, config: ConfigDict):
+        self.cfg, self.params, self.config = cfg, params, config
+        self.model = VisionLanguageModel(cfg)
+        self.cache: dict[Any, np.ndarray] = {}
+        self.tokens_before = 0
+        self.tokens_after = 0
+        d = config.data
+        self.tpf = int(d.hico_tokens_per_frame) if d.get("use_hico") else None
+        self._video = jax.jit(lambda p, f: self.model.apply({"params": p}, f, self.tpf, int(d.hico_clip_frames),
+                                                              method="video_features"))
+        self._img = {}
+
+    def video(self, path: str) -> np.ndarray:
+        from latent_jax.data.image_processing import IMAGENET_MEAN, IMAGENET_STD, frame_tiles
+        from latent_jax.data.video import read_frames
+
+        if path not in self.cache:
+            v = self.cfg.vision
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.cfg.family == "internvl" else ((0.5,) * 3, (0.5,) * 3)
+            frames = read_frames(path, int(self.config.data.num_frames), max_side=4 * v.image_size)
+            px = frame_tiles(frames, v.image_size, mean, std)
+            feats = np.asarray(self._video(self.params, jnp.asarray(px)))
+            self.cache[path] = feats
+            self.tokens_before += px.shape[0] * self.cfg.tokens_per_tile
+            self.tokens_after += feats.shape[0]
+        return self.cache[path]
+
+    def image(self, path: str) -> np.ndarray:
+        from latent_jax.data import image_processing as ip
+
+        if path not in self.cache:
+            v = self.cfg.vision
+            if self.cfg.family == "internvl":
+                px = ip.internvl_tiles(path, v.image_size, max_tiles=int(self.config.data.max_tiles))
+                key, args = ("internvl", px.shape[0]), (jnp.asarray(px),)
+                fn = lambda p, x: self.model.apply({"params": p}, x, method="image_features")  # noqa: E731
+            else:
+                hd = ip.phi4_hd_crops(path, v.image_size, v.patch_size, max_crops=int(self.config.data.max_tiles))
+                px, pm, layouts = ip.stack_hd([hd])
+                key, args = ("phi4", layouts), (jnp.asarray(px), jnp.asarray(pm))
+                fn = lambda p, x, m, _l=layouts: self.model.apply({"params": p}, x, m, _l, method="image_features")  # noqa: E731
+            if key not in self._img:
+                self._img[key] = jax.jit(fn)
+            self.cache[path] = np.asarray(self._img[key](self.params, *args))
+        return self.cache[path]
+
+    def features(self, media) -> np.ndarray | None:
+        kind, path = media
+        if path is None:
+            return None
+        return self.video(path) if kind == "video" else self.image(path)
+
+
+def tokenize_items(items: list[MMItem], tok, feats: FeatureCache, image_token_id: int) -> tuple[list, list]:
+    """TokenizedExamples (placeholders expanded to the feature count) and their features."""
+    out, fs = [], []
+    for i, it in enumerate(items):
+        f = feats.features(it.media)
+        n = 0 if f is None else f.shape[0]
+        q = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(it.before) + [image_token_id] * n \
+            + tok.encode(it.after)
+        steps = tuple(tuple(tok.encode(s + "\n")) for s in it.steps)
+        ans = tuple(tok.encode(it.answer)) + (tok.eos_id,)
+        out.append(TokenizedExample(question_ids=tuple(q), step_ids=steps, answer_ids=ans, idx=i,
+                                    extra={"question": it.after, "answer": it.answer}))
+        fs.append(f)
+    return out, fs
+
+
+def overrides(input_ids: np.ndarray, example_idx: np.ndarray, feats: list, image_token_id: int, dim: int):
+    """(embeds_override (B, T, D), mask (B, T)) placing each row's features at its placeholders."""
+    B, T = input_ids.shape
+    emb = np.zeros((B, T, dim), np.float32)
+    mask = input_ids == image_token_id
+    for b in range(B):
+        if example_idx[b] < 0:
+            mask[b] = False
+            continue
+        f = feats[example_idx[b]]
+        pos = np.nonzero(mask[b])[0]
+        if f is None or len(pos) != f.shape[0]:
+            raise ValueError(f"row {b}: {len(pos)} image placeholders but {0 if f is None else f.shape[0]} features")
+        emb[b, pos] = f
+    return emb, mask
+
+
+def curriculum(config: ConfigDict) -> CurriculumConfig:
+    c = config.coconut
+    return CurriculumConfig(mode=config.coconut_mode, c_thought=int(c.c_thought),
+                            epochs_per_stage=int(c.epochs_per_stage), max_latent_stage=int(c.max_latent_stage),
+                            pad_latent_to_max=bool(c.pad_latent_to_max), seed=int(config.seed))
+
+
+# --------------------------------------------------------------------------- run
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Train (config.mode == 'train') and evaluate a multimodal Coconut model; returns results."""
+    from latent_jax.models.hf_vlm import load_vlm, save_vlm
+
+    t0 = time.time()
+    if config.get("smoke"):
+        _ensure_smoke_fixtures(config, workdir)
+    d = config.data
+    _require(config.model.path, "model.path",
+             "a local InternVL3 / Phi-4-multimodal HF directory, e.g. huggingface-cli download "
+             "OpenGVLab/InternVL3-1B-hf --local-dir DIR")
+    _require(d.path, "data.path", "python -m latent_jax.data.cinepile prepare --root DIR" if d.dataset == "cinepile"
+             else "the A-OKVQA v1p0 JSON directory")
+    cfg, params = load_vlm(config.model.path)
+    tok = load_tokenizer(config.model.path)
+    ids = add_coconut_tokens(tok)
+    lm = params["language_model"]
+    text_cfg = cfg.text
+    if tok.vocab_size > text_cfg.vocab_size:
+        lm, text_cfg = resize_embeddings(lm, text_cfg, tok.vocab_size)
+        cfg = cfg.replace(text=text_cfg)
+    params = dict(params, language_model=lm)
+    feats = FeatureCache(cfg, params, config)
+    cc = curriculum(config)
+    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config.to_dict())
+
+    eval_items, eval_stats = load_items(config, d.eval_split)
+    if d.get("max_eval"):
+        eval_items = eval_items[: int(d.max_eval)]
+    eval_ex, eval_feats = tokenize_items(eval_items, tok, feats, cfg.image_token_id)
+    D = text_cfg.hidden_size
+    B = int(config.batch_size)
+    stage = 0
+    history = []
+    if config.mode == "train":
+        train_items, train_stats = load_items(config, d.train_split)
+        if d.get("max_train"):
+            train_items = train_items[: int(d.max_train)]
+        if not train_items:
+            raise ValueError(f"no training examples in {d.path} ({train_stats}); check the clips / filters")
+        train_ex, train_feats = tokenize_items(train_items, tok, feats, cfg.image_token_id)
+        n_epochs = int(config.num_epochs)
+        steps_per_epoch = -(-len(train_ex) // B)
+        tx = make_optimizer(lm, config.optim, n_epochs * steps_per_epoch)
+        opt_state = tx.init(lm)
+
+        def loss_fn(p, batch, latent_start, num_latent):
+            return coconut_loss(p, batch, config=text_cfg, latent_start=latent_start, num_latent=num_latent)
+
+        import functools
+
+        import optax
+
+        @functools.partial(jax.jit, static_argnums=(3, 4))
+        def step(p, o, batch, latent_start, num_latent):
+            (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, latent_start, num_latent)
+            upd, o = tx.update(g, o, p)
+            return optax.apply_updates(p, upd), o, loss, aux
+
+        rng = np.random.default_rng(int(config.seed))
+        gstep = 0
+        for epoch in range(n_epochs):
+            stage = scheduled_stage(epoch, cc)
+            order = rng.permutation(len(train_ex))
+            losses = []
+            for s in range(0, len(order), B):
+                samples = [train_sample(train_ex[i], epoch, cc, ids) for i in order[s : s + B]]
+                cb = collate_train(samples, B, tok.pad_id, bucket=int(config.get("bucket", 16)), stage=stage)
+                arr = dict(cb.arrays)
+                arr["embeds_override"], arr["embeds_override_mask"] = overrides(
+                    arr["input_ids"], cb.example_idx, train_feats, cfg.image_token_id, D)
+                batch = {k: jnp.asarray(v) for k, v in arr.items()}
+                lm, opt_state, loss, aux = step(lm, opt_state, batch, cb.latent_start, cb.num_latent)
+                losses.append(float(loss))
+                gstep += 1
+                if gstep % int(config.log_every) == 0:
+                    writer.write(gstep, {"loss": float(loss), "token_accuracy": float(aux["token_accuracy"])}, "train/")
+            writer.write(gstep, {"epoch_loss": float(np.mean(losses)), "stage": stage}, "train/")
+            history.append({"epoch": epoch, "stage": stage, "loss": float(np.mean(losses))})
+        params = dict(params, language_model=lm)
+
+    res = evaluate(config, cfg, lm, tok, ids, cc, stage, eval_items, eval_ex, eval_feats, workdir)
+    res.update(eval_data=eval_stats, history=history, mode=config.coconut_mode, seconds=round(time.time() - t0, 1))
+    if feats.tokens_before:
+        from latent_jax.data.hico import compression_ratio
+
+        res["video_tokens"] = {"before": feats.tokens_before, "after": feats.tokens_after,
+                               "compression_ratio": compression_ratio(feats.tokens_before, feats.tokens_after)}
+    writer.write(0, {"accuracy": res["accuracy"]}, "eval/")
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    if config.mode == "train" and config.get("save_model"):
+        save_vlm(params, cfg, os.path.join(workdir, "final_model"), tokenizer_dir=config.model.path)
+    print(json.dumps({k: res[k] for k in ("accuracy", "n") if k in res}))
+    return res
+
+
+def evaluate(config, cfg, lm, tok, ids, cc, stage, items, exs, feats, workdir) -> dict:
+    """Generate for every eval example (batched, KV cached) and score with the dataset's rules."""
+    e = config.eval
+    B = int(config.batch_size)
+    eval_stage = int(e.stage) if e.get("stage", -1) >= 0 else max(stage, cc.max_latent_stage if cc.mode == "coconut" else 0)
+    sp = SamplingParams.make(float(e.temperature), float(e.top_p))
+    stop = jnp.asarray([tok.eos_id], jnp.int32)
+    records = []
+    rng = jax.random.PRNGKey(int(config.seed))
+    for s in range(0, len(exs), B):
+        prompts = [eval_prompt(x, eval_stage, cc, ids) for x in exs[s : s + B]]
+        eb = collate_eval(prompts, B, tok.pad_id, bucket=int(config.get("bucket", 16)), stage=eval_stage)
+        emb, m = overrides(eb.arrays["input_ids"], eb.example_idx, feats, cfg.image_token_id, cfg.text.hidden_size)
+        rng, k = jax.random.split(rng)
+        out = coconut_generate(
+            lm, jnp.asarray(eb.arrays["input_ids"]), jnp.asarray(eb.arrays["attention_mask"]),
+            jnp.asarray(eb.arrays["latent_mask"]), k, sp, stop, config=cfg.text, latent_start=eb.latent_start,
+            num_latent=eb.num_latent, max_new_tokens=int(e.max_new_tokens), pad_id=tok.pad_id,
+            embeds_override=jnp.asarray(emb), embeds_override_mask=jnp.asarray(m))
+        toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+        for b, p in enumerate(prompts):
+            it = items[p.idx]
+            text = tok.decode(toks[b, : lens[b]], skip_special_tokens=True)
+            records.append(score_item(config, it, text))
+    with open(os.path.join(workdir, "predictions.jsonl"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    if config.data.dataset == "cinepile":
+        from latent_jax.data.cinepile import results
+    else:
+        from latent_jax.data.aokvqa import results
+    out = results(records)
+    out["eval_stage"] = eval_stage
+    return out
+
+
+def score_item(config: ConfigDict, it: MMItem, text: str) -> dict:
+    r = it.row
+    if config.data.dataset == "cinepile":
+        from latent_jax.data.cinepile import score_response
+
+        return {"question": r["question"], "response": text, "answer": it.answer,
+                "correct": score_response(text, r["answer_key_position"], r["answer_key"]),
+                "question_category": r.get("question_category"), "hard_split": r.get("hard_split"),
+                "visual_reliance": r.get("visual_reliance"), "video": it.media[1] is not None}
+    from latent_jax.data.aokvqa import direct_answer_accuracy, mc_correct
+
+    return {"question_id": r.get("question_id"), "question": r["question"], "response": text, "answer": it.answer,
+            "mc_correct": mc_correct(text, r), "da_accuracy": direct_answer_accuracy(text, r)}
