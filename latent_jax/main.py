@@ -20,7 +20,7 @@ WORKFLOWS = {
     "coconut": "latent_jax.train.loop:run",
     "act": "latent_jax.train.act_loop:run",
     "diffusion": "latent_jax.train.diffusion_loop:run",
-    "multimodal_coconut": "latent_jax.train.loop:run",
+    "multimodal_coconut": "latent_jax.train.mm_loop:run",
 }
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
