@@ -1,0 +1,74 @@
+"""Sharding: the same loss and gradients on 1 device and on 8 fake CPU devices with a
+(data=2, fsdp=2, tensor=2) mesh; mesh-shape errors name the fix."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, optax
+    jax.config.update("jax_default_matmul_precision", "highest")
+    from latent_jax import parallel
+    from latent_jax.models.config import tiny_config
+    from latent_jax.models.decoder import Decoder, init_params
+
+    assert len(jax.devices()) == 8
+    for scan in (False, True):
+        cfg = tiny_config("qwen2", scan_layers=scan, initializer_range=0.1)
+        params = init_params(cfg, 0)
+        rng = np.random.default_rng(0)
+        ids = rng.integers(3, 128, size=(8, 12)).astype(np.int32)
+        mask = np.ones_like(ids)
+        mask[1, :4] = 0
+
+        def loss_fn(p, batch):
+            logits = Decoder(cfg).apply({"params": p}, batch["ids"], attention_mask=batch["mask"]).logits
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch["ids"][:, 1:])
+            w = batch["mask"][:, 1:].astype(jnp.float32)
+            return jnp.sum(ce * w) / jnp.sum(w)
+
+        step = jax.jit(jax.value_and_grad(loss_fn))
+        one = jax.devices()[0]
+        batch = {"ids": ids, "mask": mask}
+        l1, g1 = step(jax.device_put(params, one), jax.device_put(batch, one))
+
+        mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+        ps = parallel.shard_params(params, mesh)
+        bs = parallel.shard_batch(batch, mesh)
+        # params really are split: the embedding over (vocab -> tensor, embed -> fsdp)
+        emb = ps["embed_tokens"]["embedding"]
+        assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp"), emb.sharding.spec
+        assert len(emb.addressable_shards) == 8 and emb.addressable_shards[0].data.shape == (64, 32)
+        assert bs["ids"].addressable_shards[0].data.shape == (2, 12)
+        l8, g8 = step(ps, bs)
+        assert abs(float(l1) - float(l8)) < 1e-5, (float(l1), float(l8))
+        diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), g1, g8))
+        assert max(diffs) < 1e-5, max(diffs)
+        assert any(len(set(s.index for s in x.addressable_shards)) > 1 for x in jax.tree.leaves(g8))
+        print("scan", scan, "loss", float(l1), "max grad diff", max(diffs))
+
+    # mesh errors
+    for bad, msg in [((3, 1, 1), "needs 3 devices but 8 are visible"), ({"dp": 8}, "unknown mesh axes")]:
+        try:
+            parallel.make_mesh(bad)
+        except ValueError as e:
+            assert msg in str(e), e
+        else:
+            raise AssertionError(bad)
+    assert parallel.make_mesh({"data": -1, "tensor": 2}).shape == {"data": 4, "fsdp": 1, "tensor": 2}
+    print("OK")
+    """
+)
+
+
+def test_one_vs_eight_devices_same_loss_and_grads():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
