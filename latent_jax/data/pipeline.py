@@ -59,7 +59,8 @@ STATE_VERSION = 1
 # ----------------------------------------------------------------------------- tokenize
 def tokenize_examples(examples: Sequence[CoconutExample], tok: Tokenizer) -> list[TokenizedExample]:
     """Tokenizes as the original Coconut: question + "\\n" with special tokens (BOS), each
-    step + "\\n" without, "### " + answer without, then EOS. Graph / extra fields are kept."""
+    step + "\\n" without, "### " + answer without, then EOS. The example's extra fields (graph,
+    image references, ...) and its question / answer / steps texts go to `extra`."""
     if not examples:
         return []
     q = tok.encode_batch([e.question + "\n" for e in examples], add_special_tokens=True)
@@ -77,7 +78,7 @@ def tokenize_examples(examples: Sequence[CoconutExample], tok: Tokenizer) -> lis
                 step_ids=steps,
                 answer_ids=tuple(a[i]) + (tok.eos_id,),
                 idx=e.idx,
-                extra={"question": e.question, "answer": e.answer, "steps": e.steps},
+                extra={**e.extra, "question": e.question, "answer": e.answer, "steps": e.steps},
             )
         )
     return out
