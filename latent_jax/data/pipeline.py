@@ -328,9 +328,12 @@ class CoconutTrainData(_Base):
         process_index: int | None = None,
         process_count: int | None = None,
         name: str = "train",
+        num_threads: int = 2,
+        prefetch: int = 8,
     ):
         super().__init__(examples, cc, ids, pad_id, batch_size, bucket, process_index, process_count, name)
         self.seed, self.shuffle, self.drop_remainder = int(seed), bool(shuffle), bool(drop_remainder)
+        self.num_threads, self.prefetch = int(num_threads), int(prefetch)
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"{name}: {len(self.examples)} examples make no full batch of {self.global_batch_size}; "
@@ -392,7 +395,10 @@ class EpochIterator:
     def __init__(self, data: CoconutTrainData, epoch: int):
         self.data, self.epoch = data, int(epoch)
         self._ds = data.epoch_dataset(self.epoch)
-        self._it = iter(self._ds.to_iter_dataset())
+        # a few background threads collate ahead; the default (16 threads, 500 batches) would
+        # compete with the training step for the host's cores
+        opts = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch)
+        self._it = iter(self._ds.to_iter_dataset(opts))
 
     def __iter__(self) -> "EpochIterator":
         return self
