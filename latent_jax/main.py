@@ -20,6 +20,7 @@ WORKFLOWS = {
     "coconut": "latent_jax.train.loop:run",
     "act": "latent_jax.train.act_loop:run",
     "diffusion": "latent_jax.train.diffusion_loop:run",
+    "medusa": "latent_jax.decoding.speculative:run_workflow",
     "multimodal_coconut": "latent_jax.train.mm_loop:run",
 }
 

@@ -384,3 +384,67 @@ def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int
                 acceptance_rate=int(acc[j]) / max(s * n, 1), num_heads=n,
             ))
     return results
+
+
+# ------------------------------------------------------------------------- workflow
+def run_workflow(config, workdir: str) -> dict:
+    """Workflow "medusa": train draft heads on a frozen base model, save them to WORKDIR/heads
+    and report greedy acceptance on held-out prompts (configs/medusa_heads.py).
+
+    data.task: "self_distill" (the base model's own greedy continuations of random or given
+    prompts, Medusa-2's recipe when no chat data is at hand) or "text" (windows of a local
+    .txt/.npy/.bin file via data.text_tokens)."""
+    from latent_jax.decoding.sampling import generate
+    from latent_jax.models.decoder import init_params
+    from latent_jax.train.metrics import MetricsWriter
+
+    rng = jax.random.PRNGKey(config.seed)
+    if config.model.path:
+        from latent_jax.train.checkpoint import load_any
+
+        mcfg, params = load_any(config.model.path)
+    else:  # a random base model (smoke tests)
+        from latent_jax.models.config import tiny_config
+
+        mcfg = tiny_config(config.model.model_type, vocab_size=int(config.model.vocab_size))
+        params = init_params(mcfg, config.seed)
+    h, d = config.heads, config.data
+    rs = np.random.RandomState(config.seed)
+    n_all = int(d.num_sequences) + int(d.num_eval)
+    if d.task == "self_distill":
+        lo = 3 if mcfg.vocab_size > 8 else 0
+        prompts = rs.randint(lo, mcfg.vocab_size, size=(n_all, int(d.prompt_len))).astype(np.int32)
+        none = np.zeros((0,), np.int32)
+        outs = []
+        for i in range(0, n_all, 64):
+            p = prompts[i:i + 64]
+            g = generate(params, p, np.ones_like(p), jax.random.PRNGKey(i), SamplingParams.make(), none, config=mcfg,
+                         max_new_tokens=int(d.seq_len) - int(d.prompt_len))
+            outs.append(np.concatenate([p, np.asarray(g.tokens)], axis=1))
+        seqs = np.concatenate(outs)
+    elif d.task == "text":
+        from latent_jax.data.text_tokens import lm_windows, load_tokens
+
+        seqs = lm_windows(load_tokens(d.path, d.get("tokenizer_dir", "") or config.model.path), int(d.seq_len) - 1)
+        if int(seqs.max()) >= mcfg.vocab_size:
+            raise ValueError(f"{d.path} has token ids >= the model vocabulary {mcfg.vocab_size}; set data.tokenizer_dir")
+        seqs = seqs[rs.permutation(len(seqs))][:n_all]
+    else:
+        raise ValueError(f"data.task={d.task!r}; use 'self_distill' or 'text'")
+    n_eval = min(int(d.num_eval), len(seqs) - 1)
+    train, held = seqs[n_eval:], seqs[:n_eval]
+    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config.to_dict())
+    heads = init_heads(mcfg, int(h.num_heads), config.seed, base_params=params)
+    heads = train_heads(params, mcfg, heads, train, steps=int(config.max_steps), batch_size=int(config.batch_size),
+                        learning_rate=float(config.optim.learning_rate), decay=float(h.decay), seed=config.seed,
+                        log_fn=lambda s, m: writer.write(s, m, prefix="train/"))
+    path = save_heads(os.path.join(workdir, "heads"), heads, {"decay": float(h.decay), "base_model": config.model.path})
+    prompts = held[:, : int(d.prompt_len)]
+    out = typical_generate(params, heads, prompts, np.ones_like(prompts), jax.random.PRNGKey(0), SamplingParams.make(),
+                           np.zeros((0,), np.int32), config=mcfg, max_new_tokens=int(d.seq_len) - int(d.prompt_len))
+    summary = {"heads_path": path, **acceptance_stats(out)}
+    writer.write(int(config.max_steps), {k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="eval/")
+    writer.close()
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
