@@ -13,6 +13,7 @@ write that is interrupted never destroys an existing good checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +40,20 @@ def _ocp():
     return ocp
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Keep Orbax's per-call INFO lines out of the console (warnings and errors still show)."""
+    from absl import logging as absl_logging
+
+    old = absl_logging.get_verbosity()
+    if old > absl_logging.WARNING:  # absl: higher = more verbose (INFO=0 > WARNING=-1)
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(old)
+
+
 # --------------------------------------------------------------------------- model weights
 def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None = None) -> str:
     """Write params (Orbax PyTree) + model_config.json (+ tokenizer files) to `path`, atomically.
@@ -55,10 +70,11 @@ def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str |
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        ckptr = _ocp().StandardCheckpointer()
-        ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
-        ckptr.wait_until_finished()
-        ckptr.close()
+        with _quiet():
+            ckptr = _ocp().StandardCheckpointer()
+            ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
+            ckptr.wait_until_finished()
+            ckptr.close()
         with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
             f.write(config.to_json())
         if tokenizer_dir and os.path.isdir(tokenizer_dir):
@@ -115,6 +131,11 @@ def load_model(path: str, dtype: str | None = None, shardings: Any = None) -> tu
         )
     with open(os.path.join(src, MODEL_CONFIG_FILE)) as f:
         config = ModelConfig.from_json(f.read())
+    with _quiet():
+        return _restore_params(src, config, dtype, shardings)
+
+
+def _restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: Any) -> tuple[ModelConfig, dict]:
     ocp = _ocp()
     ckptr = ocp.StandardCheckpointer()
     pdir = os.path.join(src, PARAMS_DIR)
@@ -261,7 +282,6 @@ class TrainCheckpointer:
     # ------------------------------------------------------------------ writing
     def save(self, step: int, state: Any, metrics: dict | None = None, extra: dict | None = None) -> bool:
         """Save `state` at `step` with optional `metrics` (ranking) and JSON `extra`."""
-        ocp = _ocp()
         m = None
         if metrics is not None:
             m = {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
@@ -269,7 +289,13 @@ class TrainCheckpointer:
                 raise ValueError(
                     f"metrics lack {self.best_metric!r} (have {sorted(m)}); pass it or set best_metric"
                 )
-        ok = self._mgr.save(
+        with _quiet():
+            ok = self._save(step, state, m, extra)
+        return bool(ok)
+
+    def _save(self, step, state, m, extra):
+        ocp = _ocp()
+        return self._mgr.save(
             int(step),
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
@@ -278,7 +304,6 @@ class TrainCheckpointer:
             metrics=m,
             force=True,
         )
-        return bool(ok)
 
     def wait(self) -> None:
         self._mgr.wait_until_finished()
@@ -316,13 +341,14 @@ class TrainCheckpointer:
             template = jax.tree.map(
                 lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else ocp.utils.to_shape_dtype_struct(x), template
             )
-        out = self._mgr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(template),
-                extra=ocp.args.JsonRestore(),
-            ),
-        )
+        with _quiet():
+            out = self._mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(template),
+                    extra=ocp.args.JsonRestore(),
+                ),
+            )
         return out["state"], dict(out["extra"] or {})
 
     def restore_latest(self, template: Any = None) -> tuple[Any, dict] | None:
