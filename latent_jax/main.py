@@ -30,6 +30,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Path to an ml_collections config file, optionally :preset.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, plots). Default: config.workdir.")
+flags.DEFINE_bool("multihost", False, "Initialise jax.distributed first (TPU pods, multi-node GPU; see launch/).")
 
 
 def resolve_workflow(name: str):
@@ -44,6 +45,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value to override config fields")
     config = _CONFIG.value
     workdir = flags.FLAGS.workdir or config.get("workdir") or "runs/default"
+    if flags.FLAGS.multihost:
+        from latent_jax.parallel import initialize_distributed
+
+        initialize_distributed()  # coordinator / process ids come from the TPU or SLURM environment
     run = resolve_workflow(config.workflow)
     os.makedirs(workdir, exist_ok=True)
     try:
