@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run a latent_jax workflow on one GPU node (all its GPUs form the mesh).
+#
+#   launch/gpu.sh setup                                    # venv + jax[cuda12] + requirements
+#   CONFIG=configs/prosqa_coconut.py WORKDIR=runs/gpu launch/gpu.sh run [--config.model.dtype=bfloat16 ...]
+#   launch/gpu.sh bench                                    # benchmarks/decode.py in bfloat16
+#
+# Multi-node GPU: run `launch/gpu.sh run --multihost` on every node with
+# JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set (or under SLURM, where
+# jax.distributed.initialize discovers them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmd="${1:-}"; shift || true
+CONFIG="${CONFIG:-configs/prosqa_coconut.py}"
+WORKDIR="${WORKDIR:-runs/gpu}"
+JAX_VERSION="$(grep -E '^jax==' requirements.txt | cut -d= -f3)"
+# let XLA use most of the GPU memory but leave room for the CUDA context
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+
+case "$cmd" in
+  setup)
+    python3 -m venv .venv
+    . .venv/bin/activate
+    pip install -q -U pip
+    pip install -q -r requirements.txt
+    pip install -q "jax[cuda12]==$JAX_VERSION"
+    python -c 'import jax; print(jax.devices())'
+    ;;
+  run)
+    . .venv/bin/activate
+    python -m latent_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"
+    ;;
+  bench)
+    . .venv/bin/activate
+    python benchmarks/decode.py --dtype bfloat16 "$@"
+    ;;
+  *)
+    echo "usage: $0 setup | run [--multihost] [--config.* overrides] | bench [benchmark flags]" >&2
+    exit 2
+    ;;
+esac
