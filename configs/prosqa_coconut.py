@@ -1,0 +1,160 @@
+"""The embedded default: Coconut on generated ProsQA-style data, from scratch, on a CPU.
+
+    python -m latent_jax.main --workdir runs/prosqa              (this file is configs/default.py)
+    python -m latent_jax.main --config=configs/prosqa_coconut.py:smoke --workdir /tmp/smoke
+
+Writes ProsQA-style train/valid/test files (latent_jax.data.prosqa) into workdir/data,
+trains a byte-level BPE tokenizer on them, then chains three runs as the paper does
+(Hao et al. 2024, arXiv 2412.06769, section 4): a vanilla no-CoT model, a CoT model, and
+Coconut started from the best CoT model (stage k replaces the first k steps with
+k * c_thought continuous thoughts), and prints test accuracy for all three. The paper's
+ProsQA numbers with GPT-2 are Coconut 97.0, CoT 77.5, no-CoT 76.7.
+
+Presets: "smoke" (under a minute on CPU), "coconut_only" (one Coconut run; set
+load_model_path to a CoT best_model), "paper" (the published GPT-2 hyperparameters of
+args/prosqa_coconut.yaml: c_thought 1, 5 epochs per stage, max_latent_stage 6, 50 epochs,
+batch 32 (4 GPUs x 32 = 128 global in the original), lr 1e-4, weight decay 0.01).
+"""
+
+import os
+import sys
+
+from ml_collections import ConfigDict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from any directory
+
+from configs.base import get_base  # noqa: E402
+
+
+def generation(max_new_tokens: int, do_sample: bool = False, temperature: float = 0.0, top_p: float = 1.0) -> ConfigDict:
+    """Per-mode decoding settings (greedy by default, as the original Coconut evaluates;
+    the MultiCoCo configs sample: CoT t=1.0 p=0.9, Coconut t=0.8 p=0.9, vanilla t=0.6 p=0.8)."""
+    return ConfigDict(dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p))
+
+
+def coconut_fields(c: ConfigDict) -> ConfigDict:
+    """Fields every Coconut-workflow config has (shared by the prosqa / prontoqa / gsm files)."""
+    c.workflow = "coconut"
+    c.coconut_mode = "coconut"  # no_cot | cot | coconut
+    c.ablation = "none"  # none | no_curriculum | no_thought | pause_as_thought
+    c.chain = ""  # e.g. "no_cot,cot,coconut": separate runs in workdir/<mode>/, one table
+    c.chain_overrides = ConfigDict()
+    c.c_thought = 1
+    c.epochs_per_stage = 5
+    c.max_latent_stage = 6
+    c.pad_latent_to_max = True
+    c.uniform_prob = 0.0
+    c.reset_optimizer = True  # fresh optimizer state when the curriculum stage changes
+    c.load_model_path = ""  # start from this model (e.g. the CoT run's best_model)
+    c.latent_init = "copy"  # new token rows: copy "<<" when it is one token (as the original), else mean
+    c.remat_thoughts = True
+    c.eval_stage = -1  # stage of the test prompts (-1: the final scheduled stage)
+    c.eval_batch_size = 64
+    c.max_steps = 0  # stop (after checkpointing) at this step; 0 = run all epochs
+    c.checkpoint_every_steps = 0  # 0 = checkpoint at epoch ends only
+    c.progress = True
+    c.optim.schedule = "constant"
+    c.optim.end_lr_ratio = 0.0
+    c.optim.mu_dtype = ""
+    c.optim.grad_clip = 0.0
+    c.optim.reset_on_stage_change = False
+    c.model.tie_word_embeddings = False
+
+    c.data = ConfigDict()
+    c.data.generate = ""  # "prosqa": write generated files into workdir/data
+    c.data.generate_dir = ""
+    c.data.gen = ConfigDict(dict(train=4000, valid=300, test=300, seed=0, concepts=24, min_hops=3, max_hops=4,
+                                 branching=1))
+    c.data.train_path = ""
+    c.data.val_path = ""
+    c.data.test_path = ""
+    c.data.max_length = 0  # drop longer examples (0 = keep all)
+    c.data.bucket = 16
+    c.data.tokenizer_dir = ""
+    c.data.tokenizer_vocab_size = 512
+    c.data.max_train_rows = 0
+    c.data.max_eval_rows = 0
+
+    c.generation = ConfigDict()
+    c.generation.no_cot = generation(32)
+    c.generation.cot = generation(128)
+    c.generation.coconut = generation(128)
+    return c
+
+
+def get_config(arg: str = "") -> ConfigDict:
+    c = coconut_fields(get_base())
+    c.chain = "no_cot,cot,coconut"
+    c.seed = 0
+
+    # a small llama-style model trained from scratch
+    c.model.model_type = "llama"
+    c.model.hidden_size = 128
+    c.model.intermediate_size = 384
+    c.model.num_hidden_layers = 2
+    c.model.num_attention_heads = 4
+    c.model.num_key_value_heads = 4
+    c.model.head_dim = 32
+    c.model.max_position_embeddings = 512
+
+    c.data.generate = "prosqa"
+    c.data.gen.train, c.data.gen.valid, c.data.gen.test = 3000, 200, 300
+
+    c.c_thought = 1
+    c.epochs_per_stage = 2
+    c.max_latent_stage = 4  # max_hops: every step replaced at the last stage
+    c.pad_latent_to_max = True
+    c.batch_size = 32
+    c.eval_batch_size = 100
+    c.optim.learning_rate = 1e-3
+    c.optim.weight_decay = 0.01
+    c.optim.warmup_steps = 50
+    c.optim.grad_clip = 1.0
+    c.log_every = 20
+    c.keep_best = 2
+    c.generation.no_cot = generation(24)
+    c.generation.cot = generation(96)
+    c.generation.coconut = generation(24)
+
+    # epochs per chained run (coconut: stages 0..4 for 2 epochs each, then 2 at the final stage)
+    c.num_epochs = 12
+    c.chain_overrides = ConfigDict()
+    c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=8))
+    c.chain_overrides.cot = ConfigDict(dict(num_epochs=8))
+    c.chain_overrides.coconut = ConfigDict(dict(num_epochs=12))
+
+    if arg == "smoke":
+        c.model.hidden_size = 64
+        c.model.intermediate_size = 128
+        c.model.num_attention_heads = 4
+        c.model.num_key_value_heads = 2
+        c.model.head_dim = 16
+        c.data.gen.train, c.data.gen.valid, c.data.gen.test = 64, 8, 8
+        c.data.tokenizer_vocab_size = 300
+        c.batch_size = 16
+        c.eval_batch_size = 8
+        c.epochs_per_stage = 1
+        c.max_latent_stage = 2
+        c.optim.warmup_steps = 0
+        c.log_every = 1
+        c.chain_overrides.no_cot.num_epochs = 1
+        c.chain_overrides.cot.num_epochs = 1
+        c.chain_overrides.coconut.num_epochs = 3
+        c.generation.no_cot = generation(8)
+        c.generation.cot = generation(16)
+        c.generation.coconut = generation(8)
+        c.progress = False
+    elif arg == "coconut_only":
+        c.chain = ""
+        c.coconut_mode = "coconut"
+    elif arg == "paper":
+        c.chain = ""
+        c.c_thought, c.epochs_per_stage, c.max_latent_stage = 1, 5, 6
+        c.num_epochs, c.batch_size = 50, 32
+        c.optim.learning_rate, c.optim.weight_decay = 1e-4, 0.01
+        c.optim.warmup_steps, c.optim.grad_clip = 0, 0.0
+        c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.concepts = 3, 6, 40
+        c.data.gen.train, c.data.gen.valid, c.data.gen.test = 17886, 300, 500
+    elif arg:
+        raise ValueError(f"unknown preset {arg!r} for prosqa_coconut.py; use smoke, coconut_only or paper")
+    return c
