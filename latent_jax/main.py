@@ -40,6 +40,48 @@ def resolve_workflow(name: str):
     return getattr(importlib.import_module(mod), fn)
 
 
+def _leaf_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        if hasattr(v, "items"):
+            out += _leaf_keys(v, f"{prefix}{k}.") or [f"{prefix}{k}"]
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def check_override_keys(argv: list[str]) -> None:
+    """Exit with a one-line error listing the valid keys when an --config.a.b=value override
+    names no field of the config (before absl parses the flags)."""
+    path, keys = _DEFAULT_CONFIG, []
+    for a in argv[1:]:
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a.startswith("--config."):
+            keys.append(a[len("--config."):].split("=", 1)[0])
+    if not keys:
+        return
+    file, _, preset = path.partition(":")
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_latent_jax_config_check", file)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        cfg = mod.get_config(preset) if preset else mod.get_config()
+    except Exception:  # noqa: BLE001 - config_flags reports a broken config file itself
+        return
+    for k in keys:
+        node = cfg
+        for part in k.split("."):
+            if hasattr(node, "items") and part in node:
+                node = node[part]
+            else:
+                raise SystemExit(
+                    f"error: unknown config key {k!r} for {path}; valid keys: {', '.join(sorted(_leaf_keys(cfg)))}"
+                )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value to override config fields")
@@ -61,4 +103,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    check_override_keys(sys.argv)
     app.run(main)
