@@ -14,7 +14,8 @@ from configs.base import get_base  # noqa: E402
 def mm_base(family: str, dataset: str) -> ConfigDict:
     c = get_base()
     c.workflow = "multimodal_coconut"
-    c.smoke = False  # True: build a tiny random model + dataset fixture under workdir/fixtures
+    c.smoke = False  # True: build a tiny random model + dataset fixture under fixtures_dir
+    c.fixtures_dir = ""  # default: workdir/fixtures
     c.model.family = family  # internvl | phi4mm (read from config.json; used by :smoke)
     c.coconut_mode = "coconut"  # no_cot (vanilla) | cot | coconut
     c.coconut = ConfigDict(dict(c_thought=1, epochs_per_stage=5, max_latent_stage=6, pad_latent_to_max=True))
@@ -50,7 +51,7 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
 def smoke(c: ConfigDict) -> ConfigDict:
     """Train + eval end to end on CPU in about a minute on fixtures built at run time."""
     c.smoke = True
-    c.batch_size = 4
+    c.batch_size = 2
     c.num_epochs = 2
     c.log_every = 1
     c.save_model = False
@@ -60,8 +61,8 @@ def smoke(c: ConfigDict) -> ConfigDict:
     c.data.hico_clip_frames = 2
     c.data.max_tiles = 2
     c.data.short_prompt = True
-    c.data.max_train = 8
-    c.data.max_eval = 4
+    c.data.max_train = 4
+    c.data.max_eval = 2
     c.coconut.epochs_per_stage = 1
     c.coconut.max_latent_stage = 1
     c.eval.max_new_tokens = 8

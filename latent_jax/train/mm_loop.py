@@ -75,7 +75,7 @@ def _ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
     """Build the tiny model and dataset the :smoke presets point at (nothing downloaded)."""
     from latent_jax.data import mm_fixtures as fx
 
-    fdir = os.path.join(workdir, "fixtures")
+    fdir = config.get("fixtures_dir") or os.path.join(workdir, "fixtures")
     fam = config.model.family
     mdir = os.path.join(fdir, f"tiny_{fam}")
     if not os.path.exists(os.path.join(mdir, "config.json")):
