@@ -49,7 +49,12 @@ def tiny_vlm_hf_config(family: str, image_size: int = 28, patch_size: int = 7, *
                     rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
                                      "short_factor": [1.0 + 0.1 * i for i in range(half)],
                                      "long_factor": [2.0 + 0.3 * i for i in range(half)]})
+        rope_given = "rope_parameters" in kw
         base.update(kw)
+        if not rope_given:
+            half = base["hidden_size"] // base["num_attention_heads"] * 3 // 4 // 2
+            base["rope_parameters"]["short_factor"] = [1.0 + 0.1 * i for i in range(half)]
+            base["rope_parameters"]["long_factor"] = [2.0 + 0.3 * i for i in range(half)]
         return transformers.Phi4MultimodalConfig(vision_config=vc, audio_config=ac, **base)
     raise ValueError(f"unknown VLM family {family!r}; use internvl or phi4mm")
 
