@@ -50,6 +50,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.remat_thoughts = True
     c.eval_stage = -1  # stage of the test prompts (-1: the final scheduled stage)
     c.eval_batch_size = 64
+    c.start_epoch = 0  # first epoch of a fresh run (skips earlier stages, as the original's `resume`)
     c.max_steps = 0  # stop (after checkpointing) at this step; 0 = run all epochs
     c.checkpoint_every_steps = 0  # 0 = checkpoint at epoch ends only
     c.progress = True
@@ -89,24 +90,25 @@ def get_config(arg: str = "") -> ConfigDict:
 
     # a small llama-style model trained from scratch
     c.model.model_type = "llama"
-    c.model.hidden_size = 128
-    c.model.intermediate_size = 384
+    c.model.hidden_size = 96
+    c.model.intermediate_size = 256
     c.model.num_hidden_layers = 2
     c.model.num_attention_heads = 4
     c.model.num_key_value_heads = 4
-    c.model.head_dim = 32
+    c.model.head_dim = 24
     c.model.max_position_embeddings = 512
 
     c.data.generate = "prosqa"
-    c.data.gen.train, c.data.gen.valid, c.data.gen.test = 3000, 200, 300
+    c.data.gen.train, c.data.gen.valid, c.data.gen.test = 1200, 100, 200
+    c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.branching = 3, 4, 0
 
     c.c_thought = 1
-    c.epochs_per_stage = 2
+    c.epochs_per_stage = 1
     c.max_latent_stage = 4  # max_hops: every step replaced at the last stage
     c.pad_latent_to_max = True
-    c.batch_size = 32
+    c.batch_size = 24
     c.eval_batch_size = 100
-    c.optim.learning_rate = 1e-3
+    c.optim.learning_rate = 2e-3
     c.optim.weight_decay = 0.01
     c.optim.warmup_steps = 50
     c.optim.grad_clip = 1.0
@@ -116,12 +118,13 @@ def get_config(arg: str = "") -> ConfigDict:
     c.generation.cot = generation(96)
     c.generation.coconut = generation(24)
 
-    # epochs per chained run (coconut: stages 0..4 for 2 epochs each, then 2 at the final stage)
-    c.num_epochs = 12
+    # epochs per chained run; the Coconut run starts from the CoT model at stage 1 (its stage 0
+    # is CoT training, already done), one epoch per stage, then two at the final stage
+    c.num_epochs = 7
     c.chain_overrides = ConfigDict()
-    c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=8))
-    c.chain_overrides.cot = ConfigDict(dict(num_epochs=8))
-    c.chain_overrides.coconut = ConfigDict(dict(num_epochs=12))
+    c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=6))
+    c.chain_overrides.cot = ConfigDict(dict(num_epochs=6))
+    c.chain_overrides.coconut = ConfigDict(dict(num_epochs=7, start_epoch=1))
 
     if arg == "smoke":
         c.model.hidden_size = 64
@@ -140,6 +143,7 @@ def get_config(arg: str = "") -> ConfigDict:
         c.chain_overrides.no_cot.num_epochs = 1
         c.chain_overrides.cot.num_epochs = 1
         c.chain_overrides.coconut.num_epochs = 3
+        c.chain_overrides.coconut.start_epoch = 1
         c.generation.no_cot = generation(8)
         c.generation.cot = generation(16)
         c.generation.coconut = generation(8)

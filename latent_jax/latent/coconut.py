@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -378,25 +380,32 @@ def naive_generate_one(
     config: ModelConfig,
     max_new_tokens: int,
     stop_ids: tuple[int, ...] = (),
+    bucket: int = 16,
 ) -> list[int]:
     """Greedy batch-1 generation as the original implementation does it: every new token
-    recomputes the whole sequence (with all latent passes) without a cache. Reference for
-    tests and benchmarks only."""
+    recomputes the whole sequence (all latent passes included) without a cache. The
+    sequence is right-padded to a multiple of `bucket` (causal attention ignores the
+    padding) so a few compiled programs serve every length. Reference for benchmarks."""
     ids = list(prompt_ids)
     out_toks: list[int] = []
-    latent_pos = [i for i, t in enumerate(ids) if t == latent_id]
-
-    @jax.jit
-    def logits_fn(params, x, lm):
-        m = jnp.ones_like(x)
-        return naive_coconut_logits(params, x, m, lm, config=config, num_passes=len(latent_pos))[:, -1]
-
+    n_lat = sum(1 for t in ids if t == latent_id)
     for _ in range(max_new_tokens):
-        x = jnp.asarray([ids], jnp.int32)
-        lm = jnp.zeros_like(x, bool).at[0, jnp.asarray(latent_pos, jnp.int32)].set(True) if latent_pos else jnp.zeros_like(x, bool)
-        nxt = int(jnp.argmax(logits_fn(params, x, lm)[0]))
+        L = -(-len(ids) // bucket) * bucket
+        x = np.zeros((1, L), np.int32)
+        x[0, : len(ids)] = ids
+        lm = x == latent_id
+        lm[0, len(ids):] = False
+        m = (np.arange(L) < len(ids)).astype(np.int32)[None]
+        logits = _naive_last_logits(params, jnp.asarray(x), jnp.asarray(m), jnp.asarray(lm), len(ids) - 1,
+                                    config=config, num_passes=n_lat)
+        nxt = int(jnp.argmax(logits))
         out_toks.append(nxt)
         ids.append(nxt)
         if nxt in stop_ids:
             break
     return out_toks
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_passes"))
+def _naive_last_logits(params, x, m, lm, last, *, config, num_passes):
+    return naive_coconut_logits(params, x, m, lm, config=config, num_passes=num_passes)[0, last]

@@ -517,13 +517,11 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
         json.dump({"boundaries": stage_boundaries(num_epochs, cc), "final_stage": final_stage}, f)
 
     # ------------------------------------------------------------------ resume
-    start_epoch, data_state, history = 0, None, []
+    start_epoch, data_state, history = int(config.get("start_epoch", 0) or 0), None, []
     best_final = -1.0
     restored = None
     if ckpt.latest_step() is not None:
-        template = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, trainer.shardings(state)
-        )
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         restored = ckpt.restore_latest(template)
     if restored is not None:
         state, extra = restored
