@@ -202,3 +202,21 @@ def test_audio_inputs_fail_clearly(vlm_dirs):
     with pytest.raises(AudioNotSupportedError, match="audio inputs are not supported"):
         VisionLanguageModel(cfg).apply({"params": params}, jnp.ones((1, 4), jnp.int32),
                                        audio_input_features=jnp.zeros((1, 10, 80)))
+
+
+def test_video_token_dropping_in_lm(vlm_dirs):
+    """HiCo video-level dropping: with no drop layers it equals the plain forward; dropping half
+    the video tokens at layer 1 shortens the sequence (uniform and attention modes)."""
+    from latent_jax.models.multimodal import forward_with_token_drop
+
+    cfg, params = load_vlm(vlm_dirs["internvl"])
+    ids = np.array([[BOS, 5] + [IMAGE_TOKEN_ID] * 8 + [6, 7]])
+    m = VisionLanguageModel(cfg)
+    x = m.apply({"params": params}, jnp.asarray(ids), method="embed_inputs")
+    full = np.asarray(m.apply({"params": params}, jnp.asarray(ids)).logits[:, -1])
+    mask = jnp.ones(ids.shape, jnp.int32)
+    lg, T = forward_with_token_drop(params, cfg, x, mask, ids == IMAGE_TOKEN_ID, [], 0.5)
+    assert T == 12 and np.abs(np.asarray(lg) - full).max() <= TOL
+    for mode in ("uniform", "attention"):
+        lg, T = forward_with_token_drop(params, cfg, x, mask, ids == IMAGE_TOKEN_ID, [1], 0.5, mode)
+        assert T == 8 and np.isfinite(np.asarray(lg)).all()
