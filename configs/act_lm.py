@@ -56,6 +56,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     c.optim.learning_rate = 1e-3
     c.optim.adamw_learning_rate = 1e-3
+    c.optim.schedule = "cosine"
+    c.optim.end_lr_ratio = 0.1
     c.optim.warmup_steps = 50
     c.batch_size = 16
     c.num_epochs = 1

@@ -234,7 +234,7 @@ def init_act_params(model_config: ModelConfig, act_config: ACTConfig, rng: Array
         rng = jax.random.PRNGKey(rng)
     mods = _modules(model_config, act_config)
     h = jnp.zeros((1, 2, model_config.hidden_size), model_config.jnp_dtype)
-    return mods.init(rng, h, jnp.int32(0))["params"]
+    return jax.jit(mods.init)(rng, h, jnp.int32(0))["params"]
 
 
 def init_params(model_config: ModelConfig, act_config: ACTConfig, rng: Array | int = 0,

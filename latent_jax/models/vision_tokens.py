@@ -174,7 +174,7 @@ def init_encoder_params(vcfg: VisionTokenConfig, d_model: int, image_shape: tupl
     if isinstance(rng, int):
         rng = jax.random.PRNGKey(rng)
     x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    return ImageEncoder(vcfg, d_model).init(rng, x)["params"]
+    return jax.jit(ImageEncoder(vcfg, d_model).init)(rng, x)["params"]
 
 
 def image_inputs(params: dict, images: Array, vcfg: VisionTokenConfig, model_config: ModelConfig) -> Array:

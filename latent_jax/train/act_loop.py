@@ -33,7 +33,7 @@ from latent_jax.latent.act import ACTConfig, act_apply, act_loss, init_params
 from latent_jax.models import vision_tokens as vt
 from latent_jax.models.config import ModelConfig
 from latent_jax.train.metrics import MetricsWriter, plot_series
-from latent_jax.train.muon import muon_adamw
+from latent_jax.train.optim import make_optimizer
 
 TASKS = ("digits", "mnist", "text")
 _MODEL_FIELDS = (
@@ -70,33 +70,14 @@ def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **e
 
 def build_optimizer(params: Any, optim: ConfigDict, total_steps: int, frozen: Callable[[str], bool] | None = None
                     ) -> optax.GradientTransformation:
-    """Gradient clipping + AdamW or Muon/AdamW (optim.name) on a warmup-cosine schedule;
+    """make_optimizer(config.optim) (AdamW or Muon/AdamW, schedule, clipping, accumulation);
     params whose '/'-joined path satisfies `frozen` get no updates."""
-    lr = float(optim.learning_rate)
-    warm = int(optim.get("warmup_steps", 0))
-    total = max(total_steps, warm + 1)
-    if warm > 0:
-        sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, total, end_value=0.1 * lr)
-    else:
-        sched = optax.cosine_decay_schedule(lr, total, alpha=0.1)
-    name = optim.get("name", "adamw")
-    if name == "muon":
-        tx = muon_adamw(params, optim, sched)
-    elif name == "adamw":
-        tx = optax.adamw(sched, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999), weight_decay=optim.weight_decay)
-    else:
-        raise ValueError(f"optim.name={name!r}; use 'adamw' or 'muon'")
-    parts = []
-    if optim.get("grad_clip", 0):
-        parts.append(optax.clip_by_global_norm(float(optim.grad_clip)))
-    tx = optax.chain(*parts, tx)
+    tx = make_optimizer(params, optim, total_steps)
     if frozen is not None:
         labels = jax.tree_util.tree_map_with_path(
             lambda p, _: "frozen" if frozen(parallel._path_str(p)) else "train", params
         )
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    if int(optim.get("grad_accum", 1)) > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=int(optim.grad_accum))
     return tx
 
 
@@ -325,7 +306,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
 
     params = parallel.shard_params(task.params, mesh)
     tx = build_optimizer(params, config.optim, total_steps, task.frozen)
-    opt_state = tx.init(params)
+    opt_state = jax.jit(tx.init)(params)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def train_step(params, opt_state, batch):
@@ -343,12 +324,15 @@ def run(config: ConfigDict, workdir: str) -> dict:
 
         ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep_best=int(config.keep_best),
                                  best_metric="accuracy")
-        restored = ckpt.restore_latest({"params": params, "opt_state": opt_state}) if ckpt.latest_step() is not None else None
+        template = {"params": params, "opt_state": opt_state}
+        restored = None
+        if ckpt.latest_step() is not None:
+            restored = (ckpt.restore_best(template) if config.mode == "eval" else None) or ckpt.restore_latest(template)
         if restored is not None:
             state, extra = restored
             params, opt_state = state["params"], state["opt_state"]
             step, epoch0 = int(extra.get("step", 0)), int(extra.get("epoch", 0))
-            print(f"resumed from {ckpt.directory} at step {step} (epoch {epoch0})")
+            print(f"restored {ckpt.directory} at step {step} (epoch {epoch0})")
 
     writer = MetricsWriter(workdir, config.get("wandb_project", ""), config=config.to_dict())
     n_params = _count(params)
