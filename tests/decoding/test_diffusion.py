@@ -148,3 +148,17 @@ def test_sampling_cfg_and_errors(llama):
         DiffusionOptions(gen_length=10, block_length=4)
     with pytest.raises(ValueError, match="multiple of the number of blocks"):
         DiffusionOptions(steps=5, gen_length=8, block_length=4)
+
+
+def test_cli_strategy(llama):
+    from latent_jax.generate import run
+
+    path = llama[0]
+    argv = ["--model", path, "--input-ids", "1,17,33,5", "--strategy", "diffusion", "--mask-id", str(MASK),
+            "--gen-length", "8", "--block-length", "4", "--steps", "4", "--attention", "causal", "--stop-ids", "none"]
+    r = run(argv)[0]
+    assert r["forward_passes"] == 4 and r["tokens_unmasked_per_step"] == [2, 2, 2, 2] and len(r["output_ids"]) == 8
+    r = run(argv + ["--threshold", "1.0"])[0]
+    assert r["forward_passes"] == 8 and r["block_steps"] == [4, 4]
+    with pytest.raises(ValueError, match="mask"):
+        run(argv[:6] + ["--gen-length", "8"])  # no --mask-id and no tokenizer mask token

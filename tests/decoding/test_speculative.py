@@ -75,3 +75,19 @@ def test_trained_heads_are_accepted(model, tmp_path):
     assert st["mean_accepted_length"] > 1.0 and (np.asarray(t.lengths) == 24).all()
     with pytest.raises(FileNotFoundError, match="medusa"):
         load_heads(str(tmp_path))
+
+
+def test_cli_strategy(tiny_hf_dir, tmp_path):
+    from latent_jax.generate import run
+    from latent_jax.models.hf import load_hf
+
+    path = tiny_hf_dir("llama")
+    cfg, params = load_hf(path)
+    save_heads(str(tmp_path / "h"), init_heads(cfg, 2, 0, base_params=params))
+    base = ["--model", path, "--input-ids", "1,5,9,20,33", "--max-new-tokens", "12", "--stop-ids", "none"]
+    greedy = run(base + ["--strategy", "greedy"])[0]
+    r = run(base + ["--strategy", "typical", "--heads", str(tmp_path / "h"), "--temperature", "0"])[0]
+    assert r["output_ids"] == greedy["output_ids"]
+    assert r["num_heads"] == 2 and 1.0 <= r["mean_accepted_length"] <= 3.0 and r["forward_passes"] >= 2
+    with pytest.raises(ValueError, match="--heads"):
+        run(base + ["--strategy", "typical"])

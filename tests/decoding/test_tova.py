@@ -128,3 +128,15 @@ def test_weighted_heads_and_bad_options():
     assert np.allclose(hw.sum(-1), 1, atol=1e-5) and not np.allclose(hw, w[None])
     with pytest.raises(ValueError, match="head_weight_strategy"):
         TovaOptions(head_weight_strategy="max")
+
+
+def test_cli_strategy(tiny_hf_dir):
+    from latent_jax.generate import run
+
+    path = tiny_hf_dir("llama")
+    base = ["--model", path, "--input-ids", "1,5,9,20,33,7,8", "--max-new-tokens", "10", "--stop-ids", "none"]
+    greedy = run(base + ["--strategy", "greedy"])[0]
+    big = run(base + ["--strategy", "tova", "--cache-size", "64"])[0]
+    small = run(base + ["--strategy", "tova", "--cache-size", "4", "--shared-decisions"])[0]
+    assert big["output_ids"] == greedy["output_ids"] and big["forward_passes"] == 10
+    assert small["cache_size"] == 4 and small["prompt_cut"] and len(small["output_ids"]) == 10
