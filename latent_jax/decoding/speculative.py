@@ -314,6 +314,8 @@ def typical_generate(params: dict, heads: dict, input_ids: Array, attention_mask
                      opts: TypicalOptions = TypicalOptions(), top_k: int = 0, pad_id: int = 0) -> TypicalOutput:
     """Generate up to max_new_tokens for left-padded prompts (B, T) with Medusa heads and
     typical acceptance (exact greedy matching at temperature 0)."""
+    if opts.num_heads > num_heads_of(heads):
+        raise ValueError(f"TypicalOptions.num_heads={opts.num_heads} but only {num_heads_of(heads)} heads were given")
     B = input_ids.shape[0]
     rngs = jax.random.split(rng, B)
     fn = functools.partial(_generate_row, config=config, max_new_tokens=max_new_tokens, opts=opts, top_k=top_k,
