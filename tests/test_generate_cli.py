@@ -2,7 +2,6 @@
 --json fields, batching does not change greedy output, strategy registry, one-line errors."""
 
 import json
-import os
 
 import jax
 import numpy as np

@@ -14,7 +14,6 @@ write that is interrupted never destroys an existing good checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
