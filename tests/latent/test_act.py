@@ -10,7 +10,7 @@ import pytest
 
 from latent_jax.latent import act as A
 from latent_jax.models.config import tiny_config
-from latent_jax.models.decoder import Decoder, init_params as init_decoder
+from latent_jax.models.decoder import Decoder
 
 MC = tiny_config("llama", vocab_size=64, hidden_size=32, intermediate_size=64, head_dim=8,
                  num_attention_heads=4, num_key_value_heads=2)
