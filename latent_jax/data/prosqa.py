@@ -11,6 +11,7 @@ Graph per problem (all concepts distinct, drawn from the vocabulary):
     P -> c0 -> c1 -> ... -> c_d = target          the path (d = hops, the number of steps)
     n0 -> n1 -> ... -> n_d' = neg_target          a disjoint chain of similar length
     P -> x0 -> ...                                a second membership of P into a dead end
+                                                  (with probability `decoy`)
     c_i -> y (-> y')                              `branching` dead-end branches per path node
     n_j -> c_i  (0 < i < d)                       edges from the chain into the path (the
                                                   negative target stays unreachable from P)
@@ -83,8 +84,11 @@ def generate_problem(
     min_hops: int = 3,
     max_hops: int = 4,
     branching: int = 1,
+    decoy: float = 1.0,
 ) -> dict[str, Any]:
-    """One ProsQA-style row (question, steps, answer and graph fields)."""
+    """One ProsQA-style row (question, steps, answer and graph fields). `decoy` is the
+    probability that P has the second, dead-end membership (which makes the first step a
+    choice that needs looking ahead)."""
     d = int(rng.integers(min_hops, max_hops + 1))
     d_neg = int(rng.integers(max(1, d - 1), d + 2))
     person = persons[int(rng.integers(len(persons)))]
@@ -104,10 +108,12 @@ def generate_problem(
     edges += [(path[i], path[i + 1]) for i in range(d)]
     edges += [(neg[j], neg[j + 1]) for j in range(d_neg)]
     # P's second membership: a dead-end chain
-    x0 = fresh()
-    edges.append((person, x0))
-    if rng.random() < 0.5:
-        edges.append((x0, fresh()))
+    has_decoy = rng.random() < decoy
+    if has_decoy:
+        x0 = fresh()
+        edges.append((person, x0))
+        if rng.random() < 0.5:
+            edges.append((x0, fresh()))
     # dead-end branches off the path (never back into the path or the negative chain)
     for i in range(d):
         for _ in range(branching):
@@ -165,12 +171,15 @@ def generate_splits(
     max_hops: int = 4,
     branching: int = 1,
     persons: tuple[str, ...] = PERSON_NAMES,
+    decoy: float = 1.0,
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows per split ({"train": n, ...}), no question repeated across or within splits."""
     if not 1 <= min_hops <= max_hops:
         raise ValueError(f"hops range [{min_hops}, {max_hops}] is empty; use 1 <= min_hops <= max_hops")
     if branching < 0:
         raise ValueError(f"branching={branching}; use >= 0")
+    if not 0.0 <= decoy <= 1.0:
+        raise ValueError(f"decoy={decoy}; use a probability in [0, 1]")
     need = concepts_needed(max_hops, branching)
     if concepts < need:
         raise ValueError(
@@ -187,7 +196,7 @@ def generate_splits(
             tries += 1
             if tries > 20 * n + 1000:
                 raise ValueError(f"could not make {n} distinct {name} problems; raise --concepts or the hop range")
-            row = generate_problem(rng, words, persons, min_hops, max_hops, branching)
+            row = generate_problem(rng, words, persons, min_hops, max_hops, branching, decoy)
             if row["question"] in seen:
                 continue
             seen.add(row["question"])
@@ -207,10 +216,11 @@ def write_prosqa(
     max_hops: int = 4,
     branching: int = 1,
     prefix: str = "prosqa",
+    decoy: float = 1.0,
 ) -> dict[str, str]:
     """Writes {prefix}_train/valid/test.json (Coconut format) under out_dir; returns the paths."""
     splits = generate_splits(
-        {"train": train, "valid": valid, "test": test}, seed, concepts, min_hops, max_hops, branching
+        {"train": train, "valid": valid, "test": test}, seed, concepts, min_hops, max_hops, branching, decoy=decoy
     )
     paths = {}
     for name, rows in splits.items():
@@ -236,11 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-hops", type=int, default=3, help="fewest reasoning steps")
     ap.add_argument("--max-hops", type=int, default=4, help="most reasoning steps")
     ap.add_argument("--branching", type=int, default=1, help="dead-end branches per path concept")
+    ap.add_argument("--decoy", type=float, default=1.0,
+                    help="probability that the person has a second, dead-end membership")
     ap.add_argument("--prefix", default="prosqa")
     a = ap.parse_args(argv)
     try:
         paths = write_prosqa(
-            a.out, a.train, a.valid, a.test, a.seed, a.concepts, a.min_hops, a.max_hops, a.branching, a.prefix
+            a.out, a.train, a.valid, a.test, a.seed, a.concepts, a.min_hops, a.max_hops, a.branching, a.prefix, a.decoy
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

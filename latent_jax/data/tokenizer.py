@@ -1,15 +1,22 @@
 """Tokenizers: a local HF tokenizer directory, or one trained on the training texts.
 
     load_tokenizer(dir)                 a local HF tokenizer dir (tokenizer.json / tokenizer_config.json)
-    train_tokenizer(texts, out_dir)     a small byte-level BPE for models trained from scratch,
-                                        saved as an HF-loadable dir (bos/eos/pad set)
+    train_tokenizer(texts, out_dir, kind="bpe"|"word")
+                                        a small tokenizer for models trained from scratch,
+                                        saved as an HF-loadable dir (bos/eos/pad set):
+                                        byte-level BPE, or word level (every word, with its
+                                        leading space, and every punctuation run one token)
     add_coconut_tokens(tok)             adds <|start-latent|>, <|end-latent|>, <|latent|>
     resize_embeddings(params, config, new_vocab, ...)
                                         grows embed_tokens (and an untied lm_head) with rows
                                         initialised from an existing token's rows
 
-Byte-level BPE decodes to exactly the text it encoded, so answers extracted from generated
-text compare exactly with the gold answers.
+Both kinds split text with the byte-level pre-tokenizer and decode with the byte-level
+decoder, so they decode to exactly the text they encoded (words unseen in training become
+`<unk>` in the word-level kind) and answers extracted from generated text compare exactly
+with the gold answers. On generated data (a closed vocabulary of invented words) the
+word-level kind gives every concept word and name exactly one id whatever the corpus
+size (a small BPE splits rarer words into pieces).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from latent_jax.latent.curriculum import END_LATENT, LATENT, START_LATENT, Laten
 from latent_jax.models.config import ModelConfig
 
 COCONUT_TOKENS = (START_LATENT, END_LATENT, LATENT)
-BOS, EOS, PAD = "<s>", "</s>", "<pad>"
+BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+TOKENIZER_KINDS = ("bpe", "word")
 
 
 class TokenizerError(ValueError):
@@ -133,25 +141,39 @@ def train_tokenizer(
     vocab_size: int = 512,
     min_frequency: int = 2,
     add_latent_tokens: bool = True,
+    kind: str = "bpe",
 ) -> Tokenizer:
-    """Trains a byte-level BPE tokenizer on `texts` (BOS added to encodes with special tokens,
-    EOS and pad set; the Coconut tokens included when add_latent_tokens). Saved to out_dir
-    as an HF tokenizer dir when given."""
+    """Trains a tokenizer on `texts` (BOS added to encodes with special tokens, EOS and pad
+    set; the Coconut tokens included when add_latent_tokens). `kind`: "bpe" (byte-level BPE
+    of at most vocab_size ids, merges seen min_frequency times) or "word" (every pre-token
+    of the training texts -- a word with its leading space, a punctuation run, a newline --
+    is one id, up to vocab_size ids, most frequent first; others map to `<unk>`). Saved to
+    out_dir as an HF tokenizer dir when given."""
     from tokenizers import Tokenizer as TkTokenizer
     from tokenizers import decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if kind not in TOKENIZER_KINDS:
+        raise TokenizerError(f"tokenizer kind={kind!r}; use one of {', '.join(TOKENIZER_KINDS)}")
     specials = [PAD, BOS, EOS] + (list(COCONUT_TOKENS) if add_latent_tokens else [])
-    tk = TkTokenizer(models.BPE())
+    if kind == "word":
+        specials.append(UNK)
+        tk = TkTokenizer(models.WordLevel(unk_token=UNK))
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=max(vocab_size, len(specials) + 1), min_frequency=1, special_tokens=specials,
+            show_progress=False,
+        )
+    else:
+        tk = TkTokenizer(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=max(vocab_size, 256 + len(specials)),
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=max(vocab_size, 256 + len(specials)),
-        min_frequency=min_frequency,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     texts = list(texts)
     if not texts:
         raise TokenizerError("no training texts for the tokenizer; check the training data file")
@@ -160,7 +182,8 @@ def train_tokenizer(
     tk.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
-    hf = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    extra = {"unk_token": UNK} if kind == "word" else {}
+    hf = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=BOS, eos_token=EOS, pad_token=PAD, **extra)
     tok = Tokenizer(hf, source="trained")
     if out_dir:
         tok.save(out_dir)
@@ -181,7 +204,8 @@ def coconut_init_token_id(tok: Tokenizer) -> int | None:
     """The id the original Coconut initialises new token rows from ("<<"), when "<<" is a
     single token of this tokenizer; else None (use the mean row)."""
     ids = tok.encode("<<")
-    return ids[0] if len(ids) == 1 else None
+    unk = tok.hf.unk_token_id
+    return ids[0] if len(ids) == 1 and (unk is None or ids[0] != unk) else None
 
 
 def text_corpus(examples) -> list[str]:

@@ -61,3 +61,17 @@ def test_cli_writes_coconut_files(tmp_path, capsys):
     assert "use --concepts" in capsys.readouterr().err
     with pytest.raises(ValueError, match="hops range"):
         prosqa.generate_splits({"train": 1}, min_hops=4, max_hops=3)
+
+
+def test_decoy_probability():
+    def person_facts(rows):
+        return [sum(u == 0 for u, _ in r["edges"]) for r in rows]
+
+    none = prosqa.generate_splits({"train": 60}, seed=1, min_hops=2, max_hops=3, branching=0, decoy=0.0)["train"]
+    assert person_facts(none) == [1] * 60  # the person's only membership starts the path
+    for r in none:
+        assert prosqa.reachable(r["edges"], 0) >= {r["target"]} and r["neg_target"] not in prosqa.reachable(r["edges"], 0)
+    full = prosqa.generate_splits({"train": 60}, seed=1, min_hops=2, max_hops=3, branching=0)["train"]
+    assert person_facts(full) == [2] * 60
+    with pytest.raises(ValueError, match="decoy"):
+        prosqa.generate_splits({"train": 1}, decoy=1.5)

@@ -1,4 +1,5 @@
 import json
+import re
 import os
 
 import jax
@@ -116,3 +117,31 @@ def test_resize_embeddings(family):
         T.resize_embeddings(params, cfg, 30)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         T.resize_embeddings(params, cfg, 42, init_from_token_id=99)
+
+
+def test_word_level_tokenizer(rows, tmp_path):
+    exs = [CoconutExample(r["question"], tuple(r["steps"]), r["answer"]) for r in rows]
+    tok = T.train_tokenizer(T.text_corpus(exs), str(tmp_path), kind="word")
+    again = T.load_tokenizer(str(tmp_path))
+    r = rows[0]
+    full = r["question"] + "\n" + "\n".join(r["steps"]) + "\n### " + r["answer"]
+    ids = again.encode(full, True)
+    assert ids == tok.encode(full, True) and ids[0] == tok.bos_id
+    assert again.decode(ids[1:]) == full  # exact round trip
+    # every word (with its leading space) and punctuation run is one id
+    assert len(ids) == 1 + len(re.findall(r" ?[A-Za-z]+| ?[^\sA-Za-z]+|\n", full))
+    parts = tok.encode(r["question"] + "\n", True) + sum((tok.encode(s + "\n") for s in r["steps"]), [])
+    assert parts + tok.encode("### " + r["answer"]) == ids
+    words = T_words(rows)
+    assert len(tok.encode(" " + " ".join(words))) == len(words)
+    assert again.latent_ids is not None and tok.encode(T.LATENT) == [again.latent_ids.latent_id]
+    unk = tok.hf.unk_token_id
+    assert unk is not None and tok.encode(" zzzqq") == [unk]
+    assert T.coconut_init_token_id(tok) is None  # "<<" is unknown: new rows use the mean row
+    with pytest.raises(T.TokenizerError, match="use one of bpe, word"):
+        T.train_tokenizer(["a"], kind="chars")
+
+
+def T_words(rows):
+    """The distinct concept words used in `rows`."""
+    return sorted({w for r in rows for w in r["idx_to_symbol"][1:]})
