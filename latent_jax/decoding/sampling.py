@@ -38,22 +38,31 @@ def sample_logits(logits: Array, rng: Array, sp: SamplingParams, top_k: int = 0)
     temperature-scaled sampling restricted to the top_k tokens (0 = all) and the top_p
     nucleus (the smallest set whose probability reaches top_p; the top token always kept)."""
     logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1)
-    t = jnp.maximum(sp.temperature, 1e-6)
-    scaled = logits / t
-    neg = jnp.finfo(jnp.float32).min
-    if top_k:
-        kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
-        scaled = jnp.where(scaled < kth, neg, scaled)
-    sorted_logits = jnp.sort(scaled, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    cum_before = jnp.cumsum(probs, axis=-1) - probs
-    keep_sorted = cum_before < sp.top_p
-    keep_sorted = keep_sorted.at[..., 0].set(True)
-    cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-    scaled = jnp.where(scaled < cutoff, neg, scaled)
-    sampled = jax.random.categorical(rng, scaled, axis=-1)
-    return jnp.where(sp.temperature > 0, sampled, greedy).astype(jnp.int32)
+
+    def greedy(_):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sample(_):
+        scaled = logits / jnp.maximum(sp.temperature, 1e-6)
+        neg = jnp.finfo(jnp.float32).min
+        if top_k:
+            kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+            scaled = jnp.where(scaled < kth, neg, scaled)
+
+        def nucleus(x):
+            sorted_logits = jnp.sort(x, axis=-1)[..., ::-1]
+            probs = jax.nn.softmax(sorted_logits, axis=-1)
+            keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < sp.top_p
+            keep_sorted = keep_sorted.at[..., 0].set(True)
+            cutoff = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+            return jnp.where(x < cutoff, neg, x)
+
+        # the vocabulary sort only runs when a nucleus is asked for
+        scaled = jax.lax.cond(sp.top_p < 1.0, nucleus, lambda x: x, scaled)
+        return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+
+    # only the chosen branch runs: greedy decoding pays for no sampling work
+    return jax.lax.cond(sp.temperature > 0, sample, greedy, None)
 
 
 @flax.struct.dataclass

@@ -50,13 +50,14 @@ class _ScanBody(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, x, positions, key_pos, causal, cache_end, xs):
-        window, layer_cache = xs
+    def __call__(self, carry, positions, key_pos, causal, cache_end, xs):
+        x, cache = carry
+        window, layer_idx = xs
         layer_cls = _maybe_remat(DecoderLayer, self.remat)
         y, new_cache, attn = layer_cls(self.config, name="layer")(
-            x, positions, key_pos, causal, window, layer_cache, cache_end
+            x, positions, key_pos, causal, window, cache, cache_end, layer_idx
         )
-        return y, (new_cache, attn, x)
+        return (y, new_cache), (attn, x)
 
 
 def _maybe_remat(cls, policy: str):
@@ -164,22 +165,23 @@ class Decoder(nn.Module):
         windows = jnp.asarray(cfg.layer_windows, jnp.int32)
         cache_end = None if cache is None else cache.end
 
+        # the whole cache is threaded through the layers and each layer updates its own entries
+        # in place (dynamic_update_slice on the full arrays): no per-step copy of the cache
+        caches = None if cache is None else {"k": cache.k, "v": cache.v, "pos": cache.pos}
         if cfg.scan_layers:
-            layer_caches = None if cache is None else {"k": cache.k, "v": cache.v, "pos": cache.pos}
-            x, (new_caches, attn, hs) = self.layers(
-                x, positions, key_pos, causal, cache_end, (windows, layer_caches)
+            layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
+            (x, new_caches), (attn, hs) = self.layers(
+                (x, caches), positions, key_pos, causal, cache_end, (windows, layer_ids)
             )
         else:
-            outs_c, outs_a, outs_h = [], [], []
+            outs_a, outs_h = [], []
+            new_caches = caches
             for i, layer in enumerate(self.layers):
-                lc = None if cache is None else {"k": cache.k[i], "v": cache.v[i], "pos": cache.pos[i]}
                 outs_h.append(x)
-                x, nc, a = layer(x, positions, key_pos, causal, windows[i], lc, cache_end)
-                outs_c.append(nc)
+                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], new_caches, cache_end, i)
                 outs_a.append(a)
             attn = jnp.stack(outs_a)
             hs = jnp.stack(outs_h)
-            new_caches = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs_c)
         all_hidden = jnp.concatenate([hs, x[None]], axis=0)
         new_cache = None
         if cache is not None:

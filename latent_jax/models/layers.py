@@ -143,9 +143,11 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None):
+    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None):
         """x: (B, T, D); positions: (B, T); key_pos: (B, T) positions of these tokens as keys
-        (-1 for padding). layer_cache: dict(k, v, pos) for this layer or None.
+        (-1 for padding). layer_cache: dict(k, v, pos) for this layer, or, when layer_idx is
+        given, for every layer (leading layer axis): this layer's entries are then updated in
+        place in the full arrays, so a decode step never copies the whole cache.
 
         Returns (out, new_layer_cache, attn_last) where attn_last is the newest query's
         attention probabilities (B, heads, keys); unused, it is removed under jit.
@@ -170,11 +172,26 @@ class Attention(nn.Module):
         new_cache = None
         if layer_cache is not None:
             zero = jnp.zeros((), jnp.int32)
-            idx = (zero, cache_end, zero, zero)
-            k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), idx)
-            v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), idx)
-            kpos_all = jax.lax.dynamic_update_slice(layer_cache["pos"], key_pos.astype(jnp.int32), (zero, cache_end))
-            new_cache = {"k": k_all, "v": v_all, "pos": kpos_all}
+            kd = layer_cache["k"].dtype
+            if layer_idx is None:
+                idx = (zero, cache_end, zero, zero)
+                k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(kd), idx)
+                v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(kd), idx)
+                kpos_all = jax.lax.dynamic_update_slice(layer_cache["pos"], key_pos.astype(jnp.int32), (zero, cache_end))
+                new_cache = {"k": k_all, "v": v_all, "pos": kpos_all}
+            else:
+                li = jnp.asarray(layer_idx, jnp.int32)
+                idx = (li, zero, cache_end, zero, zero)
+                new_cache = {
+                    "k": jax.lax.dynamic_update_slice(layer_cache["k"], k[None].astype(kd), idx),
+                    "v": jax.lax.dynamic_update_slice(layer_cache["v"], v[None].astype(kd), idx),
+                    "pos": jax.lax.dynamic_update_slice(
+                        layer_cache["pos"], key_pos[None].astype(jnp.int32), (li, zero, cache_end)
+                    ),
+                }
+                k_all, v_all, kpos_all = (
+                    jax.lax.dynamic_index_in_dim(new_cache[n], li, 0, keepdims=False) for n in ("k", "v", "pos")
+                )
             k_all = k_all.astype(q.dtype)
             v_all = v_all.astype(q.dtype)
         else:
@@ -217,11 +234,11 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None):
+    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None):
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name=name)
         h, new_cache, attn = Attention(cfg, name="self_attn")(
-            norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end
+            norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end, layer_idx
         )
         x = x + h
         x = x + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x))
