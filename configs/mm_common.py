@@ -19,6 +19,8 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     c.model.family = family  # internvl | phi4mm (read from config.json; used by :smoke)
     c.coconut_mode = "coconut"  # no_cot (vanilla) | cot | coconut
     c.coconut = ConfigDict(dict(c_thought=1, epochs_per_stage=5, max_latent_stage=6, pad_latent_to_max=True))
+    # none | no_curriculum | no_thought | pause_as_thought (latent_jax.latent.curriculum)
+    c.coconut.ablation = "none"
     c.data = ConfigDict()
     c.data.dataset = dataset
     c.data.path = ""

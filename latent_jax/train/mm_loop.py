@@ -218,10 +218,12 @@ def overrides(input_ids: np.ndarray, example_idx: np.ndarray, feats: list, image
 
 
 def curriculum(config: ConfigDict) -> CurriculumConfig:
+    """The CurriculumConfig of config.coconut_mode + config.coconut (ablation included)."""
     c = config.coconut
-    return CurriculumConfig(mode=config.coconut_mode, c_thought=int(c.c_thought),
-                            epochs_per_stage=int(c.epochs_per_stage), max_latent_stage=int(c.max_latent_stage),
-                            pad_latent_to_max=bool(c.pad_latent_to_max), seed=int(config.seed))
+    return CurriculumConfig(mode=config.coconut_mode, ablation=str(c.get("ablation", "none") or "none"),
+                            c_thought=int(c.c_thought), epochs_per_stage=int(c.epochs_per_stage),
+                            max_latent_stage=int(c.max_latent_stage), pad_latent_to_max=bool(c.pad_latent_to_max),
+                            seed=int(config.seed))
 
 
 # --------------------------------------------------------------------------- run
@@ -271,16 +273,17 @@ def run(config: ConfigDict, workdir: str) -> dict:
         tx = make_optimizer(lm, config.optim, n_epochs * steps_per_epoch)
         opt_state = tx.init(lm)
 
-        def loss_fn(p, batch, latent_start, num_latent):
-            return coconut_loss(p, batch, config=text_cfg, latent_start=latent_start, num_latent=num_latent)
+        def loss_fn(p, batch, latent_start, num_latent, feedback):
+            return coconut_loss(p, batch, config=text_cfg, latent_start=latent_start, num_latent=num_latent,
+                                feedback=feedback)
 
         import functools
 
         import optax
 
-        @functools.partial(jax.jit, static_argnums=(3, 4))
-        def step(p, o, batch, latent_start, num_latent):
-            (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, latent_start, num_latent)
+        @functools.partial(jax.jit, static_argnums=(3, 4, 5))
+        def step(p, o, batch, latent_start, num_latent, feedback):
+            (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, latent_start, num_latent, feedback)
             upd, o = tx.update(g, o, p)
             return optax.apply_updates(p, upd), o, loss, aux
 
@@ -292,12 +295,14 @@ def run(config: ConfigDict, workdir: str) -> dict:
             losses = []
             for s in range(0, len(order), B):
                 samples = [train_sample(train_ex[i], epoch, cc, ids) for i in order[s : s + B]]
-                cb = collate_train(samples, B, tok.pad_id, bucket=int(config.get("bucket", 16)), stage=stage)
+                cb = collate_train(samples, B, tok.pad_id, bucket=int(config.get("bucket", 16)), feedback=cc.feedback,
+                                   stage=stage)
                 arr = dict(cb.arrays)
                 arr["embeds_override"], arr["embeds_override_mask"] = overrides(
                     arr["input_ids"], cb.example_idx, train_feats, cfg.image_token_id, D)
                 batch = {k: jnp.asarray(v) for k, v in arr.items()}
-                lm, opt_state, loss, aux = step(lm, opt_state, batch, cb.latent_start, cb.num_latent)
+                lm, opt_state, loss, aux = step(lm, opt_state, batch, cb.latent_start, cb.num_latent,
+                                             bool(cb.feedback))
                 losses.append(float(loss))
                 gstep += 1
                 if gstep % int(config.log_every) == 0:
@@ -333,14 +338,15 @@ def evaluate(config, cfg, lm, tok, ids, cc, stage, items, exs, feats, workdir) -
     rng = jax.random.PRNGKey(int(config.seed))
     for s in range(0, len(exs), B):
         prompts = [eval_prompt(x, eval_stage, cc, ids) for x in exs[s : s + B]]
-        eb = collate_eval(prompts, B, tok.pad_id, bucket=int(config.get("bucket", 16)), stage=eval_stage)
+        eb = collate_eval(prompts, B, tok.pad_id, bucket=int(config.get("bucket", 16)), feedback=cc.feedback,
+                          stage=eval_stage)
         emb, m = overrides(eb.arrays["input_ids"], eb.example_idx, feats, cfg.image_token_id, cfg.text.hidden_size)
         rng, k = jax.random.split(rng)
         out = coconut_generate(
             lm, jnp.asarray(eb.arrays["input_ids"]), jnp.asarray(eb.arrays["attention_mask"]),
             jnp.asarray(eb.arrays["latent_mask"]), k, sp, stop, config=cfg.text, latent_start=eb.latent_start,
             num_latent=eb.num_latent, max_new_tokens=int(e.max_new_tokens), pad_id=tok.pad_id,
-            embeds_override=jnp.asarray(emb), embeds_override_mask=jnp.asarray(m))
+            feedback=bool(eb.feedback), embeds_override=jnp.asarray(emb), embeds_override_mask=jnp.asarray(m))
         toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
         for b, p in enumerate(prompts):
             it = items[p.idx]
