@@ -65,7 +65,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.data.generate = ""  # "prosqa": write generated files into workdir/data
     c.data.generate_dir = ""
     c.data.gen = ConfigDict(dict(train=4000, valid=300, test=300, seed=0, concepts=24, min_hops=3, max_hops=4,
-                                 branching=1))
+                                 branching=1, decoy=1.0))
     c.data.train_path = ""
     c.data.val_path = ""
     c.data.test_path = ""
@@ -73,6 +73,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.data.bucket = 16
     c.data.tokenizer_dir = ""
     c.data.tokenizer_vocab_size = 512
+    c.data.tokenizer_kind = "bpe"  # bpe | word (each word and punctuation run one token)
     c.data.max_train_rows = 0
     c.data.max_eval_rows = 0
 
@@ -127,13 +128,12 @@ def get_config(arg: str = "") -> ConfigDict:
     c.chain_overrides.coconut = ConfigDict(dict(num_epochs=7, start_epoch=1))
 
     if arg == "smoke":
-        c.model.hidden_size = 64
-        c.model.intermediate_size = 128
-        c.model.num_attention_heads = 4
-        c.model.num_key_value_heads = 2
+        c.model.hidden_size = 32
+        c.model.intermediate_size = 64
+        c.model.num_attention_heads = 2
+        c.model.num_key_value_heads = 1
         c.model.head_dim = 16
-        c.data.gen.train, c.data.gen.valid, c.data.gen.test = 64, 8, 8
-        c.data.tokenizer_vocab_size = 300
+        c.data.gen.train, c.data.gen.valid, c.data.gen.test = 32, 8, 8
         c.batch_size = 16
         c.eval_batch_size = 8
         c.epochs_per_stage = 1

@@ -193,7 +193,8 @@ def prepare_data(config: ConfigDict, workdir: str) -> dict[str, str]:
         paths = {s: os.path.join(out, f"prosqa_{s}.json") for s in ("train", "valid", "test")}
         if not all(os.path.exists(p) for p in paths.values()):
             write_prosqa(out, train=g.train, valid=g.valid, test=g.test, seed=g.seed, concepts=g.concepts,
-                         min_hops=g.min_hops, max_hops=g.max_hops, branching=g.branching)
+                         min_hops=g.min_hops, max_hops=g.max_hops, branching=g.branching,
+                         decoy=float(g.get("decoy", 1.0)))
         return paths
     paths = {"train": d.train_path, "valid": d.val_path, "test": d.get("test_path", "") or d.val_path}
     for k, p in paths.items():
@@ -225,7 +226,8 @@ def build_tokenizer(config: ConfigDict, workdir: str, train_path: str):
         add_coconut_tokens(tok)
         return tok, tdir
     rows = load_coconut_json(train_path)
-    tok = train_tokenizer(text_corpus(rows), tdir, vocab_size=int(config.data.tokenizer_vocab_size))
+    tok = train_tokenizer(text_corpus(rows), tdir, vocab_size=int(config.data.tokenizer_vocab_size),
+                          kind=str(config.data.get("tokenizer_kind", "bpe")))
     return tok, tdir
 
 

@@ -56,7 +56,8 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = tiny_config("llama", vocab_size=64, num_hidden_layers=2)
+    cfg = tiny_config("llama", vocab_size=32, num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     params = init_params(cfg, 0)
     # larger init so latent feedback matters numerically
     params = jax.tree.map(lambda x: x * 3.0 if x.ndim == 2 else x, params)
@@ -68,26 +69,29 @@ def test_scan_forward_matches_naive_loss_and_grads(setup):
     batch, P, n = make_batch(ROWS)
     assert n == 3 and int(batch["latent_mask"].sum()) == 6
 
+    args = (batch["input_ids"], batch["attention_mask"], batch["latent_mask"], batch["position_ids"])
+
     def loss_scan(p):
         return coconut_loss(p, batch, config=cfg, latent_start=P, num_latent=n)[0]
 
     def loss_naive(p):
-        lg = naive_coconut_logits(
-            p, batch["input_ids"], batch["attention_mask"], batch["latent_mask"], batch["position_ids"],
-            config=cfg, num_passes=n,
-        )
-        return masked_cross_entropy(lg, batch["labels"])[0]
+        lg = naive_coconut_logits(p, *args, config=cfg, num_passes=n)
+        return masked_cross_entropy(lg, batch["labels"])[0], lg
 
-    ls, gs = jax.jit(jax.value_and_grad(loss_scan))(params)
-    ln, gn = jax.jit(jax.value_and_grad(loss_naive))(params)
+    @jax.jit  # one program for both sides: loss, gradients and logits
+    def both(p):
+        ls, gs = jax.value_and_grad(loss_scan)(p)
+        (ln, lg), gn = jax.value_and_grad(loss_naive, has_aux=True)(p)
+        out = coconut_forward(p, *args, config=cfg, latent_start=P, num_latent=n).logits
+        return ls, gs, ln, gn, out, lg
+
+    ls, gs, ln, gn, out, lg = both(params)
     np.testing.assert_allclose(float(ls), float(ln), rtol=1e-5, atol=1e-6)
     flat_s, flat_n = jax.tree.leaves(gs), jax.tree.leaves(gn)
+    assert len(flat_s) == len(flat_n) and any(float(jnp.abs(g).max()) > 0 for g in flat_s)
     for a, b in zip(flat_s, flat_n):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
     # logits on every real position agree too
-    args = (batch["input_ids"], batch["attention_mask"], batch["latent_mask"], batch["position_ids"])
-    out = jax.jit(lambda p, *a: coconut_forward(p, *a, config=cfg, latent_start=P, num_latent=n).logits)(params, *args)
-    lg = jax.jit(lambda p, *a: naive_coconut_logits(p, *a, config=cfg, num_passes=n))(params, *args)
     m = np.asarray(batch["attention_mask"]).astype(bool)
     np.testing.assert_allclose(np.asarray(out)[m], np.asarray(lg)[m], atol=2e-5)
 
@@ -117,15 +121,20 @@ def test_embeds_override_replaces_marked_positions(setup):
     over = jax.random.normal(jax.random.PRNGKey(1), (B, T, cfg.hidden_size))
     omask = jnp.zeros((B, T), bool).at[:, P - 2].set(True)
     kw = dict(config=cfg, latent_start=P, num_latent=n)
-    a = coconut_forward(params, batch["input_ids"], batch["attention_mask"], batch["latent_mask"],
-                        batch["position_ids"], embeds_override=over, embeds_override_mask=omask, **kw)
-    ref = naive_coconut_logits(params, batch["input_ids"], batch["attention_mask"], batch["latent_mask"],
-                               batch["position_ids"], config=cfg, embeds_override=over, embeds_override_mask=omask)
-    plain = coconut_forward(params, batch["input_ids"], batch["attention_mask"], batch["latent_mask"],
-                            batch["position_ids"], **kw)
+    args = (batch["input_ids"], batch["attention_mask"], batch["latent_mask"], batch["position_ids"])
+
+    @jax.jit
+    def three(p):
+        a = coconut_forward(p, *args, embeds_override=over, embeds_override_mask=omask, **kw).logits
+        ref = naive_coconut_logits(p, *args, config=cfg, num_passes=n, embeds_override=over,
+                                   embeds_override_mask=omask)
+        plain = coconut_forward(p, *args, **kw).logits
+        return a, ref, plain
+
+    a, ref, plain = three(params)
     m = np.asarray(batch["attention_mask"]).astype(bool)
-    np.testing.assert_allclose(np.asarray(a.logits)[m], np.asarray(ref)[m], atol=2e-5)
-    assert float(jnp.abs(a.logits - plain.logits)[:, -1].max()) > 1e-4
+    np.testing.assert_allclose(np.asarray(a)[m], np.asarray(ref)[m], atol=2e-5)
+    assert float(jnp.abs(a - plain)[:, -1].max()) > 1e-4
 
 
 def test_batched_cached_generation_equals_uncached_reference(setup):
