@@ -7,6 +7,11 @@ hf-to-orbax reads config.json and safetensors (one file, or shards listed in
 model.safetensors.index.json; never pickle) and writes an Orbax checkpoint, the model config
 and the tokenizer files. orbax-to-hf writes safetensors + config.json + generation_config
 (+ tokenizer) that `transformers.AutoModelForCausalLM.from_pretrained(DIR)` loads.
+
+Vision-language directories (InternVL3 `internvl`, Phi-4-multimodal `phi4_multimodal`) are
+detected from config.json and go through latent_jax.models.hf_vlm (vision tower, projector
+and decoder; Phi-4-MM's unported audio weights are carried along so the export is complete);
+the exported directory loads as InternVLForConditionalGeneration / Phi4MultimodalForCausalLM.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, scan_layers: bo
 
     if not os.path.isdir(hf_dir):
         raise FileNotFoundError(f"--hf {hf_dir} is not a directory; pass a local Hugging Face model directory")
+    from latent_jax.models.hf_vlm import is_vlm_dir
+
+    if is_vlm_dir(hf_dir):
+        return _vlm_hf_to_orbax(hf_dir, out, dtype, scan_layers)
     over = {"scan_layers": True} if scan_layers else {}
     if dtype:
         over["param_dtype"] = dtype
@@ -52,11 +61,29 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, scan_layers: bo
 def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None) -> str:
     """Convert a latent_jax checkpoint to an HF directory; returns the directory."""
     from latent_jax.models.hf import save_hf
+    from latent_jax.models.hf_vlm import is_vlm_checkpoint, load_vlm_checkpoint, save_vlm
     from latent_jax.train.checkpoint import _resolve, load_model
 
+    if is_vlm_checkpoint(ckpt):
+        vcfg, vparams, unused = load_vlm_checkpoint(ckpt)
+        save_vlm(vparams, vcfg, out, unused=unused, tokenizer_dir=_resolve(ckpt), dtype=dtype or "float32")
+        return os.path.abspath(out)
     cfg, params = load_model(ckpt)
     save_hf(params, cfg, out, tokenizer_dir=_resolve(ckpt), dtype=dtype)
     return os.path.abspath(out)
+
+
+def _vlm_hf_to_orbax(hf_dir: str, out: str, dtype: str | None, scan_layers: bool) -> str:
+    from latent_jax.models.hf_vlm import load_vlm, save_vlm_checkpoint
+    from latent_jax.train.checkpoint import _cast
+
+    if scan_layers:
+        raise ValueError("--scan-layers is for text decoders; vision-language checkpoints keep per-layer params")
+    cfg, params, unused = load_vlm(hf_dir, return_unused=True)
+    if dtype:
+        params = _cast(params, dtype)
+        cfg = cfg.replace(text=cfg.text.replace(param_dtype=dtype))
+    return save_vlm_checkpoint(out, params, cfg, unused=unused, tokenizer_dir=hf_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             path = hf_to_orbax(args.hf, args.out, args.dtype, args.scan_layers)
         else:
             path = orbax_to_hf(args.ckpt, args.out, args.dtype)
-    except (ConfigError, WeightsError, CheckpointError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, WeightsError, CheckpointError, FileNotFoundError, KeyError, ValueError) as e:
         if os.environ.get("LATENT_JAX_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -3,12 +3,18 @@
     python -m latent_jax.generate --model PATH --prompt "Hello" [--max-new-tokens 32]
     python -m latent_jax.generate --model PATH --input-ids 1,2,3 --strategy sample --temperature 0.7 --top-p 0.9 --json
     python -m latent_jax.generate --model PATH --prompts-file prompts.jsonl --json
+    python -m latent_jax.generate --model VLM --image cat.jpg --prompt "<image>\nWhat is this?" --json
+    python -m latent_jax.generate --model VLM --video clip.mp4 --num-frames 8 --prompt "Describe it."
 
 PATH is a Hugging Face directory (config.json + safetensors) or a latent_jax checkpoint from
 `latent_jax.convert`. A prompts file has one JSON object per line with "prompt" (text) or
 "input_ids" (a list of ints). --json prints one JSON object per prompt with input_ids,
 output_ids (new tokens only), text, tokens_per_s (decode only, compile excluded) and
 forward_passes. Strategy-specific options are listed by `--strategy NAME --help`.
+
+Vision-language models (InternVL3, Phi-4-multimodal; HF directory or converted checkpoint)
+take --image or --video with --prompt or --input-ids (greedy / sample): see
+latent_jax.decoding.vlm for the placeholder rules.
 """
 
 from __future__ import annotations
@@ -57,6 +63,14 @@ def build_parser(strategy: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="compute dtype (default: the checkpoint's); params are cast to it too")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    mm = p.add_argument_group("vision-language models (InternVL3, Phi-4-multimodal)")
+    media = mm.add_mutually_exclusive_group()
+    media.add_argument("--image", help="image file spliced in at the prompt's <image> placeholder")
+    media.add_argument("--video", help="video file (frames sampled uniformly) spliced in at the placeholder")
+    mm.add_argument("--num-frames", type=int, default=8, help="frames sampled from --video")
+    mm.add_argument("--max-tiles", type=int, default=12, help="InternVL tiles / Phi-4-MM HD crops per image")
+    mm.add_argument("--hico-tokens-per-frame", type=int, default=0, help="HiCo: merge video tokens to this many per frame (0 = off)")
+    mm.add_argument("--hico-clip-frames", type=int, default=4, help="HiCo: frames merged together")
     if strategy is not None:
         get_strategy(strategy).add_cli_args(p)
     return p
@@ -141,14 +155,35 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     known, _ = pre.parse_known_args(argv)
     args = build_parser(known.strategy).parse_args(argv)
 
+    from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir
     from latent_jax.train.checkpoint import _resolve, load_any
 
+    if os.path.isdir(args.model) and (is_vlm_dir(args.model) or is_vlm_checkpoint(args.model)):
+        return _run_vlm(args)
+    if args.image or args.video:
+        raise ValueError(f"--image / --video need a vision-language model (InternVL3, Phi-4-multimodal); {args.model} is text-only")
     over = {"dtype": args.dtype} if args.dtype else {}
     config, params = load_any(args.model, dtype=args.dtype, **over)
     _validate(args, config)
     tokenizer = load_tokenizer(_resolve(args.model))
     prompts = read_prompts(args, tokenizer, config.vocab_size)
     return get_strategy(args.strategy).run_cli(params, config, tokenizer, prompts, args)
+
+
+def _run_vlm(args) -> list[dict[str, Any]]:
+    from latent_jax.decoding.vlm import run_cli
+    from latent_jax.models.hf_vlm import load_vlm_any
+    from latent_jax.train.checkpoint import _resolve
+
+    if not (args.image or args.video):
+        raise ValueError(f"{args.model} is a vision-language model; pass --image PATH or --video PATH")
+    for flag, path in (("--image", args.image), ("--video", args.video)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    cfg, params, _ = load_vlm_any(args.model, dtype=args.dtype)
+    if args.dtype:
+        cfg = cfg.replace(text=cfg.text.replace(dtype=args.dtype))
+    return run_cli(args, cfg, params, load_tokenizer(_resolve(args.model)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,3 +126,38 @@ def test_subprocess_entry_point(tiny_hf_dir, tmp_path):
         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "hf-to-orbax" in r.stderr
+
+
+# ------------------------------------------------------------ vision-language families
+@pytest.fixture(scope="module")
+def tiny_vlm_dirs(tmp_path_factory):
+    from latent_jax.data.mm_fixtures import make_tiny_vlm
+
+    return {f: make_tiny_vlm(f, str(tmp_path_factory.mktemp(f"cv_{f}"))) for f in ("internvl", "phi4mm")}
+
+
+@pytest.mark.parametrize("family", ["internvl", "phi4mm"])
+def test_vlm_roundtrip(family, tiny_vlm_dirs, tmp_path):
+    """InternVL3 / Phi-4-MM: HF -> Orbax -> HF gives the same tensors (Phi-4-MM's audio
+    weights included), config model_type and tokenizer; the checkpoint loads as a VLM."""
+    from safetensors.numpy import load_file
+
+    from latent_jax.models.hf_vlm import is_vlm_checkpoint, load_vlm_any, normalize_keys
+
+    src = tiny_vlm_dirs[family]
+    ck, out = str(tmp_path / "ck"), str(tmp_path / "hf")
+    assert main(["hf-to-orbax", "--hf", src, "--out", ck]) == 0
+    assert is_vlm_checkpoint(ck) and os.path.exists(os.path.join(ck, "tokenizer.json"))
+    assert main(["orbax-to-hf", "--ckpt", ck, "--out", out]) == 0
+    a, b = (normalize_keys(load_file(os.path.join(p, "model.safetensors"))) for p in (src, out))
+    assert set(a) == set(b)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) == 0.0
+    if family == "phi4mm":
+        assert any("audio" in k for k in b)
+    with open(os.path.join(src, "config.json")) as f, open(os.path.join(out, "config.json")) as g:
+        assert json.load(f)["model_type"] == json.load(g)["model_type"]
+    assert os.path.exists(os.path.join(out, "tokenizer.json"))
+    cfg, params, _ = load_vlm_any(ck)
+    cfg2, params2, _ = load_vlm_any(src)
+    assert cfg == cfg2
+    assert main(["hf-to-orbax", "--hf", src, "--out", str(tmp_path / "ck2"), "--scan-layers"]) == 2

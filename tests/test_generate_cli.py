@@ -114,3 +114,84 @@ def test_strategy_registry(monkeypatch):
     assert strategies.bucket_length(5) == 16 and strategies.bucket_length(17) == 32
     assert strategies.bucket_length(600) == 768
     assert strategies.bucket_batch(3, 8) == 4 and strategies.bucket_batch(9, 8) == 9
+
+
+# ------------------------------------------------------------ vision-language models
+@pytest.fixture(scope="module")
+def vlm_media(tmp_path_factory):
+    from latent_jax.data import mm_fixtures as fx
+
+    d = tmp_path_factory.mktemp("gen_vlm")
+    img = str(d / "img.jpg")
+    fx.synthetic_image(40, 52, seed=3).save(img)
+    return {"internvl": fx.make_tiny_vlm("internvl", str(d / "internvl")),
+            "phi4mm": fx.make_tiny_vlm("phi4mm", str(d / "phi4mm")),
+            "image": img, "video": fx.write_synthetic_video(str(d / "v.mp4"), num_frames=8)}
+
+
+def test_vlm_image_equals_transformers_greedy(vlm_media, capsys):
+    """--image on InternVL3: the prompt's <image> becomes the tile tokens, and greedy output
+    equals InternVLForConditionalGeneration.generate on the same tiles."""
+    import torch
+    import transformers
+
+    from latent_jax.data.image_processing import internvl_tiles
+
+    d = vlm_media["internvl"]
+    assert main(["--model", d, "--image", vlm_media["image"], "--prompt", "Q: <image>\nwhat?", "--max-new-tokens", "6",
+                 "--max-tiles", "2", "--json"]) == 0
+    (r,) = _json_lines(capsys)
+    assert r["media"] == "image" and r["input_ids"].count(3) == r["media_tokens"] > 0
+    px = internvl_tiles(vlm_media["image"], 28, max_tiles=2)
+    assert r["media_tokens"] == px.shape[0] * 4
+    hf = transformers.InternVLForConditionalGeneration.from_pretrained(d, attn_implementation="eager").eval()
+    ids = torch.tensor([r["input_ids"]])
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.tensor(px),
+                          max_new_tokens=6, do_sample=False)[0, ids.shape[1]:].tolist()
+    assert r["output_ids"] == ref[: len(r["output_ids"])] and len(r["output_ids"]) >= 1
+    assert len(r["output_ids"]) == 6 or r["output_ids"][-1] == 2
+
+
+def test_vlm_video_equals_direct_call_and_checkpoint(vlm_media, tmp_path, capsys):
+    """--video on Phi-4-MM (frames as global crops, HiCo merging): the cached CLI output equals
+    an uncached greedy loop over VisionLanguageModel, and the converted checkpoint gives the same."""
+    import jax.numpy as jnp
+
+    from latent_jax.convert import main as convert
+    from latent_jax.data.image_processing import vlm_video_frames
+    from latent_jax.models.hf_vlm import load_vlm
+    from latent_jax.models.multimodal import VisionLanguageModel
+
+    d = vlm_media["phi4mm"]
+    argv = ["--video", vlm_media["video"], "--num-frames", "4", "--hico-tokens-per-frame", "2", "--hico-clip-frames",
+            "2", "--prompt", "<video> say", "--max-new-tokens", "5", "--stop-ids", "none", "--json"]
+    assert main(["--model", d, *argv]) == 0
+    (r,) = _json_lines(capsys)
+    assert r["media"] == "video" and r["media_tokens"] == 4 * 2 and len(r["output_ids"]) == 5
+    cfg, params = load_vlm(d)
+    m = VisionLanguageModel(cfg)
+    feats = m.apply({"params": params}, jnp.asarray(vlm_video_frames(cfg, vlm_media["video"], 4)), 2, 2,
+                    method="video_features")
+    seq = list(r["input_ids"])
+    for _ in range(5):
+        logits = m.apply({"params": params}, jnp.asarray([seq]), features=feats).logits
+        seq.append(int(jnp.argmax(logits[0, -1])))
+    assert seq[len(r["input_ids"]):] == r["output_ids"]
+    ck = str(tmp_path / "ck")
+    assert convert(["hf-to-orbax", "--hf", d, "--out", ck]) == 0
+    capsys.readouterr()
+    assert main(["--model", ck, *argv]) == 0
+    (r2,) = _json_lines(capsys)
+    assert r2["output_ids"] == r["output_ids"]
+
+
+def test_vlm_errors_are_one_line(vlm_media, model_dir, capsys):
+    d = vlm_media["internvl"]
+    for argv, want in [(["--model", d, "--prompt", "hi"], "--image PATH or --video PATH"),
+                       (["--model", d, "--image", "/nope.jpg", "--prompt", "hi"], "does not exist"),
+                       (["--model", d, "--image", vlm_media["image"], "--prompt", "hi", "--strategy", "tova"], "greedy or sample"),
+                       (["--model", model_dir, "--image", vlm_media["image"], "--prompt", "hi"], "text-only")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and want in err[0], (argv, err)

@@ -193,3 +193,26 @@ def frame_tiles(frames: np.ndarray, tile_size: int, mean, std) -> np.ndarray:
 
     return np.stack([_to_chw(Image.fromarray(f).resize((tile_size, tile_size), Image.BICUBIC), mean, std)
                      for f in frames])
+
+
+# ------------------------------------------------------------- model-family inputs
+def vlm_image_inputs(cfg, path_or_image, max_tiles: int = 12) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
+    """(pixel_values, patch_mask, layouts) for one image as `cfg.family` (a VLMConfig) expects:
+    InternVL tiles (N, 3, S, S) with no mask/layouts; Phi-4-MM HD crops (1, crops, 3, S, S),
+    patch mask and the static layouts."""
+    v = cfg.vision
+    if cfg.family == "internvl":
+        return internvl_tiles(path_or_image, v.image_size, max_tiles=int(max_tiles)), None, None
+    hd = phi4_hd_crops(path_or_image, v.image_size, v.patch_size, max_crops=int(max_tiles))
+    return stack_hd([hd])
+
+
+def vlm_video_frames(cfg, path: str, num_frames: int) -> np.ndarray:
+    """(num_frames, 3, S, S): frames sampled uniformly from the clip, one tile (InternVL,
+    ImageNet normalisation) or one global crop (Phi-4-MM, [-1, 1]) each."""
+    from latent_jax.data.video import read_frames
+
+    v = cfg.vision
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.family == "internvl" else ((0.5,) * 3, (0.5,) * 3)
+    frames = read_frames(path, int(num_frames), max_side=4 * v.image_size)
+    return frame_tiles(frames, v.image_size, mean, std)

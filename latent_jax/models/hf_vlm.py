@@ -470,3 +470,83 @@ def save_vlm(
     for fn in os.listdir(tmp):
         os.replace(os.path.join(tmp, fn), os.path.join(out_dir, fn))
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------- latent_jax (Orbax) checkpoints
+_UNUSED_KEY = "hf_unused"
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for k, v in flat.items():
+        _set(out, k.split("."), v)
+    return out
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}.{k}" if prefix else k
+        out.update(_flatten(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
+    return out
+
+
+def is_vlm_checkpoint(path: str) -> bool:
+    """True when path is a latent_jax checkpoint (save_vlm_checkpoint) of a vision-language model."""
+    from latent_jax.train.checkpoint import MODEL_CONFIG_FILE, _resolve, is_model_checkpoint
+
+    src = _resolve(path)
+    if not is_model_checkpoint(src):
+        return False
+    with open(os.path.join(src, MODEL_CONFIG_FILE)) as f:
+        d = json.load(f)
+    return "family" in d and "vision" in d
+
+
+def save_vlm_checkpoint(path: str, params: dict, cfg: VLMConfig, unused: dict[str, np.ndarray] | None = None,
+                        tokenizer_dir: str | None = None) -> str:
+    """Write an Orbax checkpoint (params + model_config.json = VLMConfig.to_json, tokenizer and
+    processor files). `unused` HF tensors (Phi-4-MM audio) are kept so an export is complete."""
+    from latent_jax.train.checkpoint import save_model
+
+    tree = dict(params)
+    if unused:
+        tree[_UNUSED_KEY] = _nest(unused)
+    path = save_model(path, tree, cfg, tokenizer_dir=tokenizer_dir)
+    for fn in PROCESSOR_FILES if tokenizer_dir else ():
+        if os.path.exists(os.path.join(tokenizer_dir, fn)):
+            shutil.copy2(os.path.join(tokenizer_dir, fn), os.path.join(path, fn))
+    return path
+
+
+def load_vlm_checkpoint(path: str, dtype: str | None = None) -> tuple[VLMConfig, dict, dict[str, np.ndarray]]:
+    """(config, params, unused HF tensors) from a save_vlm_checkpoint directory."""
+    from latent_jax.train.checkpoint import MODEL_CONFIG_FILE, CheckpointError, _cast, _quiet, _resolve, _restore_params
+
+    src = _resolve(path)
+    if not is_vlm_checkpoint(src):
+        raise CheckpointError(f"{path} is not a latent_jax vision-language checkpoint; create one with "
+                              "`python -m latent_jax.convert hf-to-orbax --hf DIR --out CKPT`")
+    with open(os.path.join(src, MODEL_CONFIG_FILE)) as f:
+        cfg = VLMConfig.from_json(f.read())
+    with _quiet():
+        _, tree = _restore_params(src, cfg.text, None, None)
+    unused = _flatten(tree.pop(_UNUSED_KEY, {}))
+    tree = {k: v for k, v in tree.items()}
+    if dtype is not None:
+        tree = _cast(tree, dtype)
+        cfg = cfg.replace(text=cfg.text.replace(param_dtype=str(dtype)))
+    return cfg, tree, unused
+
+
+def load_vlm_any(path: str, dtype: str | None = None) -> tuple[VLMConfig, dict, dict[str, np.ndarray]]:
+    """(config, params, unused) from a VLM HF directory or a save_vlm_checkpoint directory."""
+    if is_vlm_checkpoint(path):
+        return load_vlm_checkpoint(path, dtype)
+    over = {"param_dtype": str(dtype)} if dtype else {}
+    cfg, params, unused = load_vlm(path, return_unused=True, **over)
+    if dtype is not None:
+        from latent_jax.train.checkpoint import _cast
+
+        params = _cast(params, dtype)
+    return cfg, params, unused
