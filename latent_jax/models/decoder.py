@@ -50,12 +50,12 @@ class _ScanBody(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, carry, positions, key_pos, causal, cache_end, xs):
+    def __call__(self, carry, positions, key_pos, causal, cache_end, prefix, xs):
         x, cache = carry
         window, layer_idx = xs
         layer_cls = _maybe_remat(DecoderLayer, self.remat)
         y, new_cache, attn = layer_cls(self.config, name="layer")(
-            x, positions, key_pos, causal, window, cache, cache_end, layer_idx
+            x, positions, key_pos, causal, window, cache, cache_end, layer_idx, prefix
         )
         return (y, new_cache), (attn, x)
 
@@ -85,7 +85,7 @@ class Decoder(nn.Module):
                 _ScanBody,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_hidden_layers,
             )(cfg, cfg.remat_policy)
         else:
@@ -117,6 +117,7 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         inputs_embeds: Array | None = None,
         causal: bool | Array = True,
+        prefix_cache: KVCache | None = None,
     ) -> DecoderOutput:
         """Run the stack on (B, T) tokens or (B, T, D) embeddings.
 
@@ -125,12 +126,13 @@ class Decoder(nn.Module):
         position (0 without a cache), counting only real tokens.
         cache: written at slots [cache.end, cache.end + T); the returned cache has end += T.
         causal: False gives bidirectional attention (masked-diffusion models).
+        prefix_cache: read-only keys attended before `cache`'s (never written or copied).
         """
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
-        x, all_hidden, attn, new_cache = self.stack(x, attention_mask, positions, cache, causal)
+        x, all_hidden, attn, new_cache = self.stack(x, attention_mask, positions, cache, causal, prefix_cache)
         hidden = self.norm(x)
         return DecoderOutput(
             logits=self.head(hidden), hidden=hidden, all_hidden=all_hidden, attn_last=attn, cache=new_cache
@@ -146,11 +148,13 @@ class Decoder(nn.Module):
         positions: Array | None = None,
         cache: KVCache | None = None,
         causal: bool | Array = True,
+        prefix_cache: KVCache | None = None,
     ) -> tuple[Array, Array, Array, KVCache | None]:
         """Apply every layer to embeddings x (B, T, D).
 
         Returns (x before the final norm, all_hidden, attn_last, new cache). Recursive
-        methods (ACT) call this repeatedly on their own state.
+        methods (ACT) call this repeatedly on their own state. With prefix_cache, attn_last
+        covers the prefix slots first, then the cache's.
         """
         cfg = self.config
         B, T = x.shape[:2]
@@ -159,6 +163,8 @@ class Decoder(nn.Module):
         valid = attention_mask.astype(bool)
         if positions is None:
             positions = default_positions(valid, cache)
+            if prefix_cache is not None:
+                positions = jnp.maximum(positions, default_positions(valid, prefix_cache))
         positions = positions.astype(jnp.int32)
         key_pos = jnp.where(valid, positions, -1)
         causal = jnp.asarray(causal, bool)
@@ -168,17 +174,18 @@ class Decoder(nn.Module):
         # the whole cache is threaded through the layers and each layer updates its own entries
         # in place (dynamic_update_slice on the full arrays): no per-step copy of the cache
         caches = None if cache is None else {"k": cache.k, "v": cache.v, "pos": cache.pos}
+        prefix = None if prefix_cache is None else {"k": prefix_cache.k, "v": prefix_cache.v, "pos": prefix_cache.pos}
         if cfg.scan_layers:
             layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
             (x, new_caches), (attn, hs) = self.layers(
-                (x, caches), positions, key_pos, causal, cache_end, (windows, layer_ids)
+                (x, caches), positions, key_pos, causal, cache_end, prefix, (windows, layer_ids)
             )
         else:
             outs_a, outs_h = [], []
             new_caches = caches
             for i, layer in enumerate(self.layers):
                 outs_h.append(x)
-                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], new_caches, cache_end, i)
+                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], new_caches, cache_end, i, prefix)
                 outs_a.append(a)
             attn = jnp.stack(outs_a)
             hs = jnp.stack(outs_h)

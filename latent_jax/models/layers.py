@@ -143,11 +143,15 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None):
+    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None,
+                 prefix=None):
         """x: (B, T, D); positions: (B, T); key_pos: (B, T) positions of these tokens as keys
         (-1 for padding). layer_cache: dict(k, v, pos) for this layer, or, when layer_idx is
         given, for every layer (leading layer axis): this layer's entries are then updated in
         place in the full arrays, so a decode step never copies the whole cache.
+        prefix: an optional read-only dict(k, v, pos) for every layer (needs layer_idx) whose
+        keys are attended before the cache's; it is never written or copied (Coconut keeps the
+        question's cache constant while thoughts are appended to a small cache).
 
         Returns (out, new_layer_cache, attn_last) where attn_last is the newest query's
         attention probabilities (B, heads, keys); unused, it is removed under jit.
@@ -197,15 +201,29 @@ class Attention(nn.Module):
         else:
             k_all, v_all, kpos_all = k, v, key_pos
 
-        mask = attention_mask_from_positions(positions, kpos_all, causal, window)
         G = H // Hkv
         qg = q.reshape(B, T, Hkv, G, D)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_all, preferred_element_type=jnp.float32)
-        scores = scores * (D ** -0.5)
         big_neg = jnp.finfo(jnp.float32).min
-        scores = jnp.where(mask[:, None, None, :, :], scores, big_neg)
+
+        def scores_for(keys, kpos):
+            sc = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32) * (D ** -0.5)
+            m = attention_mask_from_positions(positions, kpos, causal, window)
+            return jnp.where(m[:, None, None, :, :], sc, big_neg)
+
+        scores = scores_for(k_all, kpos_all)
+        if prefix is not None:
+            # scores (not keys) are concatenated: the prefix K/V are read in place
+            li = jnp.asarray(layer_idx, jnp.int32)
+            pk, pv, ppos = (jax.lax.dynamic_index_in_dim(prefix[n], li, 0, keepdims=False) for n in ("k", "v", "pos"))
+            n_prefix = pk.shape[1]
+            scores = jnp.concatenate([scores_for(pk.astype(q.dtype), ppos), scores], axis=-1)
         probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_all.dtype), v_all)
+        if prefix is not None:
+            pp, probs_c = probs[..., :n_prefix], probs[..., n_prefix:]
+            out = jnp.einsum("bkgts,bskd->btkgd", pp.astype(q.dtype), pv.astype(q.dtype))
+            out = out + jnp.einsum("bkgts,bskd->btkgd", probs_c.astype(v_all.dtype), v_all)
+        else:
+            out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_all.dtype), v_all)
         out = out.reshape(B, T, H * D)
         out = _dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
         attn_last = probs[:, :, :, -1, :].reshape(B, H, -1)
@@ -234,11 +252,12 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None):
+    def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None,
+                 prefix=None):
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name=name)
         h, new_cache, attn = Attention(cfg, name="self_attn")(
-            norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end, layer_idx
+            norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end, layer_idx, prefix
         )
         x = x + h
         x = x + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x))
