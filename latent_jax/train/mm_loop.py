@@ -16,7 +16,16 @@ are the CoT steps). Modes (config.coconut_mode): no_cot (vanilla), cot, coconut.
     workdir/results.json             dataset results (CinePile: accuracy per category,
                                      hard_split, visual_reliance; A-OKVQA: MC and DA) +
                                      HiCo compression ratio and data stats
+    workdir/checkpoints/             TrainCheckpointer: the latest training state (params,
+                                     optimizer, step, epoch, batch position, history)
     workdir/final_model/             HF export of the trained model (config.save_model)
+
+Resume: a restarted run continues from the latest checkpoint (saved at every epoch end,
+every `checkpoint_every_steps` and at `max_steps`, which stops the run before evaluation).
+Sharding: the language model's params, optimizer state and batches are placed on the
+`config.mesh` mesh with latent_jax.parallel, through latent_jax.train.loop.Trainer (its
+init_state / reset_optimizer are reused; the step adds the image-embedding inputs). The
+frozen vision tower runs replicated, once per media file.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ from latent_jax.latent.curriculum import (
     train_sample,
 )
 from latent_jax.models.multimodal import VLMConfig, VisionLanguageModel
+from latent_jax.parallel import batch_sharding, make_mesh, replicated
+from latent_jax.train.loop import BATCH_KEYS, Trainer, eval_geometry, repad, train_geometry
 from latent_jax.train.metrics import MetricsWriter
 from latent_jax.train.optim import make_optimizer
 
@@ -128,6 +139,9 @@ def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
     raise ValueError(f"config.data.dataset={d.dataset!r}; use cinepile or aokvqa")
 
 
+_FEATURE_FNS: dict[Any, Any] = {}  # jitted vision functions shared by runs in one process
+
+
 class FeatureCache:
     """Frozen vision features per media file, computed once with a jitted tower."""
 
@@ -139,19 +153,18 @@ class FeatureCache:
         self.tokens_after = 0
         d = config.data
         self.tpf = int(d.hico_tokens_per_frame) if d.get("use_hico") else None
-        self._video = jax.jit(lambda p, f: self.model.apply({"params": p}, f, self.tpf, int(d.hico_clip_frames),
-                                                              method="video_features"))
-        self._img = {}
+        vkey = ("video", cfg, self.tpf, int(d.hico_clip_frames))
+        if vkey not in _FEATURE_FNS:
+            model, tpf, clip = self.model, self.tpf, int(d.hico_clip_frames)
+            _FEATURE_FNS[vkey] = jax.jit(lambda p, f: model.apply({"params": p}, f, tpf, clip, method="video_features"))
+        self._video = _FEATURE_FNS[vkey]
+        self._img = _FEATURE_FNS
 
     def video(self, path: str) -> np.ndarray:
-        from latent_jax.data.image_processing import IMAGENET_MEAN, IMAGENET_STD, frame_tiles
-        from latent_jax.data.video import read_frames
+        from latent_jax.data.image_processing import vlm_video_frames
 
         if path not in self.cache:
-            v = self.cfg.vision
-            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.cfg.family == "internvl" else ((0.5,) * 3, (0.5,) * 3)
-            frames = read_frames(path, int(self.config.data.num_frames), max_side=4 * v.image_size)
-            px = frame_tiles(frames, v.image_size, mean, std)
+            px = vlm_video_frames(self.cfg, path, int(self.config.data.num_frames))
             feats = np.asarray(self._video(self.params, jnp.asarray(px)))
             self.cache[path] = feats
             self.tokens_before += px.shape[0] * self.cfg.tokens_per_tile
@@ -159,19 +172,17 @@ class FeatureCache:
         return self.cache[path]
 
     def image(self, path: str) -> np.ndarray:
-        from latent_jax.data import image_processing as ip
+        from latent_jax.data.image_processing import vlm_image_inputs
 
         if path not in self.cache:
-            v = self.cfg.vision
-            if self.cfg.family == "internvl":
-                px = ip.internvl_tiles(path, v.image_size, max_tiles=int(self.config.data.max_tiles))
-                key, args = ("internvl", px.shape[0]), (jnp.asarray(px),)
-                fn = lambda p, x: self.model.apply({"params": p}, x, method="image_features")  # noqa: E731
+            px, pm, layouts = vlm_image_inputs(self.cfg, path, int(self.config.data.max_tiles))
+            model = self.model
+            if layouts is None:
+                key, args = ("internvl", self.cfg), (jnp.asarray(px),)
+                fn = lambda p, x: model.apply({"params": p}, x, method="image_features")  # noqa: E731
             else:
-                hd = ip.phi4_hd_crops(path, v.image_size, v.patch_size, max_crops=int(self.config.data.max_tiles))
-                px, pm, layouts = ip.stack_hd([hd])
-                key, args = ("phi4", layouts), (jnp.asarray(px), jnp.asarray(pm))
-                fn = lambda p, x, m, _l=layouts: self.model.apply({"params": p}, x, m, _l, method="image_features")  # noqa: E731
+                key, args = ("phi4", self.cfg, layouts), (jnp.asarray(px), jnp.asarray(pm))
+                fn = lambda p, x, m, _l=layouts: model.apply({"params": p}, x, m, _l, method="image_features")  # noqa: E731
             if key not in self._img:
                 self._img[key] = jax.jit(fn)
             self.cache[path] = np.asarray(self._img[key](self.params, *args))
@@ -226,6 +237,118 @@ def curriculum(config: ConfigDict) -> CurriculumConfig:
                             seed=int(config.seed))
 
 
+# ------------------------------------------------------------------------- train
+MM_KEYS = tuple(BATCH_KEYS) + ("embeds_override", "embeds_override_mask")
+_MM_STEPS: dict[tuple, Any] = {}  # compiled steps shared by runs in one process
+
+
+class MMTrainer(Trainer):
+    """latent_jax.train.loop.Trainer (sharded state, optimizer reset) whose step also takes the
+    image/video embeddings (`embeds_override`, `embeds_override_mask`) of each batch."""
+
+    def place_batch(self, arrays: dict) -> dict:
+        return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, np.ndim(arrays[k])),
+                                                          np.asarray(arrays[k])) for k in MM_KEYS}
+
+    def mm_step(self, state: dict, cb, geom: tuple[int, int], pad_id: int, feats: list, image_token_id: int):
+        """One optimizer step on a CoconutBatch re-padded to `geom`, with its rows' features."""
+        arrays = repad(cb.arrays, cb.latent_start, geom[0], geom[1], pad_id)
+        arrays["embeds_override"], arrays["embeds_override_mask"] = overrides(
+            arrays["input_ids"], cb.example_idx, feats, image_token_id, self.mcfg.hidden_size)
+        key = (geom[0], cb.num_latent, bool(cb.feedback))
+        ckey = (self.mcfg, self.tx_key, self.mesh, self.remat, key)
+        fn = _MM_STEPS.get(ckey)
+        if fn is None:
+            fn = _MM_STEPS[ckey] = self._make_mm_step(*key)
+        return fn(state, self.place_batch(arrays))
+
+    def _make_mm_step(self, latent_start: int, num_latent: int, feedback: bool):
+        import optax
+
+        mcfg, tx, remat = self.mcfg, self.tx, self.remat
+
+        def step(state, batch):
+            def lf(p):
+                return coconut_loss(p, batch, config=mcfg, latent_start=latent_start, num_latent=num_latent,
+                                    feedback=feedback, remat_thoughts=remat)
+
+            (loss, aux), grads = jax.value_and_grad(lf, has_aux=True)(state["params"])
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
+                    {"loss": loss, "grad_norm": optax.global_norm(grads), **aux})
+
+        sh = self.shardings(self._state_example)
+        bsh = {k: batch_sharding(self.mesh, 3 if k == "embeds_override" else 2) for k in MM_KEYS}
+        return jax.jit(step, in_shardings=(sh, bsh), out_shardings=(sh, replicated(self.mesh)), donate_argnums=0)
+
+
+def train(config: ConfigDict, workdir: str, cfg: VLMConfig, lm: dict, tok, ids, cc: CurriculumConfig,
+          train_ex: list, train_feats: list, mesh, writer: MetricsWriter) -> dict:
+    """The curriculum over config.num_epochs, resuming from workdir/checkpoints. Returns
+    {params, stage, history} or, when stopped at config.max_steps, {stopped, step, history}."""
+    from latent_jax.train.checkpoint import TrainCheckpointer
+
+    B = int(config.batch_size)
+    bucket = int(config.get("bucket", 16))
+    n_epochs = int(config.num_epochs)
+    steps_per_epoch = -(-len(train_ex) // B)
+    tx = make_optimizer(lm, config.optim, n_epochs * steps_per_epoch)
+    tx_key = json.dumps([config.optim.to_dict(), n_epochs * steps_per_epoch], sort_keys=True, default=str)
+    trainer = MMTrainer(config, cfg.text, tx, mesh, tx_key=tx_key)
+    state = trainer.init_state(lm)
+    ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep_best=int(config.get("keep_best", 1) or 1),
+                             best_metric="loss", mode="min")
+    start_epoch, start_batch, history, partial = 0, 0, [], []
+    if ckpt.latest_step() is not None:
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state, extra = ckpt.restore_latest(template)
+        start_epoch, start_batch = int(extra["next_epoch"]), int(extra.get("next_batch", 0))
+        history, partial = list(extra.get("history", [])), list(extra.get("epoch_losses", []))
+        print(f"resumed from step {int(state['step'])} (epoch {start_epoch}, batch {start_batch})", flush=True)
+
+    def save(next_epoch: int, next_batch: int, losses: list) -> None:
+        metrics = {"loss": float(np.mean(losses)) if losses else float("inf")}
+        ckpt.save(int(state["step"]), state, metrics, {"next_epoch": next_epoch, "next_batch": next_batch,
+                                                   "history": history, "epoch_losses": losses})
+        ckpt.wait()
+
+    reset_opt = bool(config.optim.get("reset_on_stage_change", False))
+    max_steps = int(config.get("max_steps", 0) or 0)
+    ckpt_every = int(config.get("checkpoint_every_steps", 0) or 0)
+    log_every = max(1, int(config.log_every))
+    stage = scheduled_stage(max(0, min(start_epoch, n_epochs) - 1), cc)
+    for epoch in range(start_epoch, n_epochs):
+        stage = scheduled_stage(epoch, cc)
+        first = start_batch if epoch == start_epoch else 0
+        losses = partial if epoch == start_epoch else []
+        if reset_opt and epoch > 0 and first == 0 and stage != scheduled_stage(epoch - 1, cc):
+            state = trainer.reset_optimizer(state)
+        geom = train_geometry(train_ex, epoch, cc, ids, bucket)
+        order = np.random.default_rng([int(config.seed), epoch]).permutation(len(train_ex))
+        for bi, s in enumerate(range(0, len(order), B)):
+            if bi < first:
+                continue
+            samples = [train_sample(train_ex[i], epoch, cc, ids) for i in order[s : s + B]]
+            cb = collate_train(samples, B, tok.pad_id, bucket=bucket, feedback=cc.feedback, stage=stage)
+            state, m = trainer.mm_step(state, cb, geom, tok.pad_id, train_feats, cfg.image_token_id)
+            losses.append(float(m["loss"]))
+            gstep = int(state["step"])
+            if gstep % log_every == 0:
+                writer.write(gstep, {"loss": float(m["loss"]), "token_accuracy": float(m["token_accuracy"])}, "train/")
+            if max_steps and gstep >= max_steps:
+                save(epoch, bi + 1, losses)
+                ckpt.close()
+                return {"stopped": True, "step": gstep, "history": history}
+            if ckpt_every and gstep % ckpt_every == 0:
+                save(epoch, bi + 1, losses)
+        writer.write(int(state["step"]), {"epoch_loss": float(np.mean(losses)), "stage": stage}, "train/")
+        history.append({"epoch": epoch, "stage": stage, "loss": float(np.mean(losses))})
+        save(epoch + 1, 0, losses)
+    ckpt.close()
+    return {"params": state["params"], "stage": stage, "history": history}
+
+
 # --------------------------------------------------------------------------- run
 def run(config: ConfigDict, workdir: str) -> dict:
     """Train (config.mode == 'train') and evaluate a multimodal Coconut model; returns results."""
@@ -257,10 +380,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
     if d.get("max_eval"):
         eval_items = eval_items[: int(d.max_eval)]
     eval_ex, eval_feats = tokenize_items(eval_items, tok, feats, cfg.image_token_id)
-    D = text_cfg.hidden_size
-    B = int(config.batch_size)
     stage = 0
     history = []
+    mesh = make_mesh(dict(config.mesh))
     if config.mode == "train":
         train_items, train_stats = load_items(config, d.train_split)
         if d.get("max_train"):
@@ -268,50 +390,14 @@ def run(config: ConfigDict, workdir: str) -> dict:
         if not train_items:
             raise ValueError(f"no training examples in {d.path} ({train_stats}); check the clips / filters")
         train_ex, train_feats = tokenize_items(train_items, tok, feats, cfg.image_token_id)
-        n_epochs = int(config.num_epochs)
-        steps_per_epoch = -(-len(train_ex) // B)
-        tx = make_optimizer(lm, config.optim, n_epochs * steps_per_epoch)
-        opt_state = tx.init(lm)
-
-        def loss_fn(p, batch, latent_start, num_latent, feedback):
-            return coconut_loss(p, batch, config=text_cfg, latent_start=latent_start, num_latent=num_latent,
-                                feedback=feedback)
-
-        import functools
-
-        import optax
-
-        @functools.partial(jax.jit, static_argnums=(3, 4, 5))
-        def step(p, o, batch, latent_start, num_latent, feedback):
-            (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch, latent_start, num_latent, feedback)
-            upd, o = tx.update(g, o, p)
-            return optax.apply_updates(p, upd), o, loss, aux
-
-        rng = np.random.default_rng(int(config.seed))
-        gstep = 0
-        for epoch in range(n_epochs):
-            stage = scheduled_stage(epoch, cc)
-            order = rng.permutation(len(train_ex))
-            losses = []
-            for s in range(0, len(order), B):
-                samples = [train_sample(train_ex[i], epoch, cc, ids) for i in order[s : s + B]]
-                cb = collate_train(samples, B, tok.pad_id, bucket=int(config.get("bucket", 16)), feedback=cc.feedback,
-                                   stage=stage)
-                arr = dict(cb.arrays)
-                arr["embeds_override"], arr["embeds_override_mask"] = overrides(
-                    arr["input_ids"], cb.example_idx, train_feats, cfg.image_token_id, D)
-                batch = {k: jnp.asarray(v) for k, v in arr.items()}
-                lm, opt_state, loss, aux = step(lm, opt_state, batch, cb.latent_start, cb.num_latent,
-                                             bool(cb.feedback))
-                losses.append(float(loss))
-                gstep += 1
-                if gstep % int(config.log_every) == 0:
-                    writer.write(gstep, {"loss": float(loss), "token_accuracy": float(aux["token_accuracy"])}, "train/")
-            writer.write(gstep, {"epoch_loss": float(np.mean(losses)), "stage": stage}, "train/")
-            history.append({"epoch": epoch, "stage": stage, "loss": float(np.mean(losses))})
+        out = train(config, workdir, cfg, lm, tok, ids, cc, train_ex, train_feats, mesh, writer)
+        if out.get("stopped"):
+            writer.close()
+            return out
+        lm, stage, history = out["params"], out["stage"], out["history"]
         params = dict(params, language_model=lm)
 
-    res = evaluate(config, cfg, lm, tok, ids, cc, stage, eval_items, eval_ex, eval_feats, workdir)
+    res = evaluate(config, cfg, lm, tok, ids, cc, stage, eval_items, eval_ex, eval_feats, workdir, mesh)
     res.update(eval_data=eval_stats, history=history, mode=config.coconut_mode, seconds=round(time.time() - t0, 1))
     if feats.tokens_before:
         from latent_jax.data.hico import compression_ratio
@@ -322,29 +408,37 @@ def run(config: ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     if config.mode == "train" and config.get("save_model"):
-        save_vlm(params, cfg, os.path.join(workdir, "final_model"), tokenizer_dir=config.model.path)
+        save_vlm(jax.device_get(params), cfg, os.path.join(workdir, "final_model"), tokenizer_dir=config.model.path)
+    writer.close()
     print(json.dumps({k: res[k] for k in ("accuracy", "n") if k in res}))
     return res
 
 
-def evaluate(config, cfg, lm, tok, ids, cc, stage, items, exs, feats, workdir) -> dict:
-    """Generate for every eval example (batched, KV cached) and score with the dataset's rules."""
+def evaluate(config, cfg, lm, tok, ids, cc, stage, items, exs, feats, workdir, mesh=None) -> dict:
+    """Generate for every eval example (batched, KV cached, params on `mesh`; every batch
+    re-padded to one geometry, so one compiled program) and score with the dataset's rules."""
+    from latent_jax.parallel import param_shardings
+
     e = config.eval
     B = int(config.batch_size)
+    bucket = int(config.get("bucket", 16))
+    if mesh is not None:
+        lm = jax.device_put(lm, param_shardings(lm, mesh))
     eval_stage = int(e.stage) if e.get("stage", -1) >= 0 else max(stage, cc.max_latent_stage if cc.mode == "coconut" else 0)
     sp = SamplingParams.make(float(e.temperature), float(e.top_p))
     stop = jnp.asarray([tok.eos_id], jnp.int32)
     records = []
     rng = jax.random.PRNGKey(int(config.seed))
+    geom = eval_geometry(exs, eval_stage, cc, ids, bucket) if exs else None
     for s in range(0, len(exs), B):
         prompts = [eval_prompt(x, eval_stage, cc, ids) for x in exs[s : s + B]]
-        eb = collate_eval(prompts, B, tok.pad_id, bucket=int(config.get("bucket", 16)), feedback=cc.feedback,
-                          stage=eval_stage)
-        emb, m = overrides(eb.arrays["input_ids"], eb.example_idx, feats, cfg.image_token_id, cfg.text.hidden_size)
+        eb = collate_eval(prompts, B, tok.pad_id, bucket=bucket, feedback=cc.feedback, stage=eval_stage)
+        a = repad(eb.arrays, eb.latent_start, geom[0], geom[1], tok.pad_id)
+        emb, m = overrides(a["input_ids"], eb.example_idx, feats, cfg.image_token_id, cfg.text.hidden_size)
         rng, k = jax.random.split(rng)
         out = coconut_generate(
-            lm, jnp.asarray(eb.arrays["input_ids"]), jnp.asarray(eb.arrays["attention_mask"]),
-            jnp.asarray(eb.arrays["latent_mask"]), k, sp, stop, config=cfg.text, latent_start=eb.latent_start,
+            lm, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]),
+            jnp.asarray(a["latent_mask"]), k, sp, stop, config=cfg.text, latent_start=geom[0],
             num_latent=eb.num_latent, max_new_tokens=int(e.max_new_tokens), pad_id=tok.pad_id,
             feedback=bool(eb.feedback), embeds_override=jnp.asarray(emb), embeds_override_mask=jnp.asarray(m))
         toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
