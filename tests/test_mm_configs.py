@@ -1,8 +1,17 @@
-"""Every multimodal config's :smoke preset runs train + eval end to end on fixtures built at
-run time: cinepile_coconut through `python -m latent_jax.main`, the others through the same
-path (config file -> latent_jax.main.resolve_workflow -> run) in one process to save
-start-up and compile time. Missing paths give a one-line error naming the config key."""
+"""Every multimodal config's :smoke preset runs train + eval end to end on one shared set of
+fixtures (tiny random InternVL3 / Phi-4-MM, synthetic images and videos, rows in the real
+schemas) built once per module:
 
+- cinepile_coconut through `python -m latent_jax.main` in a subprocess, started first so it
+  runs while the other presets run in this process;
+- the others through the same path main takes (config file -> latent_jax.main.resolve_workflow
+  -> run) in process, so compiled steps are shared between presets;
+- the pause_as_thought ablation reaches the loss and generation as feedback=False;
+- a run stopped at max_steps resumes from its checkpoint to the uninterrupted run's losses.
+
+Missing paths give a one-line error naming the config key."""
+
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,23 +20,77 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OTHERS = ["cinepile_finetune.py:smoke", "aokvqa_cot.py:smoke", "aokvqa_coconut.py:smoke", "aokvqa_eval.py:smoke"]
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+IN_PROCESS = ["cinepile_finetune.py:smoke", "aokvqa_cot.py:smoke", "aokvqa_coconut.py:smoke", "aokvqa_eval.py:smoke"]
 
-RUNNER = """
-import importlib.util, os, sys
-from latent_jax.main import resolve_workflow
-out, fx = sys.argv[1], sys.argv[2]
-for spec in sys.argv[3:]:
+
+def _config(spec: str, fx: str):
     path, preset = spec.split(":")
-    s = importlib.util.spec_from_file_location("cfg", os.path.join("configs", path))
-    mod = importlib.util.module_from_spec(s); s.loader.exec_module(mod)
-    config = mod.get_config(preset)
-    config.fixtures_dir = fx
-    wd = os.path.join(out, spec)
-    os.makedirs(wd, exist_ok=True)
-    resolve_workflow(config.workflow)(config, wd)
-"""
+    s = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", path))
+    mod = importlib.util.module_from_spec(s)
+    s.loader.exec_module(mod)
+    c = mod.get_config(preset)
+    c.fixtures_dir = fx
+    return c
+
+
+def _build_fixtures(fx: str) -> None:
+    """What the :smoke presets build on first use (latent_jax.train.mm_loop), once for all."""
+    from latent_jax.train.mm_loop import _ensure_smoke_fixtures
+
+    for spec in ("cinepile_coconut.py:smoke", "aokvqa_coconut.py:smoke"):
+        _ensure_smoke_fixtures(_config(spec, fx), fx)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Runs every preset once (plus the ablation and resume runs); yields their results."""
+    from latent_jax.main import resolve_workflow
+    from latent_jax.train import mm_loop
+
+    out = tmp_path_factory.mktemp("mm_runs")
+    fx = str(out / "fx")
+    _build_fixtures(fx)
+    main_wd = str(out / "cinepile_coconut")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latent_jax.main", "--config=configs/cinepile_coconut.py:smoke", f"--workdir={main_wd}",
+         f"--config.fixtures_dir={fx}"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    res: dict = {"_fx": fx, "_out": out}
+    try:
+        feedback = {"loss": [], "generate": []}
+        loss0, gen0 = mm_loop.coconut_loss, mm_loop.coconut_generate
+
+        def loss(*a, **kw):
+            feedback["loss"].append(kw.get("feedback", True))
+            return loss0(*a, **kw)
+
+        def gen(*a, **kw):
+            feedback["generate"].append(kw.get("feedback", True))
+            return gen0(*a, **kw)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mm_loop, "coconut_loss", loss)
+            mp.setattr(mm_loop, "coconut_generate", gen)
+            for spec in IN_PROCESS:
+                c = _config(spec, fx)
+                res[spec] = resolve_workflow(c.workflow)(c, str(out / spec))
+            for v in feedback.values():
+                v.clear()
+            c = _config("aokvqa_coconut.py:smoke", fx)
+            c.coconut.ablation = "pause_as_thought"
+            res["pause"] = mm_loop.run(c, str(out / "pause"))
+            res["pause_feedback"] = {k: set(v) for k, v in feedback.items()}
+        # resume: stop after 3 of 4 steps (inside epoch 2), then restart in the same workdir
+        c = _config("aokvqa_coconut.py:smoke", fx)
+        c.max_steps = 3
+        res["stopped"] = mm_loop.run(c, str(out / "resume"))
+        res["resumed"] = mm_loop.run(_config("aokvqa_coconut.py:smoke", fx), str(out / "resume"))
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    res["main"] = (proc.returncode, stdout, stderr, main_wd)
+    yield res
 
 
 def _check(wd, name):
@@ -39,50 +102,70 @@ def _check(wd, name):
     return res
 
 
-def test_cinepile_coconut_smoke_through_main(tmp_path):
-    wd = str(tmp_path / "run")
-    r = subprocess.run([sys.executable, "-m", "latent_jax.main", "--config=configs/cinepile_coconut.py:smoke",
-                        f"--workdir={wd}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_cinepile_coconut_smoke_through_main(runs):
+    rc, stdout, stderr, wd = runs["main"]
+    assert rc == 0, stderr[-3000:]
     res = _check(wd, "cinepile_coconut")
     assert res["video_tokens"]["compression_ratio"] == 2.0  # HiCo: 4 -> 2 tokens per frame
     assert "accuracy_by_question_category" in res and "accuracy_by_visual_reliance" in res
     assert res["mode"] == "coconut" and res["eval_stage"] == 1
+    assert json.loads(stdout.strip().splitlines()[-1])["n"] == 2
 
 
-def test_other_smoke_presets(tmp_path):
-    out, fx = str(tmp_path / "runs"), str(tmp_path / "fx")
-    r = subprocess.run([sys.executable, "-c", RUNNER, out, fx, *OTHERS], cwd=ROOT, env=ENV, capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    for spec in OTHERS:
-        res = _check(os.path.join(out, spec), spec)
+def test_other_smoke_presets(runs):
+    for spec in IN_PROCESS:
+        res = _check(str(runs["_out"] / spec), spec)
+        assert res == json.loads(json.dumps(runs[spec]))
         if spec.startswith("aokvqa"):
             assert "da_accuracy" in res and "mc_accuracy" in res
-    assert json.load(open(os.path.join(out, OTHERS[0], "results.json")))["mode"] == "no_cot"
+    assert runs["cinepile_finetune.py:smoke"]["mode"] == "no_cot"
+    assert runs["aokvqa_cot.py:smoke"]["mode"] == "cot"
+    assert [h["stage"] for h in runs["aokvqa_coconut.py:smoke"]["history"]] == [0, 1]
+    assert runs["aokvqa_eval.py:smoke"]["eval_stage"] == 1
+
+
+def test_pause_as_thought_has_no_feedback(runs):
+    """ablation=pause_as_thought: every loss and generation call gets feedback=False, so the
+    stage-1 loss differs from coconut's while stage 0 (no latents) is the same."""
+    assert runs["pause_feedback"] == {"loss": {False}, "generate": {False}}
+    pause, coconut = runs["pause"]["history"], runs["aokvqa_coconut.py:smoke"]["history"]
+    assert pause[0]["loss"] == pytest.approx(coconut[0]["loss"], rel=1e-5)
+    assert abs(pause[1]["loss"] - coconut[1]["loss"]) > 1e-6
+
+
+def test_resume_from_checkpoint(runs):
+    """Stopped at max_steps=3 (mid epoch 2), restarted: same losses and results as one run."""
+    assert runs["stopped"]["stopped"] and runs["stopped"]["step"] == 3
+    assert len(runs["stopped"]["history"]) == 1
+    full, resumed = runs["aokvqa_coconut.py:smoke"], runs["resumed"]
+    assert [h["stage"] for h in resumed["history"]] == [0, 1]
+    for a, b in zip(full["history"], resumed["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+    assert resumed["accuracy"] == full["accuracy"]
+    assert os.path.isdir(str(runs["_out"] / "resume" / "checkpoints"))
 
 
 def test_missing_paths_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "latent_jax.main", "--config=configs/cinepile_coconut.py",
-                        f"--workdir={tmp_path}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2
-    err = r.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: config.model.path=") and "--config.model.path" in err
+    """Checked in process with main's error formatting (a subprocess would only add start-up)."""
+    from latent_jax.train import mm_loop
+
+    c = _config("cinepile_coconut.py:", "")
+    c.smoke = False
+    with pytest.raises(FileNotFoundError) as e:
+        mm_loop.run(c, str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("config.model.path=") and "--config.model.path" in msg
 
 
 @pytest.mark.parametrize("path", ["cinepile_coconut.py", "aokvqa_eval.py"])
 def test_config_fields(path):
-    import importlib.util
-
-    s = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", path))
-    mod = importlib.util.module_from_spec(s)
-    s.loader.exec_module(mod)
-    c = mod.get_config(None)
-    assert c.workflow == "multimodal_coconut"
+    c = _config(f"{path}:", "")
+    assert c.workflow == "multimodal_coconut" and c.coconut.ablation == "none"
     if path.startswith("cinepile"):
         for k in ("num_frames", "max_videos", "use_hard_split", "visual_reliance", "use_hico"):
             assert k in c.data
         assert c.model.family == "phi4mm" and c.optim.learning_rate == 5e-5
     else:
         assert c.mode == "eval" and c.coconut_mode == "coconut"
-        assert mod.get_config("vanilla").coconut_mode == "no_cot" and mod.get_config("cot").eval.temperature == 1.0
+        assert _config("aokvqa_eval.py:vanilla", "").coconut_mode == "no_cot"
+        assert _config("aokvqa_eval.py:cot", "").eval.temperature == 1.0

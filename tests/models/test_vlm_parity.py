@@ -212,11 +212,16 @@ def test_video_token_dropping_in_lm(vlm_dirs):
     cfg, params = load_vlm(vlm_dirs["internvl"])
     ids = np.array([[BOS, 5] + [IMAGE_TOKEN_ID] * 8 + [6, 7]])
     m = VisionLanguageModel(cfg)
-    x = m.apply({"params": params}, jnp.asarray(ids), method="embed_inputs")
-    full = np.asarray(m.apply({"params": params}, jnp.asarray(ids)).logits[:, -1])
+    x = jax.jit(lambda p, i: m.apply({"params": p}, i, method="embed_inputs"))(params, jnp.asarray(ids))
+    full = np.asarray(jax.jit(lambda p, i: m.apply({"params": p}, i).logits[:, -1])(params, jnp.asarray(ids)))
     mask = jnp.ones(ids.shape, jnp.int32)
-    lg, T = forward_with_token_drop(params, cfg, x, mask, ids == IMAGE_TOKEN_ID, [], 0.5)
+    vmask = ids == IMAGE_TOKEN_ID
+
+    def drop(layers, mode="uniform"):  # jitted: eager op-by-op dispatch is slow on CPU
+        return jax.jit(lambda p, e, mk: forward_with_token_drop(p, cfg, e, mk, vmask, layers, 0.5, mode))(params, x, mask)
+
+    lg, T = drop([])
     assert T == 12 and np.abs(np.asarray(lg) - full).max() <= TOL
     for mode in ("uniform", "attention"):
-        lg, T = forward_with_token_drop(params, cfg, x, mask, ids == IMAGE_TOKEN_ID, [1], 0.5, mode)
+        lg, T = drop([1], mode)
         assert T == 8 and np.isfinite(np.asarray(lg)).all()
