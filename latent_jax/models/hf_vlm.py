@@ -65,7 +65,7 @@ def vlm_config_from_hf(cfg: dict | str) -> VLMConfig:
     mt = cfg.get("model_type")
     if mt == "phi4mm":
         raise ConfigError(
-            "this is the original remote-code Phi-4-multimodal layout (model_type phi4mm); convert it to the "
+            "this is the original trust_remote_code Phi-4-multimodal layout (model_type phi4mm); convert it to the "
             "transformers layout first (transformers' convert_phi4_multimodal_weights_to_hf.py) and pass that directory"
         )
     if mt not in VLM_MODEL_TYPES:
