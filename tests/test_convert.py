@@ -85,6 +85,7 @@ def _err(capsys, argv):
 
 def test_errors_are_one_line(tiny_hf_dir, tmp_path, capsys):
     src = tiny_hf_dir("qwen2")
+    capsys.readouterr()  # building the fixture prints progress bars; start clean
     out = str(tmp_path / "o")
     assert "is not a directory" in _err(capsys, ["hf-to-orbax", "--hf", str(tmp_path / "missing"), "--out", out])
 
