@@ -4,7 +4,7 @@
     python -m latent_jax.main --config=configs/prosqa_coconut.py:smoke --workdir /tmp/smoke
 
 Writes ProsQA-style train/valid/test files (latent_jax.data.prosqa) into workdir/data,
-trains a byte-level BPE tokenizer on them, then chains three runs as the paper does
+trains a word-level tokenizer on them (one id per invented word), then chains three runs as the paper does
 (Hao et al. 2024, arXiv 2412.06769, section 4): a vanilla no-CoT model, a CoT model, and
 Coconut started from the best CoT model (stage k replaces the first k steps with
 k * c_thought continuous thoughts), and prints test accuracy for all three. The paper's
@@ -100,32 +100,37 @@ def get_config(arg: str = "") -> ConfigDict:
     c.model.max_position_embeddings = 512
 
     c.data.generate = "prosqa"
-    c.data.gen.train, c.data.gen.valid, c.data.gen.test = 1200, 100, 200
-    c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.branching = 3, 4, 0
+    # 2-3 hops, no dead-end branches, no decoy membership of the person: every step follows
+    # the one fact out of the current concept, the answer still needs the whole chain (the
+    # negative candidate ends a similar chain, and edges from it lead into the path)
+    c.data.gen.train, c.data.gen.valid, c.data.gen.test = 4000, 100, 200
+    c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.branching, c.data.gen.decoy = 2, 3, 0, 0.0
+    c.data.tokenizer_kind = "word"  # one id per invented word / name
 
     c.c_thought = 1
     c.epochs_per_stage = 1
-    c.max_latent_stage = 4  # max_hops: every step replaced at the last stage
+    c.max_latent_stage = 3  # max_hops: every step replaced at the last stage
     c.pad_latent_to_max = True
-    c.batch_size = 24
+    c.batch_size = 32
     c.eval_batch_size = 100
-    c.optim.learning_rate = 2e-3
+    c.optim.learning_rate = 3e-3
+    c.optim.schedule = "cosine"
     c.optim.weight_decay = 0.01
     c.optim.warmup_steps = 50
     c.optim.grad_clip = 1.0
     c.log_every = 20
     c.keep_best = 2
-    c.generation.no_cot = generation(24)
-    c.generation.cot = generation(96)
-    c.generation.coconut = generation(24)
+    c.generation.no_cot = generation(12)
+    c.generation.cot = generation(32)
+    c.generation.coconut = generation(12)
 
     # epochs per chained run; the Coconut run starts from the CoT model at stage 1 (its stage 0
-    # is CoT training, already done), one epoch per stage, then two at the final stage
-    c.num_epochs = 7
+    # is CoT training, already done), one epoch per stage 1-3, then one at the final stage
+    c.num_epochs = 5
     c.chain_overrides = ConfigDict()
-    c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=6))
-    c.chain_overrides.cot = ConfigDict(dict(num_epochs=6))
-    c.chain_overrides.coconut = ConfigDict(dict(num_epochs=7, start_epoch=1))
+    c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=4))
+    c.chain_overrides.cot = ConfigDict(dict(num_epochs=5))
+    c.chain_overrides.coconut = ConfigDict(dict(num_epochs=5, start_epoch=1))
 
     if arg == "smoke":
         c.model.hidden_size = 32
@@ -137,12 +142,12 @@ def get_config(arg: str = "") -> ConfigDict:
         c.batch_size = 16
         c.eval_batch_size = 8
         c.epochs_per_stage = 1
-        c.max_latent_stage = 2
+        c.max_latent_stage = 1
         c.optim.warmup_steps = 0
         c.log_every = 1
         c.chain_overrides.no_cot.num_epochs = 1
         c.chain_overrides.cot.num_epochs = 1
-        c.chain_overrides.coconut.num_epochs = 3
+        c.chain_overrides.coconut.num_epochs = 2
         c.chain_overrides.coconut.start_epoch = 1
         c.generation.no_cot = generation(8)
         c.generation.cot = generation(16)
@@ -159,6 +164,9 @@ def get_config(arg: str = "") -> ConfigDict:
         c.optim.warmup_steps, c.optim.grad_clip = 0, 0.0
         c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.concepts = 3, 6, 40
         c.data.gen.train, c.data.gen.valid, c.data.gen.test = 17886, 300, 500
+        c.data.gen.decoy, c.data.tokenizer_kind = 1.0, "bpe"
+        c.optim.schedule = "constant"
+        c.generation.no_cot, c.generation.cot, c.generation.coconut = generation(24), generation(96), generation(24)
     elif arg:
         raise ValueError(f"unknown preset {arg!r} for prosqa_coconut.py; use smoke, coconut_only or paper")
     return c
