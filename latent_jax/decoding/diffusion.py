@@ -258,8 +258,7 @@ def _denoise(params, x, positions, valid, prompt_index, rng, first_logits, base_
 
 
 def _extend(cache: KVCache, extra: int) -> KVCache:
-    pad = lambda a, v: jnp.pad(a, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 3), constant_values=v)
-    return KVCache(k=pad(cache.k, 0), v=pad(cache.v, 0), pos=pad(cache.pos, -1), end=cache.end)
+    return cache.pad_slots(extra)
 
 
 def _x64(opts: DiffusionOptions):

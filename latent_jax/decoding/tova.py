@@ -116,17 +116,11 @@ def keep_top(cache: KVCache, scores: Array, keep: int) -> KVCache:
     (K, V and positions gathered with the same indices for every KV head), in slot order."""
     _, idx = jax.lax.top_k(scores, keep)  # (L, B, keep)
     idx = jnp.sort(idx, axis=-1)
-    gather = lambda a: jnp.take_along_axis(a, idx.reshape(idx.shape + (1,) * (a.ndim - 3)), axis=2)
-    return KVCache(k=gather(cache.k), v=gather(cache.v), pos=jnp.take_along_axis(cache.pos, idx, axis=2),
-                   end=jnp.asarray(keep, jnp.int32))
+    return cache.take_slots(idx).replace(end=jnp.asarray(keep, jnp.int32))
 
 
 def _pad_slots(cache: KVCache, slots: int) -> KVCache:
-    extra = slots - cache.slots
-    if extra <= 0:
-        return cache
-    pad = lambda a, v: jnp.pad(a, [(0, 0), (0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 3), constant_values=v)
-    return KVCache(k=pad(cache.k, 0), v=pad(cache.v, 0), pos=pad(cache.pos, -1), end=cache.end)
+    return cache.pad_slots(slots - cache.slots)
 
 
 def _momentum_update(w: Array, vel: Array, attn: Array, pos: Array, opts: TovaOptions) -> tuple[Array, Array]:

@@ -256,8 +256,9 @@ def _modules(mcfg: ModelConfig, acfg: ACTConfig) -> ACTModules:
 class ACTCache:
     """One KV cache per recursion depth.
 
-    k, v: (k_max, layers, batch, slots, kv_heads, head_dim); pos: (k_max, layers, batch,
-    slots), -1 = empty; end: () next slot to write (shared by every depth)."""
+    k, v: (k_max, layers, batch, kv_heads, slots, head_dim) (KVCache's layout with a depth
+    axis in front); pos: (k_max, layers, batch, slots), -1 = empty; end: () next slot to
+    write (shared by every depth)."""
 
     k: Array
     v: Array
@@ -308,26 +309,27 @@ def _step(params, mcfg: ModelConfig, acfg: ACTConfig, consts, carry, k):
     dp, ap = {"params": params["decoder"]}, {"params": params["act"]}
     run = carry["running"]
     h = carry["h"]
-    fk, fv = carry["fk"], carry["fv"]
-    L, B, T = fk.shape[:3]
+    fk, fv = carry["fk"], carry["fv"]  # (L, B, Hkv, T, Dh), head-major like KVCache
+    L, B, T = fk.shape[0], fk.shape[1], fk.shape[3]
 
     x_in = mods.apply(ap, h, k, method=ACTModules.step_input)
     # keys/values visible at this depth: [cache of earlier chunks] + [this chunk's halted
     # tokens, frozen] + [slots the stack writes for this chunk's running tokens]
     frozen_pos = jnp.broadcast_to(jnp.where(~run & valid, positions, -1), (L, B, T)).astype(jnp.int32)
-    ks, vs, ps = [fk, jnp.zeros_like(fk)], [fv, jnp.zeros_like(fv)], [frozen_pos, jnp.full((L, B, T), -1, jnp.int32)]
+    parts = [
+        KVCache(k=fk, v=fv, pos=frozen_pos, end=jnp.int32(0)),
+        KVCache(k=jnp.zeros_like(fk), v=jnp.zeros_like(fv), pos=jnp.full((L, B, T), -1, jnp.int32), end=jnp.int32(0)),
+    ]
     cache = carry.get("cache")
     S0 = 0
     if cache is not None:
         prev = cache.depth(k)
-        S0 = prev.k.shape[2]
-        ks, vs, ps = [prev.k] + ks, [prev.v] + vs, [prev.pos] + ps
-    tmp = KVCache(
-        k=jnp.concatenate(ks, axis=2), v=jnp.concatenate(vs, axis=2),
-        pos=jnp.concatenate(ps, axis=2), end=jnp.int32(S0 + T),
-    )
+        S0 = prev.slots
+        parts = [prev] + parts
+    tmp = KVCache.concat_slots(parts, S0 + T)
     y, _, _, tmp = dec.apply(dp, x_in, run.astype(jnp.int32), positions, tmp, causal, method=Decoder.stack)
-    fresh_k, fresh_v = tmp.k[:, :, S0 + T:], tmp.v[:, :, S0 + T:]
+    fresh = tmp.slice_slots(S0 + T, S0 + 2 * T)
+    fresh_k, fresh_v = fresh.k, fresh.v
 
     h = jnp.where(run[..., None], mods.apply(ap, h, y, k, method=ACTModules.refine), h)
     normed = dec.apply(dp, h, method=Decoder.final_norm)
@@ -335,7 +337,7 @@ def _step(params, mcfg: ModelConfig, acfg: ACTConfig, consts, carry, k):
     p = mods.apply(ap, normed, method=ACTModules.halt_prob)
     w, cum, run_next, halted = halting_update(carry["cum"], run, p, k, acfg.k_max, acfg.tau)
 
-    sel = run[None, :, :, None, None]
+    sel = run[None, :, None, :, None]  # (L, B, Hkv, T, Dh)
     new = dict(carry)
     new.update(
         h=h,
@@ -359,8 +361,8 @@ def _step(params, mcfg: ModelConfig, acfg: ACTConfig, consts, carry, k):
         z = jnp.zeros((), jnp.int32)
         kpos = jnp.broadcast_to(jnp.where(valid, positions, -1), (1, L, B, T)).astype(jnp.int32)
         new["cache"] = cache.replace(
-            k=jax.lax.dynamic_update_slice(cache.k, new["fk"][None].astype(cache.k.dtype), (k, z, z, e, z, z)),
-            v=jax.lax.dynamic_update_slice(cache.v, new["fv"][None].astype(cache.v.dtype), (k, z, z, e, z, z)),
+            k=jax.lax.dynamic_update_slice(cache.k, new["fk"][None].astype(cache.k.dtype), (k, z, z, z, e, z)),
+            v=jax.lax.dynamic_update_slice(cache.v, new["fv"][None].astype(cache.v.dtype), (k, z, z, z, e, z)),
             pos=jax.lax.dynamic_update_slice(cache.pos, kpos, (k, z, z, e)),
         )
     return new
@@ -370,21 +372,25 @@ def _fill_deeper(cache: ACTCache, fk: Array, fv: Array, kpos: Array, from_depth:
     """Write this chunk's frozen keys/values into every depth >= from_depth (the depths the
     loop did not reach because every token had halted)."""
     K = cache.k.shape[0]
-    L, B, T = fk.shape[:3]
+    L, B, T = fk.shape[0], fk.shape[1], fk.shape[3]
     e = cache.end
     z = jnp.zeros((), jnp.int32)
     deeper = jnp.arange(K) >= from_depth
 
-    def fill(buf, val, idx_tail):
-        cur = jax.lax.dynamic_slice(buf, (z, z, z, e) + idx_tail, (K, L, B, T) + buf.shape[4:])
+    def fill(buf, val, slot_axis):
+        start = [z] * buf.ndim
+        start[slot_axis] = e
+        size = list(buf.shape)
+        size[slot_axis] = T
+        cur = jax.lax.dynamic_slice(buf, start, size)
         m = deeper.reshape((K,) + (1,) * (cur.ndim - 1))
         upd = jnp.where(m, jnp.broadcast_to(val[None].astype(buf.dtype), cur.shape), cur)
-        return jax.lax.dynamic_update_slice(buf, upd, (z, z, z, e) + idx_tail)
+        return jax.lax.dynamic_update_slice(buf, upd, start)
 
     return cache.replace(
-        k=fill(cache.k, fk, (z, z)),
-        v=fill(cache.v, fv, (z, z)),
-        pos=fill(cache.pos, jnp.broadcast_to(kpos, (L, B, T)), ()),
+        k=fill(cache.k, fk, 1 + KVCache.KV_SLOT_AXIS),
+        v=fill(cache.v, fv, 1 + KVCache.KV_SLOT_AXIS),
+        pos=fill(cache.pos, jnp.broadcast_to(kpos, (L, B, T)), 3),
     )
 
 
@@ -437,8 +443,8 @@ def act_apply(
         remainder=zf,
         kl=zf,
         ds_ce=zf,
-        fk=jnp.zeros((L, B, T, Hkv, Dh), kv_dtype),
-        fv=jnp.zeros((L, B, T, Hkv, Dh), kv_dtype),
+        fk=jnp.zeros((L, B, Hkv, T, Dh), kv_dtype),
+        fv=jnp.zeros((L, B, Hkv, T, Dh), kv_dtype),
         normed=jnp.zeros_like(x),
     )
     if cache is not None:

@@ -95,19 +95,6 @@ def _empty_cache_like(config: ModelConfig, batch: int, slots: int, dtype) -> KVC
     return KVCache.init(config, batch, slots, dtype)
 
 
-def _concat_caches(parts: list[KVCache], end) -> KVCache:
-    return KVCache(
-        k=jnp.concatenate([p.k for p in parts], axis=2),
-        v=jnp.concatenate([p.v for p in parts], axis=2),
-        pos=jnp.concatenate([p.pos for p in parts], axis=2),
-        end=jnp.asarray(end, jnp.int32),
-    )
-
-
-def _slice_cache(c: KVCache, start: int, stop: int) -> KVCache:
-    return KVCache(k=c.k[:, :, start:stop], v=c.v[:, :, start:stop], pos=c.pos[:, :, start:stop], end=c.end)
-
-
 # ----------------------------------------------------------------------------- forward
 def coconut_forward(
     params: dict,
@@ -167,7 +154,8 @@ def coconut_forward(
     prefix_cache = pre.cache  # scan constant
 
     # 2. thoughts: scan over columns P .. P+n-1 carrying the previous hidden state and a
-    #    small K/V buffer for the thought slots only
+    #    small K/V buffer for the thought slots only; the prefix cache is a read-only scan
+    #    constant that attention reads in place (never concatenated or copied per thought)
     buf0 = _empty_cache_like(cfg, B, n, cdt)
     cols = slice(P, P + n)
     xs = (
@@ -179,26 +167,24 @@ def coconut_forward(
     )
 
     def step(carry, x):
-        h_prev, bk, bv, bpos = carry
+        h_prev, buf = carry
         i, tok_emb, is_latent, m, pos = x
         inp = jnp.where(is_latent[:, None], h_prev.astype(tok_emb.dtype), tok_emb)[:, None]
-        cache = _concat_caches([prefix_cache, KVCache(k=bk, v=bv, pos=bpos, end=jnp.int32(0))], P + i)
-        o = model.apply(p, inputs_embeds=inp, attention_mask=m[:, None], positions=pos[:, None], cache=cache)
-        nc = _slice_cache(o.cache, P, P + n)
+        o = model.apply(p, inputs_embeds=inp, attention_mask=m[:, None], positions=pos[:, None],
+                        cache=buf.replace(end=i), prefix_cache=prefix_cache)
         h = o.hidden[:, 0]
-        return (h, nc.k, nc.v, nc.pos), h
+        return (h, o.cache), h
 
     if remat_thoughts:
         step = jax.checkpoint(step, prevent_cse=True)
     h0 = pre.hidden[:, -1]
-    (_, bk, bv, bpos), hs = jax.lax.scan(step, (h0, buf0.k, buf0.v, buf0.pos), xs)
+    (_, thoughts), hs = jax.lax.scan(step, (h0, buf0), xs)
     thought_logits = model.apply(p, jnp.swapaxes(hs, 0, 1), method=model.head)  # (B, n, V)
 
     # 3. the rest, teacher-forced against [prefix | thoughts]
-    thoughts = KVCache(k=bk, v=bv, pos=bpos, end=jnp.int32(0))
     rest = T - P - n
     tail = _empty_cache_like(cfg, B, rest + extra, cdt)
-    cache = _concat_caches([prefix_cache, thoughts, tail], P + n)
+    cache = KVCache.concat_slots([prefix_cache, thoughts, tail], P + n)
     logits = [pre.logits, thought_logits]
     if rest > 0:
         suf = model.apply(

@@ -32,11 +32,15 @@ ACTIVATIONS = {
 class KVCache:
     """Static-shape KV cache for every layer.
 
-    k, v: (layers, batch, slots, kv_heads, head_dim), rotary already applied.
+    k, v: (layers, batch, kv_heads, slots, head_dim), rotary already applied. Head-major, so
+          attention reads each layer's keys without a transpose.
     pos:  (layers, batch, slots) int32, the token position held in each slot; -1 = empty.
           Positions are per layer so that pruning methods (TOVA) may keep different slots
           per layer; kept tokens retain their original positions.
     end:  () int32, the next slot to write (slots [0, end) have been written).
+
+    Code outside this class never indexes the slot axis by number: it uses the slot
+    operations below (pad_slots, slice_slots, take_slots, concat_slots).
     """
 
     k: Array
@@ -44,23 +48,76 @@ class KVCache:
     pos: Array
     end: Array
 
+    KV_SLOT_AXIS = 3  # slot axis of k and v (pos: axis 2), counted from the layer axis
+
     @classmethod
     def init(cls, config: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
         dtype = dtype or config.jnp_dtype
-        shape = (config.num_hidden_layers, batch, slots, config.num_key_value_heads, config.head_dim)
+        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, slots, config.head_dim)
         return cls(
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
-            pos=jnp.full(shape[:3], -1, jnp.int32),
+            pos=jnp.full((config.num_hidden_layers, batch, slots), -1, jnp.int32),
             end=jnp.zeros((), jnp.int32),
         )
 
     @property
     def slots(self) -> int:
-        return self.k.shape[2]
+        return self.pos.shape[-1]
 
     def nbytes(self) -> int:
         return sum(int(x.size) * x.dtype.itemsize for x in (self.k, self.v, self.pos))
+
+    # slot operations; leading axes before the layer axis (ACT's depth axis) are allowed
+    def _axes(self) -> tuple[int, int]:
+        lead = self.pos.ndim - 3
+        return lead + self.KV_SLOT_AXIS, lead + 2
+
+    def pad_slots(self, extra: int) -> "KVCache":
+        """`extra` empty slots appended (pos -1)."""
+        if extra <= 0:
+            return self
+        ka, pa = self._axes()
+
+        def pad(a, axis, value):
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (0, extra)
+            return jnp.pad(a, widths, constant_values=value)
+
+        return self.replace(k=pad(self.k, ka, 0), v=pad(self.v, ka, 0), pos=pad(self.pos, pa, -1))
+
+    def slice_slots(self, start: int, stop: int) -> "KVCache":
+        """Slots [start, stop) (static bounds); `end` is left as it is."""
+        ka, pa = self._axes()
+        sl = lambda a, axis: jax.lax.slice_in_dim(a, start, stop, axis=axis)
+        return self.replace(k=sl(self.k, ka), v=sl(self.v, ka), pos=sl(self.pos, pa))
+
+    def take_slots(self, idx: Array) -> "KVCache":
+        """Gather slots per layer and row: idx (..., layers, batch, n) -> a cache of n slots."""
+        ka, pa = self._axes()
+        kv_idx = jnp.expand_dims(idx, (ka - 1, ka + 1))
+        return self.replace(
+            k=jnp.take_along_axis(self.k, kv_idx, axis=ka),
+            v=jnp.take_along_axis(self.v, kv_idx, axis=ka),
+            pos=jnp.take_along_axis(self.pos, idx, axis=pa),
+        )
+
+    @classmethod
+    def concat_slots(cls, parts: "list[KVCache]", end) -> "KVCache":
+        """Slots of `parts` one after another, with the given `end`."""
+        ka, pa = parts[0]._axes()
+        return cls(
+            k=jnp.concatenate([p.k for p in parts], axis=ka),
+            v=jnp.concatenate([p.v for p in parts], axis=ka),
+            pos=jnp.concatenate([p.pos for p in parts], axis=pa),
+            end=jnp.asarray(end, jnp.int32),
+        )
+
+    @staticmethod
+    def slot_major(kv: Array) -> Array:
+        """(..., kv_heads, slots, head_dim) -> (..., slots, kv_heads, head_dim), for readers
+        that want one row per slot."""
+        return jnp.swapaxes(kv, -3, -2)
 
 
 # ----------------------------------------------------------------------- norms, rope
@@ -177,18 +234,19 @@ class Attention(nn.Module):
         if layer_cache is not None:
             zero = jnp.zeros((), jnp.int32)
             kd = layer_cache["k"].dtype
+            kh, vh = k.transpose(0, 2, 1, 3).astype(kd), v.transpose(0, 2, 1, 3).astype(kd)  # head-major
             if layer_idx is None:
-                idx = (zero, cache_end, zero, zero)
-                k_all = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(kd), idx)
-                v_all = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(kd), idx)
+                idx = (zero, zero, cache_end, zero)
+                k_all = jax.lax.dynamic_update_slice(layer_cache["k"], kh, idx)
+                v_all = jax.lax.dynamic_update_slice(layer_cache["v"], vh, idx)
                 kpos_all = jax.lax.dynamic_update_slice(layer_cache["pos"], key_pos.astype(jnp.int32), (zero, cache_end))
                 new_cache = {"k": k_all, "v": v_all, "pos": kpos_all}
             else:
                 li = jnp.asarray(layer_idx, jnp.int32)
-                idx = (li, zero, cache_end, zero, zero)
+                idx = (li, zero, zero, cache_end, zero)
                 new_cache = {
-                    "k": jax.lax.dynamic_update_slice(layer_cache["k"], k[None].astype(kd), idx),
-                    "v": jax.lax.dynamic_update_slice(layer_cache["v"], v[None].astype(kd), idx),
+                    "k": jax.lax.dynamic_update_slice(layer_cache["k"], kh[None], idx),
+                    "v": jax.lax.dynamic_update_slice(layer_cache["v"], vh[None], idx),
                     "pos": jax.lax.dynamic_update_slice(
                         layer_cache["pos"], key_pos[None].astype(jnp.int32), (li, zero, cache_end)
                     ),
@@ -199,14 +257,14 @@ class Attention(nn.Module):
             k_all = k_all.astype(q.dtype)
             v_all = v_all.astype(q.dtype)
         else:
-            k_all, v_all, kpos_all = k, v, key_pos
+            k_all, v_all, kpos_all = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_pos
 
         G = H // Hkv
         qg = q.reshape(B, T, Hkv, G, D)
         big_neg = jnp.finfo(jnp.float32).min
 
         def scores_for(keys, kpos):
-            sc = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32) * (D ** -0.5)
+            sc = jnp.einsum("btkgd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32) * (D ** -0.5)
             m = attention_mask_from_positions(positions, kpos, causal, window)
             return jnp.where(m[:, None, None, :, :], sc, big_neg)
 
@@ -215,15 +273,15 @@ class Attention(nn.Module):
             # scores (not keys) are concatenated: the prefix K/V are read in place
             li = jnp.asarray(layer_idx, jnp.int32)
             pk, pv, ppos = (jax.lax.dynamic_index_in_dim(prefix[n], li, 0, keepdims=False) for n in ("k", "v", "pos"))
-            n_prefix = pk.shape[1]
+            n_prefix = pk.shape[2]
             scores = jnp.concatenate([scores_for(pk.astype(q.dtype), ppos), scores], axis=-1)
         probs = jax.nn.softmax(scores, axis=-1)
         if prefix is not None:
             pp, probs_c = probs[..., :n_prefix], probs[..., n_prefix:]
-            out = jnp.einsum("bkgts,bskd->btkgd", pp.astype(q.dtype), pv.astype(q.dtype))
-            out = out + jnp.einsum("bkgts,bskd->btkgd", probs_c.astype(v_all.dtype), v_all)
+            out = jnp.einsum("bkgts,bksd->btkgd", pp.astype(q.dtype), pv.astype(q.dtype))
+            out = out + jnp.einsum("bkgts,bksd->btkgd", probs_c.astype(v_all.dtype), v_all)
         else:
-            out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_all.dtype), v_all)
+            out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(v_all.dtype), v_all)
         out = out.reshape(B, T, H * D)
         out = _dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
         attn_last = probs[:, :, :, -1, :].reshape(B, H, -1)

@@ -34,7 +34,7 @@ def _reference(params, cfg, prompt, n_new, C, per_layer=True):
     T = len(prompt)
     cache = KVCache.init(cfg, 1, T)
     out = apply({"params": params}, jnp.asarray([prompt]), cache=cache)
-    layers = [[np.asarray(out.cache.k[l, 0]), np.asarray(out.cache.v[l, 0]), np.asarray(out.cache.pos[l, 0])] for l in range(L)]
+    layers = [[np.asarray(KVCache.slot_major(out.cache.k[l, 0])), np.asarray(KVCache.slot_major(out.cache.v[l, 0])), np.asarray(out.cache.pos[l, 0])] for l in range(L)]
 
     def evict(attn):
         sc = [np.asarray(attn[l, 0]).mean(axis=0) for l in range(L)]
@@ -55,13 +55,13 @@ def _reference(params, cfg, prompt, n_new, C, per_layer=True):
         pos += 1
         n = len(layers[0][2])
         kv = KVCache(
-            k=jnp.asarray(np.stack([np.concatenate([l[0], np.zeros_like(l[0][:1])]) for l in layers]))[:, None],
-            v=jnp.asarray(np.stack([np.concatenate([l[1], np.zeros_like(l[1][:1])]) for l in layers]))[:, None],
+            k=KVCache.slot_major(jnp.asarray(np.stack([np.concatenate([l[0], np.zeros_like(l[0][:1])]) for l in layers])))[:, None],
+            v=KVCache.slot_major(jnp.asarray(np.stack([np.concatenate([l[1], np.zeros_like(l[1][:1])]) for l in layers])))[:, None],
             pos=jnp.asarray(np.stack([np.concatenate([l[2], [-1]]) for l in layers]).astype(np.int32))[:, None],
             end=jnp.asarray(n, jnp.int32),
         )
         o = apply({"params": params}, jnp.asarray([[tok]]), positions=jnp.asarray([[pos]]), cache=kv)
-        layers = [[np.asarray(o.cache.k[l, 0]), np.asarray(o.cache.v[l, 0]), np.asarray(o.cache.pos[l, 0])] for l in range(L)]
+        layers = [[np.asarray(KVCache.slot_major(o.cache.k[l, 0])), np.asarray(KVCache.slot_major(o.cache.v[l, 0])), np.asarray(o.cache.pos[l, 0])] for l in range(L)]
         evict(o.attn_last)
         tok = int(np.argmax(np.asarray(o.logits[0, -1])))
         toks.append(tok)
