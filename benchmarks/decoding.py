@@ -99,7 +99,7 @@ def bench_diffusion(args) -> dict:
     c.data.num_digits = args.digits
     with tempfile.TemporaryDirectory() as wd:
         t0 = time.perf_counter()
-        summary = run(c, wd)
+        run(c, wd)
         train_s = time.perf_counter() - t0
         cfg, params = load_any(os.path.join(wd, "model"))
     ids, P = toy_examples(64, args.digits, seed=12345)

@@ -400,7 +400,6 @@ def run_workflow(config, workdir: str) -> dict:
     from latent_jax.models.decoder import init_params
     from latent_jax.train.metrics import MetricsWriter
 
-    rng = jax.random.PRNGKey(config.seed)
     if config.model.path:
         from latent_jax.train.checkpoint import load_any
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.decoding.sampling import SamplingParams, left_pad, sample_logits
+from latent_jax.decoding.sampling import SamplingParams, sample_logits
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache

@@ -3,7 +3,6 @@ the heads propose (chain and tree); heads trained on a toy corpus are accepted (
 length above 1); heads save / load."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -102,7 +102,7 @@ def test_small_cache_matches_reference(per_layer):
 def test_memory_independent_of_length():
     cfg, params = _setup("qwen2")
     ids, mask = left_pad(PROMPTS, 0)
-    sizes, temps = [], []
+    sizes = []
     for n in (8, 64):
         out = tova_generate(params, ids, mask, jax.random.PRNGKey(0), SamplingParams.make(), NO_STOP, config=cfg,
                             max_new_tokens=n, opts=TovaOptions(cache_size=8))

@@ -1,6 +1,5 @@
 """A read-only prefix cache plus a small writable cache equals one concatenated cache."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

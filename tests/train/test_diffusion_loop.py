@@ -5,7 +5,6 @@ accuracy, 3x chance (a 200-step run measured 50%)."""
 
 import os
 
-import numpy as np
 import pytest
 
 from configs.diffusion_lm import get_config
