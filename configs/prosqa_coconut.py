@@ -91,50 +91,54 @@ def get_config(arg: str = "") -> ConfigDict:
 
     # a small llama-style model trained from scratch
     c.model.model_type = "llama"
-    c.model.hidden_size = 96
+    c.model.hidden_size = 128
     c.model.intermediate_size = 256
     c.model.num_hidden_layers = 2
-    c.model.num_attention_heads = 4
-    c.model.num_key_value_heads = 4
-    c.model.head_dim = 24
+    c.model.num_attention_heads = 8
+    c.model.num_key_value_heads = 8
+    c.model.head_dim = 16
     c.model.max_position_embeddings = 512
 
     c.data.generate = "prosqa"
-    # 2-3 hops, no dead-end branches, no decoy membership of the person: every step follows
-    # the one fact out of the current concept, the answer still needs the whole chain (the
-    # negative candidate ends a similar chain, and edges from it lead into the path)
+    # 1-3 hops (2-4 steps, one in-context lookup each: the person's membership, then the
+    # fact out of the current concept), 16 concepts (one token each with the word
+    # tokenizer), no dead-end branches, no decoy membership of the person; the negative
+    # candidate still ends a similar chain, and edges from it lead into the path
     c.data.gen.train, c.data.gen.valid, c.data.gen.test = 4000, 100, 200
-    c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.branching, c.data.gen.decoy = 2, 3, 0, 0.0
+    c.data.gen.concepts = 16
+    c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.branching, c.data.gen.decoy = 1, 3, 0, 0.0
     c.data.tokenizer_kind = "word"  # one id per invented word / name
 
     c.c_thought = 1
     c.epochs_per_stage = 1
-    c.max_latent_stage = 3  # max_hops: every step replaced at the last stage
+    c.max_latent_stage = 4  # max_hops + 1 steps: every step replaced at the last stage
     c.pad_latent_to_max = True
-    c.batch_size = 32
+    c.batch_size = 16  # more updates per CPU second than 32 (the lookup forms after several hundred)
     c.eval_batch_size = 100
-    c.optim.learning_rate = 3e-3
-    c.optim.schedule = "cosine"
+    c.optim.learning_rate = 2e-3
+    c.optim.schedule = "constant"
     c.optim.weight_decay = 0.01
     c.optim.warmup_steps = 50
     c.optim.grad_clip = 1.0
-    c.log_every = 20
+    c.log_every = 25
     c.keep_best = 2
     c.generation.no_cot = generation(12)
-    c.generation.cot = generation(32)
+    c.generation.cot = generation(40)
     c.generation.coconut = generation(12)
 
-    # epochs per chained run; the Coconut run starts from the CoT model at stage 1 (its stage 0
-    # is CoT training, already done), one epoch per stage 1-3, then one at the final stage
-    c.num_epochs = 5
+    # epochs per chained run (250 updates each); the Coconut run starts from the CoT model at
+    # stage 1 (its stage 0 is CoT training, already done), one epoch per stage 1-4 on the
+    # first 1,600 training rows (100 updates per stage)
+    c.num_epochs = 3
     c.chain_overrides = ConfigDict()
-    c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=4))
-    c.chain_overrides.cot = ConfigDict(dict(num_epochs=5))
-    c.chain_overrides.coconut = ConfigDict(dict(num_epochs=5, start_epoch=1))
+    c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=2))
+    c.chain_overrides.cot = ConfigDict(dict(num_epochs=3))
+    c.chain_overrides.coconut = ConfigDict(dict(num_epochs=5, start_epoch=1, data=ConfigDict(dict(max_train_rows=1600))))
 
     if arg == "smoke":
         c.model.hidden_size = 32
         c.model.intermediate_size = 64
+        c.model.num_hidden_layers = 2
         c.model.num_attention_heads = 2
         c.model.num_key_value_heads = 1
         c.model.head_dim = 16
@@ -152,6 +156,7 @@ def get_config(arg: str = "") -> ConfigDict:
         c.generation.no_cot = generation(8)
         c.generation.cot = generation(16)
         c.generation.coconut = generation(8)
+        c.chain_overrides.coconut.data.max_train_rows = 0
         c.progress = False
     elif arg == "coconut_only":
         c.chain = ""
@@ -164,7 +169,7 @@ def get_config(arg: str = "") -> ConfigDict:
         c.optim.warmup_steps, c.optim.grad_clip = 0, 0.0
         c.data.gen.min_hops, c.data.gen.max_hops, c.data.gen.concepts = 3, 6, 40
         c.data.gen.train, c.data.gen.valid, c.data.gen.test = 17886, 300, 500
-        c.data.gen.decoy, c.data.tokenizer_kind = 1.0, "bpe"
+        c.data.gen.branching, c.data.gen.decoy, c.data.tokenizer_kind = 1, 1.0, "bpe"
         c.optim.schedule = "constant"
         c.generation.no_cot, c.generation.cot, c.generation.coconut = generation(24), generation(96), generation(24)
     elif arg:

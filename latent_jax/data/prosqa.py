@@ -3,12 +3,14 @@
 Each problem is a small random DAG of "Every X is a Y." facts over invented concept words,
 a person P with "P is a X." facts, and the query "Is P a A or B?": exactly one of A (the
 target) and B (the negative target) is reachable from P, and reaching it takes a
-multi-hop path. Steps are the facts along that path, "P is a X1." ... "P is a Xd.", and
-the answer is "P is a <target>.".
+multi-hop path. Steps walk that path one in-context lookup each: the first is P's own
+membership fact, "P is a X0.", each next one is the fact out of the current concept,
+"Every X(i-1) is a Xi.", the last one reaches the target, and the answer is
+"P is a <target>.". A problem with d hops has d "Every" facts on its path and d + 1 steps.
 
 Graph per problem (all concepts distinct, drawn from the vocabulary):
 
-    P -> c0 -> c1 -> ... -> c_d = target          the path (d = hops, the number of steps)
+    P -> c0 -> c1 -> ... -> c_d = target          the path (d hops, d + 1 steps)
     n0 -> n1 -> ... -> n_d' = neg_target          a disjoint chain of similar length
     P -> x0 -> ...                                a second membership of P into a dead end
                                                   (with probability `decoy`)
@@ -136,7 +138,8 @@ def generate_problem(
     target, neg_target = path[-1], neg[-1]
     a, b = (target, neg_target) if rng.random() < 0.5 else (neg_target, target)
     question = " ".join(facts) + f" Is {person} a {a} or {b}?"
-    steps = [f"{person} is a {c}." for c in path[1:]]
+    # one lookup per step: P's membership, then the fact out of the current concept
+    steps = [f"{person} is a {path[0]}."] + [f"Every {a} is a {b}." for a, b in zip(path, path[1:])]
     return {
         "question": question,
         "steps": steps,

@@ -38,14 +38,18 @@ def test_problems_are_multi_hop_and_consistent(splits):
         first_a += m.group(1) == target
         want = {f"{sym[u]} is a {sym[v]}." if u == 0 else f"Every {sym[u]} is a {sym[v]}." for u, v in edges}
         assert {f.strip() for f in facts} == want and len(facts) == len(edges)
-        # steps walk the graph from the person's concept to the target, one hop each
-        assert 3 <= len(r["steps"]) <= 5
-        chain = [re.fullmatch(rf"{person} is a (\w+)\.", s).group(1) for s in r["steps"]]
+        # steps walk the graph one lookup each: P's membership, then the fact out of the
+        # current concept, ending at the target (d hops = d "Every" facts, d + 1 steps)
+        assert 4 <= len(r["steps"]) <= 6
         idx = {s: i for i, s in enumerate(sym)}
-        starts = [v for u, v in edges if u == 0]
-        assert any([s, idx[chain[0]]] in edges for s in starts)
-        assert all([idx[a], idx[b]] in edges for a, b in zip(chain, chain[1:]))
-        assert chain[-1] == target and r["answer"] == f"{person} is a {target}."
+        first = re.fullmatch(rf"{person} is a (\w+)\.", r["steps"][0]).group(1)
+        assert [0, idx[first]] in edges
+        cur = first
+        for s in r["steps"][1:]:
+            a, b = re.fullmatch(r"Every (\w+) is a (\w+)\.", s).groups()
+            assert a == cur and [idx[a], idx[b]] in edges and s in r["question"]
+            cur = b
+        assert cur == target and r["answer"] == f"{person} is a {target}."
         # no in-degree shortcut: each candidate is the object of exactly one fact
         assert sum(v == r["target"] for _, v in edges) == 1 == sum(v == r["neg_target"] for _, v in edges)
     assert 0.35 < first_a / len(splits["train"]) < 0.65
