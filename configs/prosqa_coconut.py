@@ -116,7 +116,8 @@ def get_config(arg: str = "") -> ConfigDict:
     c.batch_size = 16  # more updates per CPU second than 32 (the lookup forms after several hundred)
     c.eval_batch_size = 100
     c.optim.learning_rate = 2e-3
-    c.optim.schedule = "constant"
+    c.optim.schedule = "cosine"
+    c.optim.end_lr_ratio = 0.1
     c.optim.weight_decay = 0.01
     c.optim.warmup_steps = 50
     c.optim.grad_clip = 1.0
@@ -126,13 +127,14 @@ def get_config(arg: str = "") -> ConfigDict:
     c.generation.cot = generation(40)
     c.generation.coconut = generation(12)
 
-    # epochs per chained run (250 updates each); the Coconut run starts from the CoT model at
-    # stage 1 (its stage 0 is CoT training, already done), one epoch per stage 1-4 on the
+    # epochs per chained run (250 updates each; most of the CPU time goes to CoT, whose
+    # in-context lookup is the slow thing to learn); the Coconut run starts from the CoT model
+    # at stage 1 (its stage 0 is CoT training, already done), one epoch per stage 1-4 on the
     # first 1,600 training rows (100 updates per stage)
-    c.num_epochs = 3
+    c.num_epochs = 5
     c.chain_overrides = ConfigDict()
     c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=2))
-    c.chain_overrides.cot = ConfigDict(dict(num_epochs=3))
+    c.chain_overrides.cot = ConfigDict(dict(num_epochs=5))
     c.chain_overrides.coconut = ConfigDict(dict(num_epochs=5, start_epoch=1, data=ConfigDict(dict(max_train_rows=1600))))
 
     if arg == "smoke":

@@ -22,10 +22,10 @@ The facts are listed in random order. Rows carry the graph fields of the origina
 files: idx_to_symbol (index 0 is the person), edges [[u, v]], root (0), target, neg_target.
 Everything is deterministic in the seed.
 
-Recommended sizes (a small from-scratch transformer learns the CoT version in a few CPU
-minutes): the defaults, 24 concepts, 3-4 hops, branching 1, ~4000 train / 300 valid /
-300 test rows. The paper's ProsQA scale is --concepts 40 --min-hops 3 --max-hops 6
---branching 1 (harder, needs more training).
+Sizes: the embedded default (configs/prosqa_coconut.py) uses 16 concepts, 1-3 hops,
+branching 0, decoy 0 and 4,000 training rows; the CLI defaults (24 concepts, 3-4 hops,
+branching 1, decoy 1) are harder, and --concepts 40 --min-hops 3 --max-hops 6 is the
+paper-like range.
 
     python -m latent_jax.data.prosqa --out data/prosqa --train 4000 --valid 300 --test 300
 """
