@@ -452,7 +452,7 @@ def save_vlm(
     for k, x in (unused or {}).items():
         state.setdefault(k, x)
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    tensors = {k: torch.from_numpy(np.asarray(x, dtype=np.float32)).to(tdtype).contiguous() for k, x in state.items()}
+    tensors = {k: torch.from_numpy(np.array(x, dtype=np.float32)).to(tdtype).contiguous() for k, x in state.items()}
     tmp = out_dir.rstrip("/") + ".tmp-write"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
