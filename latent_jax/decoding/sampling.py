@@ -81,6 +81,18 @@ def _is_stop(tok: Array, stop_ids: Array) -> Array:
     return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
 
 
+def emit_token(logits: Array, rng: Array, sp: SamplingParams, top_k: int, i: Array, done: Array,
+               tokens: Array, lengths: Array, stop_ids: Array, pad_id: int):
+    """One decode step's bookkeeping, shared by every decoding loop: sample the next token
+    from logits (B, V), write it at column i of tokens (pad_id for rows already done), count
+    it, and mark rows that produced a stop token. Returns (next, tokens, lengths, done, rng)."""
+    rng, sub = jax.random.split(rng)
+    nxt = jnp.where(done, pad_id, sample_logits(logits, sub, sp, top_k))
+    tokens = tokens.at[:, i].set(nxt)
+    lengths = lengths + (~done).astype(jnp.int32)
+    return nxt, tokens, lengths, done | _is_stop(nxt, stop_ids), rng
+
+
 @flax.struct.dataclass
 class DecodeState:
     """The while_loop state between the prefill and the decode loop (see `prefill`, `decode`).
@@ -167,20 +179,11 @@ def _decode(params, state: DecodeState, sp, stop_ids, *, config, max_new_tokens,
             long = s.long | crossing
         else:
             logits, cache = step_logits(s, pos)
-        rng, sub = jax.random.split(s.rng)
-        nxt = sample_logits(logits, sub, sp, top_k)
-        nxt = jnp.where(s.done, pad_id, nxt)
-        return s.replace(
-            step=s.step + 1,
-            tok=nxt,
-            cache=cache,
-            pos=pos,
-            done=s.done | _is_stop(nxt, stop_ids),
-            tokens=s.tokens.at[:, s.step].set(nxt),
-            lengths=s.lengths + (~s.done).astype(jnp.int32),
-            rng=rng,
-            long=long,
+        nxt, tokens, lengths, done, rng = emit_token(
+            logits, s.rng, sp, top_k, s.step, s.done, s.tokens, s.lengths, stop_ids, pad_id
         )
+        return s.replace(step=s.step + 1, tok=nxt, cache=cache, pos=pos, done=done, tokens=tokens,
+                         lengths=lengths, rng=rng, long=long)
 
     s = jax.lax.while_loop(cond_fn, body_fn, state)
     return GenerateOutput(tokens=s.tokens, lengths=s.lengths, steps=s.step - 1)

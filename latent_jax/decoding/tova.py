@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.decoding.sampling import SamplingParams, sample_logits
+from latent_jax.decoding.sampling import SamplingParams, _is_stop, emit_token, sample_logits
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -91,12 +91,6 @@ class TovaOutput:
     cache: KVCache
     head_weights: Array
     cache_size: Array
-
-
-def _is_stop(tok: Array, stop_ids: Array) -> Array:
-    if stop_ids.shape[0] == 0:
-        return jnp.zeros(tok.shape, bool)
-    return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
 
 
 def token_scores(attn: Array, pos: Array, head_weights: Array, per_layer: bool) -> Array:
@@ -172,12 +166,8 @@ def _tova_generate(params, input_ids, attention_mask, rng, sp, stop_ids, head_we
             hw, vel = _momentum_update(hw, vel, o.attn_last, o.cache.pos, opts)
         sc = token_scores(o.attn_last, o.cache.pos, hw, opts.per_layer)
         cache = _pad_slots(keep_top(o.cache, sc, C), C + 1).replace(end=jnp.asarray(C, jnp.int32))
-        rng, sub = jax.random.split(rng)
-        nxt = sample_logits(o.logits[:, -1], sub, sp, top_k)
-        nxt = jnp.where(done, pad_id, nxt)
-        tokens = tokens.at[:, i].set(nxt)
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | _is_stop(nxt, stop_ids)
+        nxt, tokens, lengths, done, rng = emit_token(o.logits[:, -1], rng, sp, top_k, i, done, tokens, lengths,
+                                                     stop_ids, pad_id)
         return (i + 1, nxt, cache, pos, done, tokens, lengths, rng, hw, vel)
 
     init = (jnp.int32(1), tok, cache, last_pos, done, tokens, lengths, rng, head_weights, vel)

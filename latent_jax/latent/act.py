@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from latent_jax.decoding.sampling import SamplingParams, _is_stop, sample_logits
+from latent_jax.decoding.sampling import SamplingParams, _is_stop, emit_token, sample_logits
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder, default_positions
 from latent_jax.models.decoder import init_params as init_decoder_params
@@ -586,12 +586,8 @@ def act_generate(
         i, tok, cache, pos, done, tokens, lengths, rng, inner = s
         pos = pos + 1
         o = act_apply(params, mcfg, acfg, tok[:, None], positions=pos[:, None], cache=cache, loop="while")
-        rng, sub = jax.random.split(rng)
-        nxt = sample_logits(o.logits[:, -1], sub, sp, top_k)
-        nxt = jnp.where(done, pad_id, nxt)
-        tokens = tokens.at[:, i].set(nxt)
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | _is_stop(nxt, stop_ids)
+        nxt, tokens, lengths, done, rng = emit_token(o.logits[:, -1], rng, sp, top_k, i, done, tokens, lengths,
+                                                     stop_ids, pad_id)
         return (i + 1, nxt, o.cache, pos, done, tokens, lengths, rng, inner.at[i].set(o.inner_steps))
 
     init = (jnp.int32(1), tok, out.cache, last_pos, done, tokens, lengths, rng, inner)
