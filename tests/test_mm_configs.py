@@ -46,6 +46,7 @@ def _build_fixtures(fx: str) -> None:
 def runs(tmp_path_factory):
     """Runs every preset once (plus the ablation and resume runs); yields their results."""
     from latent_jax.main import resolve_workflow
+    from latent_jax.train import loop as text_loop
     from latent_jax.train import mm_loop
 
     out = tmp_path_factory.mktemp("mm_runs")
@@ -58,7 +59,8 @@ def runs(tmp_path_factory):
     res: dict = {"_fx": fx, "_out": out}
     try:
         feedback = {"loss": [], "generate": []}
-        loss0, gen0 = mm_loop.coconut_loss, mm_loop.coconut_generate
+        # the multimodal trainer uses the text trainer's step, which calls loop.coconut_loss
+        loss0, gen0 = text_loop.coconut_loss, mm_loop.coconut_generate
 
         def loss(*a, **kw):
             feedback["loss"].append(kw.get("feedback", True))
@@ -69,7 +71,7 @@ def runs(tmp_path_factory):
             return gen0(*a, **kw)
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(mm_loop, "coconut_loss", loss)
+            mp.setattr(text_loop, "coconut_loss", loss)
             mp.setattr(mm_loop, "coconut_generate", gen)
             for spec in IN_PROCESS:
                 c = _config(spec, fx)

@@ -375,7 +375,9 @@ class Trainer:
         return fn(state, self.place_batch(arrays))
 
 
-    def _make_step(self, latent_start: int, num_latent: int, feedback: bool, state: dict):
+    def train_step_fn(self, latent_start: int, num_latent: int, feedback: bool):
+        """The un-jitted Coconut train step (state, batch) -> (state, metrics) for one batch
+        geometry; the text and multimodal trainers jit it with their own shardings."""
         mcfg, tx, remat = self.mcfg, self.tx, self.remat
 
         def step(state, batch):
@@ -389,6 +391,10 @@ class Trainer:
             metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
             return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
+        return step
+
+    def _make_step(self, latent_start: int, num_latent: int, feedback: bool, state: dict):
+        step = self.train_step_fn(latent_start, num_latent, feedback)
         sh = self.shardings(state)
         bsh = {k: batch_sharding(self.mesh, 2) for k in BATCH_KEYS}
         return jax.jit(step, in_shardings=(sh, bsh), out_shardings=(sh, replicated(self.mesh)), donate_argnums=0)

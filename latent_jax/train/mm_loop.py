@@ -45,7 +45,7 @@ from ml_collections import ConfigDict
 from latent_jax.data.pipeline import collate_eval, collate_train
 from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
 from latent_jax.decoding.sampling import SamplingParams
-from latent_jax.latent.coconut import coconut_generate, coconut_loss
+from latent_jax.latent.coconut import coconut_generate
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
     TokenizedExample,
@@ -263,21 +263,7 @@ class MMTrainer(Trainer):
         return fn(state, self.place_batch(arrays))
 
     def _make_mm_step(self, latent_start: int, num_latent: int, feedback: bool):
-        import optax
-
-        mcfg, tx, remat = self.mcfg, self.tx, self.remat
-
-        def step(state, batch):
-            def lf(p):
-                return coconut_loss(p, batch, config=mcfg, latent_start=latent_start, num_latent=num_latent,
-                                    feedback=feedback, remat_thoughts=remat)
-
-            (loss, aux), grads = jax.value_and_grad(lf, has_aux=True)(state["params"])
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
-            return ({"params": params, "opt_state": opt_state, "step": state["step"] + 1},
-                    {"loss": loss, "grad_norm": optax.global_norm(grads), **aux})
-
+        step = self.train_step_fn(latent_start, num_latent, feedback)  # the text trainer's step
         sh = self.shardings(self._state_example)
         bsh = {k: batch_sharding(self.mesh, 3 if k == "embeds_override" else 2) for k in MM_KEYS}
         return jax.jit(step, in_shardings=(sh, bsh), out_shardings=(sh, replicated(self.mesh)), donate_argnums=0)
