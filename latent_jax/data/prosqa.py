@@ -54,6 +54,21 @@ _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("mpus", "rpus", "lpus")
 
 
+# How a fact "a -> b" is written. "sentences" is ProsQA's ("Every X is a Y.", "P is a X.");
+# "pairs" writes the subject right before the object ("X Y.", "P X."), so that finding a
+# concept's fact is the plain previous-token lookup (an induction head) a small model trained
+# from scratch forms in a few hundred updates (docs/coconut.md, "Embedded default result").
+PHRASINGS = ("sentences", "pairs")
+
+
+def _fact_renderer(phrasing: str):
+    if phrasing == "sentences":
+        return lambda a, b, person: f"{a} is a {b}." if person else f"Every {a} is a {b}."
+    if phrasing == "pairs":
+        return lambda a, b, person: f"{a} {b}."
+    raise ValueError(f"phrasing={phrasing!r}; use one of {', '.join(PHRASINGS)}")
+
+
 def concept_vocabulary(n: int) -> list[str]:
     """`n` distinct invented concept words (the built-in list, then generated ones)."""
     words = list(CONCEPT_WORDS[:n])
@@ -87,10 +102,13 @@ def generate_problem(
     max_hops: int = 4,
     branching: int = 1,
     decoy: float = 1.0,
+    phrasing: str = "sentences",
 ) -> dict[str, Any]:
     """One ProsQA-style row (question, steps, answer and graph fields). `decoy` is the
     probability that P has the second, dead-end membership (which makes the first step a
-    choice that needs looking ahead)."""
+    choice that needs looking ahead); `phrasing` is how facts and steps are written (see
+    PHRASINGS)."""
+    fact = _fact_renderer(phrasing)
     d = int(rng.integers(min_hops, max_hops + 1))
     d_neg = int(rng.integers(max(1, d - 1), d + 2))
     person = persons[int(rng.integers(len(persons)))]
@@ -133,13 +151,17 @@ def generate_problem(
     names = sorted({s for e in edges for s in e} - {person})
     symbols = [person] + [names[i] for i in rng.permutation(len(names))]
     index = {s: i for i, s in enumerate(symbols)}
-    facts = [f"{a} is a {b}." if a == person else f"Every {a} is a {b}." for a, b in edges]
+    facts = [fact(a, b, a == person) for a, b in edges]
     facts = [facts[i] for i in rng.permutation(len(facts))]
     target, neg_target = path[-1], neg[-1]
     a, b = (target, neg_target) if rng.random() < 0.5 else (neg_target, target)
     question = " ".join(facts) + f" Is {person} a {a} or {b}?"
     # one lookup per step: P's membership, then the fact out of the current concept
-    steps = [f"{person} is a {path[0]}."] + [f"Every {a} is a {b}." for a, b in zip(path, path[1:])]
+    steps = [fact(person, path[0], True)] + [fact(a, b, False) for a, b in zip(path, path[1:])]
+    if phrasing == "pairs":
+        # a leading space: after the "\n" that joins the steps, a step's first word is then the
+        # same word-level token (" X", with its space) as in the question
+        steps = [" " + s for s in steps]
     return {
         "question": question,
         "steps": steps,
@@ -175,6 +197,7 @@ def generate_splits(
     branching: int = 1,
     persons: tuple[str, ...] = PERSON_NAMES,
     decoy: float = 1.0,
+    phrasing: str = "sentences",
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows per split ({"train": n, ...}), no question repeated across or within splits."""
     if not 1 <= min_hops <= max_hops:
@@ -183,6 +206,7 @@ def generate_splits(
         raise ValueError(f"branching={branching}; use >= 0")
     if not 0.0 <= decoy <= 1.0:
         raise ValueError(f"decoy={decoy}; use a probability in [0, 1]")
+    _fact_renderer(phrasing)
     need = concepts_needed(max_hops, branching)
     if concepts < need:
         raise ValueError(
@@ -199,7 +223,7 @@ def generate_splits(
             tries += 1
             if tries > 20 * n + 1000:
                 raise ValueError(f"could not make {n} distinct {name} problems; raise --concepts or the hop range")
-            row = generate_problem(rng, words, persons, min_hops, max_hops, branching, decoy)
+            row = generate_problem(rng, words, persons, min_hops, max_hops, branching, decoy, phrasing)
             if row["question"] in seen:
                 continue
             seen.add(row["question"])
@@ -220,10 +244,12 @@ def write_prosqa(
     branching: int = 1,
     prefix: str = "prosqa",
     decoy: float = 1.0,
+    phrasing: str = "sentences",
 ) -> dict[str, str]:
     """Writes {prefix}_train/valid/test.json (Coconut format) under out_dir; returns the paths."""
     splits = generate_splits(
-        {"train": train, "valid": valid, "test": test}, seed, concepts, min_hops, max_hops, branching, decoy=decoy
+        {"train": train, "valid": valid, "test": test}, seed, concepts, min_hops, max_hops, branching, decoy=decoy,
+        phrasing=phrasing,
     )
     paths = {}
     for name, rows in splits.items():
@@ -251,11 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--branching", type=int, default=1, help="dead-end branches per path concept")
     ap.add_argument("--decoy", type=float, default=1.0,
                     help="probability that the person has a second, dead-end membership")
+    ap.add_argument("--phrasing", default="sentences", choices=PHRASINGS,
+                    help="sentences: 'Every X is a Y.' (ProsQA); pairs: 'X Y.'")
     ap.add_argument("--prefix", default="prosqa")
     a = ap.parse_args(argv)
     try:
         paths = write_prosqa(
-            a.out, a.train, a.valid, a.test, a.seed, a.concepts, a.min_hops, a.max_hops, a.branching, a.prefix, a.decoy
+            a.out, a.train, a.valid, a.test, a.seed, a.concepts, a.min_hops, a.max_hops, a.branching, a.prefix, a.decoy,
+            a.phrasing,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

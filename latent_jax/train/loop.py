@@ -194,7 +194,7 @@ def prepare_data(config: ConfigDict, workdir: str) -> dict[str, str]:
         if not all(os.path.exists(p) for p in paths.values()):
             write_prosqa(out, train=g.train, valid=g.valid, test=g.test, seed=g.seed, concepts=g.concepts,
                          min_hops=g.min_hops, max_hops=g.max_hops, branching=g.branching,
-                         decoy=float(g.get("decoy", 1.0)))
+                         decoy=float(g.get("decoy", 1.0)), phrasing=str(g.get("phrasing", "sentences")))
         return paths
     paths = {"train": d.train_path, "valid": d.val_path, "test": d.get("test_path", "") or d.val_path}
     for k, p in paths.items():

@@ -79,3 +79,31 @@ def test_decoy_probability():
     assert person_facts(full) == [2] * 60
     with pytest.raises(ValueError, match="decoy"):
         prosqa.generate_splits({"train": 1}, decoy=1.5)
+
+
+def test_pairs_phrasing_keeps_one_token_per_concept(tmp_path):
+    """'pairs' writes "X Y." facts; with the word-level tokenizer every concept (and the
+    person) has the same id in the question and in the steps, each fact's subject token
+    comes right before its object token, and the graph is the same as with sentences."""
+    from latent_jax.data import tokenizer as T
+    from latent_jax.data.coconut_json import CoconutExample
+
+    kw = dict(seed=3, concepts=16, min_hops=1, max_hops=3, branching=0, decoy=0.0)
+    pairs = prosqa.generate_splits({"train": 80}, phrasing="pairs", **kw)["train"]
+    sents = prosqa.generate_splits({"train": 80}, **kw)["train"]
+    assert [r["edges"] for r in pairs] == [r["edges"] for r in sents]
+    r = pairs[0]
+    sym = r["idx_to_symbol"]
+    assert f" {sym[0]} {sym[r['edges'][0][1]]}." in " " + r["question"] and "Every" not in r["question"]
+    assert r["answer"] == f"{sym[0]} is a {sym[r['target']]}."
+    exs = [CoconutExample(x["question"], tuple(x["steps"]), x["answer"]) for x in pairs]
+    tok = T.train_tokenizer(T.text_corpus(exs), str(tmp_path), kind="word")
+    for x in pairs[:20]:
+        q_ids = set(tok.encode(" " + x["question"]))
+        for step in x["steps"]:
+            a, b = step.strip().rstrip(".").split()
+            ids = tok.encode("\n" + step)
+            assert ids[1:3] == tok.encode(f" {a} {b}")  # the step's words are the question's tokens
+            assert set(ids[1:3]) <= q_ids
+    with pytest.raises(ValueError, match="use one of sentences, pairs"):
+        prosqa.generate_splits({"train": 1}, phrasing="arrows")
