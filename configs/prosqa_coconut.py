@@ -130,13 +130,14 @@ def get_config(arg: str = "") -> ConfigDict:
     c.generation.cot = generation(40)
     c.generation.coconut = generation(12)
 
-    # epochs per chained run (187 updates each): no-CoT 1, CoT 3; the Coconut run starts from
+    # epochs per chained run (187 updates each): no-CoT 1, CoT 4 (the lookup forms after 400-550
+    # updates); the Coconut run starts from
     # the CoT model at stage 1 (its stage 0 is CoT training, already done), one epoch per
     # stage 1-4 on the first 8,000 training rows (125 updates per stage)
     c.num_epochs = 5
     c.chain_overrides = ConfigDict()
     c.chain_overrides.no_cot = ConfigDict(dict(num_epochs=1))
-    c.chain_overrides.cot = ConfigDict(dict(num_epochs=3))
+    c.chain_overrides.cot = ConfigDict(dict(num_epochs=4))
     c.chain_overrides.coconut = ConfigDict(dict(num_epochs=5, start_epoch=1, data=ConfigDict(dict(max_train_rows=8000))))
 
     if arg == "smoke":
