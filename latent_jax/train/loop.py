@@ -552,6 +552,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     ckpt_every = int(config.get("checkpoint_every_steps", 0) or 0)
     stopped = False
     t_start = time.time()
+    step = int(state["step"])  # counted on the host: reading state["step"] would block every step
     for epoch in range(start_epoch, num_epochs):
         stage = scheduled_stage(epoch, cc)
         resuming_mid_epoch = data_state is not None
@@ -564,7 +565,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for batch in it:
             state, m = trainer.train_step(state, batch, geom, tok.pad_id)
-            step = int(state["step"])
+            step += 1
             bar.update(1)
             if step % log_every == 0:
                 m = {k: float(v) for k, v in m.items()}
