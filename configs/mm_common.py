@@ -21,6 +21,7 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     c.coconut = ConfigDict(dict(c_thought=1, epochs_per_stage=5, max_latent_stage=6, pad_latent_to_max=True))
     # none | no_curriculum | no_thought | pause_as_thought (latent_jax.latent.curriculum)
     c.coconut.ablation = "none"
+    c.thought_norm = "none"  # none (as the original) | embed: rescale thoughts to the mean embedding norm
     c.data = ConfigDict()
     c.data.dataset = dataset
     c.data.path = ""

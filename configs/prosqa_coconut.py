@@ -48,6 +48,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.load_model_path = ""  # start from this model (e.g. the CoT run's best_model)
     c.latent_init = "copy"  # new token rows: copy "<<" when it is one token (as the original), else mean
     c.remat_thoughts = True
+    c.thought_norm = "none"  # none (as the original) | embed: rescale thoughts to the mean embedding norm
     c.eval_stage = -1  # stage of the test prompts (-1: the final scheduled stage)
     c.eval_batch_size = 64
     c.start_epoch = 0  # first epoch of a fresh run (skips earlier stages, as the original's `resume`)
@@ -128,7 +129,7 @@ def get_config(arg: str = "") -> ConfigDict:
     c.keep_best = 2
     c.generation.no_cot = generation(12)
     c.generation.cot = generation(40)
-    c.generation.coconut = generation(12)
+    c.generation.coconut = generation(40)  # intermediate stages still write the remaining steps
 
     # epochs per chained run (187 updates each): no-CoT 1, CoT 4 (the lookup forms after 400-550
     # updates); the Coconut run starts from

@@ -22,7 +22,15 @@ def test_smoke_preset_runs_and_prints_the_table(tmp_path):
     res = json.load(open(tmp_path / "cot" / "test" / "results.json"))
     assert 0.0 <= res["accuracy"] <= 1.0 and res["num_examples"] == 8
     rows = [json.loads(l) for l in open(tmp_path / "cot" / "test" / "predictions.jsonl")]
-    assert len(rows) == 8 and {"question", "generated_text", "generated_ids", "prediction", "answer", "correct"} <= set(rows[0])
+    assert len(rows) == 8 and {"question", "generated_text", "generated_ids", "prediction", "answer", "correct",
+                               "truncated"} <= set(rows[0])
+    # a generation cut by max_new_tokens (not by EOS) is flagged and counted
+    assert res["truncated"] == sum(r["truncated"] for r in rows)
+    for r in rows:
+        if r["truncated"]:  # ran to the limit without EOS
+            assert r["num_tokens"] == res["generation_max_new_tokens"]
+        if r["num_tokens"] < res["generation_max_new_tokens"]:  # stopped early: by EOS
+            assert not r["truncated"]
     assert os.path.exists(tmp_path / "val_accuracy.png")
     assert os.path.exists(tmp_path / "cot" / "best_model" / "model_config.json")
     assert os.path.exists(tmp_path / "cot" / "metrics.jsonl")

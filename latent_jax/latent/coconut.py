@@ -17,6 +17,13 @@ columns (a row with fewer latents has ordinary tokens there, `latent_mask` False
     generate: the same prefill + thought scan, then a lax.while_loop decode (batched, KV
               cached) with latent_jax.decoding.sampling.sample_logits.
 
+`thought_norm="embed"` (off by default; the original feeds the hidden state back as is)
+rescales every fed-back thought to the mean L2 norm of the token embedding rows. A final-
+normed hidden state is typically tens of times larger than an embedding row (in the
+embedded default's trained model 13.6 vs 0.57), so an unscaled thought dominates the
+residual stream it enters; this option puts it on the scale of the inputs the model was
+trained on. It applies alike in the scan, the naive reference and generation.
+
 `feedback=False` is the "pause as thought" ablation: latent slots keep the `<|latent|>`
 token's own (learned) embedding and there is no recurrence, so one ordinary forward pass.
 
@@ -86,6 +93,31 @@ def input_embeddings(
     return emb
 
 
+THOUGHT_NORMS = ("none", "embed")
+
+
+def check_thought_norm(thought_norm: str) -> str:
+    if thought_norm not in THOUGHT_NORMS:
+        raise ValueError(f"thought_norm={thought_norm!r}; use one of {list(THOUGHT_NORMS)}")
+    return thought_norm
+
+
+def embedding_norm(params: dict) -> Array:
+    """Mean L2 norm of the input embedding rows (float32 scalar, no gradient)."""
+    table = params["embed_tokens"]["embedding"].astype(jnp.float32)
+    return jax.lax.stop_gradient(jnp.mean(jnp.linalg.norm(table, axis=-1)))
+
+
+def thought_input(h: Array, params: dict, thought_norm: str) -> Array:
+    """The input embedding a thought becomes: the hidden state itself (`"none"`, as the
+    original) or rescaled per row to the mean embedding norm (`"embed"`)."""
+    if check_thought_norm(thought_norm) == "none":
+        return h
+    hf = h.astype(jnp.float32)
+    norm = jnp.linalg.norm(hf, axis=-1, keepdims=True)
+    return (hf * (embedding_norm(params) / jnp.maximum(norm, 1e-6))).astype(h.dtype)
+
+
 def positions_from_mask(attention_mask: Array) -> Array:
     """Rotary positions (B, T) for left-padded rows: cumsum(mask) - 1, clamped at 0."""
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
@@ -109,6 +141,7 @@ def coconut_forward(
     feedback: bool = True,
     extra_slots: int | None = None,
     remat_thoughts: bool = True,
+    thought_norm: str = "none",
     embeds_override: Array | None = None,
     embeds_override_mask: Array | None = None,
 ) -> CoconutOutput:
@@ -169,7 +202,8 @@ def coconut_forward(
     def step(carry, x):
         h_prev, buf = carry
         i, tok_emb, is_latent, m, pos = x
-        inp = jnp.where(is_latent[:, None], h_prev.astype(tok_emb.dtype), tok_emb)[:, None]
+        th = thought_input(h_prev, params, thought_norm)
+        inp = jnp.where(is_latent[:, None], th.astype(tok_emb.dtype), tok_emb)[:, None]
         o = model.apply(p, inputs_embeds=inp, attention_mask=m[:, None], positions=pos[:, None],
                         cache=buf.replace(end=i), prefix_cache=prefix_cache)
         h = o.hidden[:, 0]
@@ -221,6 +255,7 @@ def coconut_loss(
     num_latent: int,
     feedback: bool = True,
     remat_thoughts: bool = True,
+    thought_norm: str = "none",
 ) -> tuple[Array, dict]:
     """(loss, aux) for a batch dict with input_ids, attention_mask, labels, latent_mask and
     optionally position_ids, embeds_override, embeds_override_mask. aux: n_tokens, accuracy
@@ -236,6 +271,7 @@ def coconut_loss(
         num_latent=num_latent,
         feedback=feedback,
         remat_thoughts=remat_thoughts,
+        thought_norm=thought_norm,
         embeds_override=batch.get("embeds_override"),
         embeds_override_mask=batch.get("embeds_override_mask"),
     )
@@ -258,6 +294,7 @@ def naive_coconut_logits(
     num_passes: int | None = None,
     embeds_override: Array | None = None,
     embeds_override_mask: Array | None = None,
+    thought_norm: str = "none",
 ) -> Array:
     """The original algorithm without any cache: for pass k = 0 .. max_latents - 1 run the
     full sequence, then put the hidden state before each row's k-th latent into that latent's
@@ -274,7 +311,8 @@ def naive_coconut_logits(
         out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids)
         prev_hidden = jnp.concatenate([jnp.zeros_like(out.hidden[:, :1]), out.hidden[:, :-1]], axis=1)
         fill = lm & (rank == k)
-        emb = jnp.where(fill[..., None], prev_hidden.astype(emb.dtype), emb)
+        th = thought_input(prev_hidden, params, thought_norm)
+        emb = jnp.where(fill[..., None], th.astype(emb.dtype), emb)
     out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids)
     return out.logits
 
@@ -282,7 +320,8 @@ def naive_coconut_logits(
 # ----------------------------------------------------------------------------- generation
 @functools.partial(
     jax.jit,
-    static_argnames=("config", "latent_start", "num_latent", "max_new_tokens", "top_k", "feedback", "cache_dtype"),
+    static_argnames=("config", "latent_start", "num_latent", "max_new_tokens", "top_k", "feedback", "cache_dtype",
+                     "thought_norm"),
 )
 def coconut_generate(
     params: dict,
@@ -303,6 +342,7 @@ def coconut_generate(
     cache_dtype: str | None = None,
     embeds_override: Array | None = None,
     embeds_override_mask: Array | None = None,
+    thought_norm: str = "none",
 ) -> GenerateOutput:
     """Batched, KV-cached Coconut generation.
 
@@ -333,6 +373,7 @@ def coconut_generate(
         feedback=feedback,
         extra_slots=max_new_tokens,
         remat_thoughts=False,
+        thought_norm=thought_norm,
         embeds_override=embeds_override,
         embeds_override_mask=embeds_override_mask,
     )
@@ -367,6 +408,7 @@ def naive_generate_one(
     max_new_tokens: int,
     stop_ids: tuple[int, ...] = (),
     bucket: int = 16,
+    thought_norm: str = "none",
 ) -> list[int]:
     """Greedy batch-1 generation as the original implementation does it: every new token
     recomputes the whole sequence (all latent passes included) without a cache. The
@@ -383,7 +425,7 @@ def naive_generate_one(
         lm[0, len(ids):] = False
         m = (np.arange(L) < len(ids)).astype(np.int32)[None]
         logits = _naive_last_logits(params, jnp.asarray(x), jnp.asarray(m), jnp.asarray(lm), len(ids) - 1,
-                                    config=config, num_passes=n_lat)
+                                    config=config, num_passes=n_lat, thought_norm=thought_norm)
         nxt = int(jnp.argmax(logits))
         out_toks.append(nxt)
         ids.append(nxt)
@@ -392,6 +434,7 @@ def naive_generate_one(
     return out_toks
 
 
-@functools.partial(jax.jit, static_argnames=("config", "num_passes"))
-def _naive_last_logits(params, x, m, lm, last, *, config, num_passes):
-    return naive_coconut_logits(params, x, m, lm, config=config, num_passes=num_passes)[0, last]
+@functools.partial(jax.jit, static_argnames=("config", "num_passes", "thought_norm"))
+def _naive_last_logits(params, x, m, lm, last, *, config, num_passes, thought_norm="none"):
+    return naive_coconut_logits(params, x, m, lm, config=config, num_passes=num_passes,
+                                thought_norm=thought_norm)[0, last]

@@ -11,8 +11,8 @@ curriculum stages, evaluating validation accuracy every epoch, then scores the t
       metrics.jsonl, tb/         train / val metrics (train/metrics.MetricsWriter)
       val_accuracy.png           validation accuracy by epoch with stage boundaries
       test/predictions.jsonl     per example: question, generated text and ids, extracted
-                                 answer, gold, correct
-      test/results.json          accuracy and mean generated tokens
+                                 answer, gold, correct, truncated (hit max_new_tokens)
+      test/results.json          accuracy, mean generated tokens, number truncated
 
 `config.chain` (e.g. "no_cot,cot,coconut") runs the modes one after the other as separate
 runs in workdir/<mode>/ (the coconut run starting from the CoT run's best model, as the
@@ -40,7 +40,7 @@ import optax
 from ml_collections import ConfigDict
 
 from latent_jax.decoding.sampling import SamplingParams
-from latent_jax.latent.coconut import coconut_generate, coconut_loss
+from latent_jax.latent.coconut import check_thought_norm, coconut_generate, coconut_loss
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
     extract_answer,
@@ -333,6 +333,7 @@ class Trainer:
         self._steps: dict[tuple, Any] = {}
         self._state_sh = None
         self.remat = bool(config.get("remat_thoughts", True))
+        self.thought_norm = check_thought_norm(str(config.get("thought_norm", "none")))
 
     def shardings(self, state: dict):
         if self._state_sh is None:
@@ -368,7 +369,7 @@ class Trainer:
             arrays, start = repad(arrays, start, geom[0], geom[1], pad_id), geom[0]
         key = (start, batch.num_latent, bool(batch.feedback))
         # compiled steps are shared by runs in one process with the same model, optimizer and mesh
-        ckey = (self.mcfg, self.tx_key, self.mesh, self.remat, key)
+        ckey = (self.mcfg, self.tx_key, self.mesh, self.remat, self.thought_norm, key)
         fn = _STEP_CACHE.get(ckey)
         if fn is None:
             fn = _STEP_CACHE[ckey] = self._make_step(*key, self._state_example)
@@ -378,12 +379,12 @@ class Trainer:
     def train_step_fn(self, latent_start: int, num_latent: int, feedback: bool):
         """The un-jitted Coconut train step (state, batch) -> (state, metrics) for one batch
         geometry; the text and multimodal trainers jit it with their own shardings."""
-        mcfg, tx, remat = self.mcfg, self.tx, self.remat
+        mcfg, tx, remat, tn = self.mcfg, self.tx, self.remat, self.thought_norm
 
         def step(state, batch):
             def lf(p):
                 return coconut_loss(p, batch, config=mcfg, latent_start=latent_start, num_latent=num_latent,
-                                    feedback=feedback, remat_thoughts=remat)
+                                    feedback=feedback, remat_thoughts=remat, thought_norm=tn)
 
             (loss, aux), grads = jax.value_and_grad(lf, has_aux=True)(state["params"])
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -410,6 +411,7 @@ class Trainer:
             params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
             rng, sp, stop_ids, config=self.mcfg, latent_start=start, num_latent=eb.num_latent,
             max_new_tokens=settings["max_new_tokens"], pad_id=pad_id, feedback=bool(eb.feedback),
+            thought_norm=self.thought_norm,
         )
 
 
@@ -424,6 +426,7 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
     stop = jnp.asarray([tok.eos_id], jnp.int32)
     rng = jax.random.PRNGKey(seed)
     rows, n_tok = [], []
+    max_new = int(settings["max_new_tokens"])
     ds = eval_data.dataset(stage)
     for bi in tqdm(range(len(ds)), desc=desc, leave=False, disable=not progress, file=sys.stderr):
         eb = ds[bi]
@@ -447,11 +450,18 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
                 "answer": gold,
                 "correct": pred == gold,
                 "num_tokens": int(lens[r]),
+                # stopped by max_new_tokens, not by EOS: the answer may be cut off
+                "truncated": bool(len(ids) >= max_new and (not ids or ids[-1] != tok.eos_id)),
             })
             n_tok.append(int(lens[r]))
     acc = float(np.mean([r["correct"] for r in rows])) if rows else 0.0
+    n_trunc = sum(r["truncated"] for r in rows)
     res = {"accuracy": acc, "mean_new_tokens": float(np.mean(n_tok)) if n_tok else 0.0,
-           "num_examples": len(rows), "stage": int(stage), **{f"generation_{k}": v for k, v in settings.items()}}
+           "num_examples": len(rows), "truncated": int(n_trunc), "stage": int(stage),
+           **{f"generation_{k}": v for k, v in settings.items()}}
+    if n_trunc:
+        print(f"[{desc}] warning: {n_trunc} of {len(rows)} generations stopped at max_new_tokens={max_new} "
+              "before EOS (answers may be cut off); raise config.generation.<mode>.max_new_tokens", flush=True)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:

@@ -45,7 +45,7 @@ from ml_collections import ConfigDict
 from latent_jax.data.pipeline import collate_eval, collate_train
 from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
 from latent_jax.decoding.sampling import SamplingParams
-from latent_jax.latent.coconut import coconut_generate
+from latent_jax.latent.coconut import check_thought_norm, coconut_generate
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
     TokenizedExample,
@@ -256,7 +256,7 @@ class MMTrainer(Trainer):
         arrays["embeds_override"], arrays["embeds_override_mask"] = overrides(
             arrays["input_ids"], cb.example_idx, feats, image_token_id, self.mcfg.hidden_size)
         key = (geom[0], cb.num_latent, bool(cb.feedback))
-        ckey = (self.mcfg, self.tx_key, self.mesh, self.remat, key)
+        ckey = (self.mcfg, self.tx_key, self.mesh, self.remat, self.thought_norm, key)
         fn = _MM_STEPS.get(ckey)
         if fn is None:
             fn = _MM_STEPS[ckey] = self._make_mm_step(*key)
@@ -416,6 +416,7 @@ def evaluate(config, cfg, lm, tok, ids, cc, stage, items, exs, feats, workdir, m
     records = []
     rng = jax.random.PRNGKey(int(config.seed))
     geom = eval_geometry(exs, eval_stage, cc, ids, bucket) if exs else None
+    thought_norm = check_thought_norm(str(config.get("thought_norm", "none")))
     for s in range(0, len(exs), B):
         prompts = [eval_prompt(x, eval_stage, cc, ids) for x in exs[s : s + B]]
         eb = collate_eval(prompts, B, tok.pad_id, bucket=bucket, feedback=cc.feedback, stage=eval_stage)
@@ -426,7 +427,8 @@ def evaluate(config, cfg, lm, tok, ids, cc, stage, items, exs, feats, workdir, m
             lm, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]),
             jnp.asarray(a["latent_mask"]), k, sp, stop, config=cfg.text, latent_start=geom[0],
             num_latent=eb.num_latent, max_new_tokens=int(e.max_new_tokens), pad_id=tok.pad_id,
-            feedback=bool(eb.feedback), embeds_override=jnp.asarray(emb), embeds_override_mask=jnp.asarray(m))
+            feedback=bool(eb.feedback), thought_norm=thought_norm, embeds_override=jnp.asarray(emb),
+            embeds_override_mask=jnp.asarray(m))
         toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
         for b, p in enumerate(prompts):
             it = items[p.idx]

@@ -11,8 +11,10 @@ from latent_jax.latent.coconut import (
     coconut_forward,
     coconut_generate,
     coconut_loss,
+    embedding_norm,
     masked_cross_entropy,
     naive_coconut_logits,
+    thought_input,
 )
 from latent_jax.models.config import tiny_config
 from latent_jax.models.decoder import init_params
@@ -64,7 +66,8 @@ def setup():
     return cfg, params
 
 
-def test_scan_forward_matches_naive_loss_and_grads(setup):
+@pytest.mark.parametrize("thought_norm", ["none", "embed"])
+def test_scan_forward_matches_naive_loss_and_grads(setup, thought_norm):
     cfg, params = setup
     batch, P, n = make_batch(ROWS)
     assert n == 3 and int(batch["latent_mask"].sum()) == 6
@@ -72,17 +75,17 @@ def test_scan_forward_matches_naive_loss_and_grads(setup):
     args = (batch["input_ids"], batch["attention_mask"], batch["latent_mask"], batch["position_ids"])
 
     def loss_scan(p):
-        return coconut_loss(p, batch, config=cfg, latent_start=P, num_latent=n)[0]
+        return coconut_loss(p, batch, config=cfg, latent_start=P, num_latent=n, thought_norm=thought_norm)[0]
 
     def loss_naive(p):
-        lg = naive_coconut_logits(p, *args, config=cfg, num_passes=n)
+        lg = naive_coconut_logits(p, *args, config=cfg, num_passes=n, thought_norm=thought_norm)
         return masked_cross_entropy(lg, batch["labels"])[0], lg
 
     @jax.jit  # one program for both sides: loss, gradients and logits
     def both(p):
         ls, gs = jax.value_and_grad(loss_scan)(p)
         (ln, lg), gn = jax.value_and_grad(loss_naive, has_aux=True)(p)
-        out = coconut_forward(p, *args, config=cfg, latent_start=P, num_latent=n).logits
+        out = coconut_forward(p, *args, config=cfg, latent_start=P, num_latent=n, thought_norm=thought_norm).logits
         return ls, gs, ln, gn, out, lg
 
     ls, gs, ln, gn, out, lg = both(params)
@@ -94,6 +97,27 @@ def test_scan_forward_matches_naive_loss_and_grads(setup):
     # logits on every real position agree too
     m = np.asarray(batch["attention_mask"]).astype(bool)
     np.testing.assert_allclose(np.asarray(out)[m], np.asarray(lg)[m], atol=2e-5)
+
+
+def test_thought_norm_embed_rescales_each_thought_to_the_embedding_norm(setup):
+    cfg, params = setup
+    h = jax.random.normal(jax.random.PRNGKey(3), (4, cfg.hidden_size)) * jnp.asarray([[0.1], [1.0], [10.0], [50.0]])
+    target = float(embedding_norm(params))
+    table = np.asarray(params["embed_tokens"]["embedding"])
+    assert target == pytest.approx(float(np.linalg.norm(table, axis=-1).mean()), rel=1e-5)
+    out = thought_input(h, params, "embed")
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out), axis=-1), target, rtol=1e-5)
+    # direction kept; "none" is the identity (the original)
+    cos = np.sum(np.asarray(out) * np.asarray(h), -1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(h, axis=-1))
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(thought_input(h, params, "none")), np.asarray(h))
+    with pytest.raises(ValueError, match="thought_norm"):
+        thought_input(h, params, "unit")
+    # it changes the loss (the thoughts enter at a different scale)
+    batch, P, n = make_batch(ROWS)
+    la = coconut_loss(params, batch, config=cfg, latent_start=P, num_latent=n, thought_norm="none")[0]
+    lb = coconut_loss(params, batch, config=cfg, latent_start=P, num_latent=n, thought_norm="embed")[0]
+    assert abs(float(la) - float(lb)) > 1e-4
 
 
 def test_feedback_changes_result_and_gradients_flow_through_thoughts(setup):
@@ -137,7 +161,8 @@ def test_embeds_override_replaces_marked_positions(setup):
     assert float(jnp.abs(a - plain)[:, -1].max()) > 1e-4
 
 
-def test_batched_cached_generation_equals_uncached_reference(setup):
+@pytest.mark.parametrize("thought_norm", ["none", "embed"])
+def test_batched_cached_generation_equals_uncached_reference(setup, thought_norm):
     cfg, params = setup
     # prompts: question + start + latents + end (as the original's eval prompts)
     rows = [([10, 11, 12, 13, START], 3, [END]), ([14, 15, START], 1, [END]), ([16, START], 2, [END])]
@@ -146,7 +171,7 @@ def test_batched_cached_generation_equals_uncached_reference(setup):
     out = coconut_generate(
         params, batch["input_ids"], batch["attention_mask"], batch["latent_mask"], jax.random.PRNGKey(0),
         SamplingParams.make(0.0), jnp.asarray([], jnp.int32),
-        config=cfg, latent_start=P, num_latent=n, max_new_tokens=new,
+        config=cfg, latent_start=P, num_latent=n, max_new_tokens=new, thought_norm=thought_norm,
     )
     toks = np.asarray(out.tokens)
     assert np.asarray(out.lengths).tolist() == [new] * 3
@@ -161,7 +186,8 @@ def test_batched_cached_generation_equals_uncached_reference(setup):
     for b in range(3):
         o = L - len(seqs[b])
         ids[b, o:], m[b, o:], lm[b, o:] = seqs[b], 1, lat[b]
-    lg = jax.jit(lambda p, i, mm, l: naive_coconut_logits(p, i, mm, l, config=cfg, num_passes=n))(
+    lg = jax.jit(lambda p, i, mm, l: naive_coconut_logits(p, i, mm, l, config=cfg, num_passes=n,
+                                                          thought_norm=thought_norm))(
         params, jnp.asarray(ids), jnp.asarray(m), jnp.asarray(lm))
     pred = np.asarray(jnp.argmax(lg, -1))
     for b in range(3):
