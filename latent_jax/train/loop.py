@@ -89,7 +89,7 @@ def _sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None
         elif mode == "coconut" and cot_dir and not sub.load_model_path:
             sub.load_model_path = os.path.join(cot_dir, "best_model")
         if config.data.generate:  # share one generated data set across the chained runs
-            sub.data.generate_dir = os.path.join(workdir, "data")
+            sub.data.generate_dir = config.data.get("generate_dir", "") or os.path.join(workdir, "data")
         sub.data.tokenizer_dir = sub.data.get("tokenizer_dir", "") or os.path.join(workdir, "tokenizer")
     return sub
 

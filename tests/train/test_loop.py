@@ -96,3 +96,17 @@ def test_eight_fake_devices_match_one(uninterrupted, tmp_path):
     one = uninterrupted
     assert sorted(one) == sorted(eight) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([eight[s] for s in sorted(eight)], [one[s] for s in sorted(one)], rtol=2e-4)
+
+
+def test_chain_keeps_a_given_generate_dir(tmp_path):
+    """A chained run shares one generated data set: workdir/data by default, or the
+    data.generate_dir the user set (not silently replaced)."""
+    from configs.prosqa_coconut import get_config
+    from latent_jax.train.loop import _sub_config
+
+    c = get_config("smoke")
+    sub = _sub_config(c, "cot", str(tmp_path), None)
+    assert sub.data.generate_dir == os.path.join(str(tmp_path), "data")
+    c.data.generate_dir = str(tmp_path / "mine")
+    for mode in ("no_cot", "cot", "coconut"):
+        assert _sub_config(c, mode, str(tmp_path), str(tmp_path / "cot")).data.generate_dir == str(tmp_path / "mine")
