@@ -49,6 +49,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.latent_init = "copy"  # new token rows: copy "<<" when it is one token (as the original), else mean
     c.remat_thoughts = True
     c.thought_norm = "none"  # none (as the original) | embed: rescale thoughts to the mean embedding norm
+    c.decode_thoughts = 0  # k > 0: predictions.jsonl lists each thought's top-k tokens through the LM head
     c.eval_stage = -1  # stage of the test prompts (-1: the final scheduled stage)
     c.eval_batch_size = 64
     c.start_epoch = 0  # first epoch of a fresh run (skips earlier stages, as the original's `resume`)

@@ -282,6 +282,35 @@ def coconut_loss(
     return loss, {"n_tokens": count, "token_accuracy": correct / jnp.maximum(count, 1)}
 
 
+@functools.partial(jax.jit, static_argnames=("config", "latent_start", "num_latent", "k", "thought_norm"))
+def thought_topk(
+    params: dict,
+    input_ids: Array,
+    attention_mask: Array,
+    latent_mask: Array,
+    *,
+    config: ModelConfig,
+    latent_start: int,
+    num_latent: int,
+    k: int = 5,
+    thought_norm: str = "none",
+    embeds_override: Array | None = None,
+    embeds_override_mask: Array | None = None,
+) -> tuple[Array, Array]:
+    """What each continuous thought decodes to through the LM head (the probing analysis of
+    the Coconut paper, section 5): (ids, probs), each (B, num_latent, k). Entry i is the
+    hidden state fed into latent slot i (the state at the position before it); rows with
+    fewer latents have ordinary tokens in their last slots (`latent_mask` False there)."""
+    out = coconut_forward(
+        params, input_ids, attention_mask, latent_mask, config=config, latent_start=latent_start,
+        num_latent=num_latent, remat_thoughts=False, thought_norm=thought_norm,
+        embeds_override=embeds_override, embeds_override_mask=embeds_override_mask,
+    )
+    lg = out.logits[:, latent_start - 1 : latent_start - 1 + num_latent]
+    probs, ids = jax.lax.top_k(jax.nn.softmax(lg, axis=-1), k)
+    return ids.astype(jnp.int32), probs
+
+
 # ----------------------------------------------------------------------------- reference
 def naive_coconut_logits(
     params: dict,

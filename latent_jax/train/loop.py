@@ -11,7 +11,8 @@ curriculum stages, evaluating validation accuracy every epoch, then scores the t
       metrics.jsonl, tb/         train / val metrics (train/metrics.MetricsWriter)
       val_accuracy.png           validation accuracy by epoch with stage boundaries
       test/predictions.jsonl     per example: question, generated text and ids, extracted
-                                 answer, gold, correct, truncated (hit max_new_tokens)
+                                 answer, gold, correct, truncated (hit max_new_tokens);
+                                 with decode_thoughts=k, each thought's top-k tokens
       test/results.json          accuracy, mean generated tokens, number truncated
 
 `config.chain` (e.g. "no_cot,cot,coconut") runs the modes one after the other as separate
@@ -40,7 +41,7 @@ import optax
 from ml_collections import ConfigDict
 
 from latent_jax.decoding.sampling import SamplingParams
-from latent_jax.latent.coconut import check_thought_norm, coconut_generate, coconut_loss
+from latent_jax.latent.coconut import check_thought_norm, coconut_generate, coconut_loss, thought_topk
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
     extract_answer,
@@ -415,6 +416,18 @@ class Trainer:
         )
 
 
+    def thought_tokens(self, params: dict, eb, k: int, pad_id: int, geom: tuple[int, int] | None = None):
+        """(ids, probs, is_thought) as numpy, (B, num_latent, k) and (B, num_latent): the top-k
+        tokens each fed-back thought of an EvalBatch decodes to through the LM head."""
+        a, start = eb.arrays, eb.latent_start
+        if geom is not None:
+            a, start = repad(a, start, geom[0], geom[1], pad_id), geom[0]
+        ids, probs = thought_topk(
+            params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
+            config=self.mcfg, latent_start=start, num_latent=eb.num_latent, k=k, thought_norm=self.thought_norm)
+        is_thought = np.asarray(a["latent_mask"])[:, start : start + eb.num_latent].astype(bool)
+        return np.asarray(ids), np.asarray(probs), is_thought
+
 # ============================================================================ evaluation
 def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, settings: dict, seed: int,
              out_dir: str | None = None, desc: str = "eval", progress: bool = True,
@@ -427,12 +440,16 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
     rng = jax.random.PRNGKey(seed)
     rows, n_tok = [], []
     max_new = int(settings["max_new_tokens"])
+    k_th = int(trainer.config.get("decode_thoughts", 0))
     ds = eval_data.dataset(stage)
     for bi in tqdm(range(len(ds)), desc=desc, leave=False, disable=not progress, file=sys.stderr):
         eb = ds[bi]
         rng, sub = jax.random.split(rng)
         out = trainer.generate(params, eb, settings, sub, stop, tok.pad_id, geom)
         toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+        th = None
+        if k_th > 0 and eb.num_latent > 0 and eb.feedback:
+            th = trainer.thought_tokens(params, eb, k_th, tok.pad_id, geom)
         for r in range(toks.shape[0]):
             if eb.example_idx[r] < 0:
                 continue
@@ -453,6 +470,12 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
                 # stopped by max_new_tokens, not by EOS: the answer may be cut off
                 "truncated": bool(len(ids) >= max_new and (not ids or ids[-1] != tok.eos_id)),
             })
+            if th is not None:  # per thought: its top-k tokens through the LM head, with probabilities
+                t_ids, t_probs, is_t = th
+                rows[-1]["thoughts"] = [
+                    [[tok.decode([int(t)]), round(float(p), 4)] for t, p in zip(t_ids[r, i], t_probs[r, i])]
+                    for i in range(t_ids.shape[1]) if is_t[r, i]
+                ]
             n_tok.append(int(lens[r]))
     acc = float(np.mean([r["correct"] for r in rows])) if rows else 0.0
     n_trunc = sum(r["truncated"] for r in rows)

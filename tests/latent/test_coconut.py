@@ -15,6 +15,7 @@ from latent_jax.latent.coconut import (
     masked_cross_entropy,
     naive_coconut_logits,
     thought_input,
+    thought_topk,
 )
 from latent_jax.models.config import tiny_config
 from latent_jax.models.decoder import init_params
@@ -118,6 +119,23 @@ def test_thought_norm_embed_rescales_each_thought_to_the_embedding_norm(setup):
     la = coconut_loss(params, batch, config=cfg, latent_start=P, num_latent=n, thought_norm="none")[0]
     lb = coconut_loss(params, batch, config=cfg, latent_start=P, num_latent=n, thought_norm="embed")[0]
     assert abs(float(la) - float(lb)) > 1e-4
+
+
+def test_thought_topk_decodes_the_fed_back_states(setup):
+    """thought_topk's entry i is the LM-head reading of the state fed into latent slot i;
+    checked against the naive multi-pass logits at the position before each latent."""
+    cfg, params = setup
+    batch, P, n = make_batch(ROWS)
+    args = (batch["input_ids"], batch["attention_mask"], batch["latent_mask"])
+    ids, probs = thought_topk(params, *args, config=cfg, latent_start=P, num_latent=n, k=3)
+    assert ids.shape == probs.shape == (len(ROWS), n, 3)
+    assert bool(jnp.all(probs[..., :-1] >= probs[..., 1:])) and float(probs.sum(-1).max()) <= 1.0 + 1e-5
+    ref = np.asarray(jnp.argmax(naive_coconut_logits(params, *args, batch["position_ids"], config=cfg, num_passes=n), -1))
+    lm = np.asarray(batch["latent_mask"])
+    for b in range(len(ROWS)):
+        for i in range(n):
+            if lm[b, P + i]:
+                assert int(ids[b, i, 0]) == ref[b, P + i - 1]
 
 
 def test_feedback_changes_result_and_gradients_flow_through_thoughts(setup):

@@ -110,3 +110,20 @@ def test_chain_keeps_a_given_generate_dir(tmp_path):
     c.data.generate_dir = str(tmp_path / "mine")
     for mode in ("no_cot", "cot", "coconut"):
         assert _sub_config(c, mode, str(tmp_path), str(tmp_path / "cot")).data.generate_dir == str(tmp_path / "mine")
+
+
+def test_decode_thoughts_lists_each_thought_in_predictions(tmp_path):
+    """decode_thoughts=k: every test prediction of a Coconut run carries, per continuous
+    thought, its top-k tokens through the LM head with probabilities."""
+    from latent_jax.train.loop import run
+
+    c = tiny_config(0)
+    c.decode_thoughts = 2
+    run(c, str(tmp_path))
+    rows = [json.loads(l) for l in open(tmp_path / "test" / "predictions.jsonl")]
+    assert len(rows) == 4
+    for r in rows:
+        assert len(r["thoughts"]) == 1  # stage 1: one thought
+        (top,) = r["thoughts"]
+        assert len(top) == 2 and all(isinstance(t, str) and 0.0 <= p <= 1.0 for t, p in top)
+        assert top[0][1] >= top[1][1]
