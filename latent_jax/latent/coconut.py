@@ -297,8 +297,8 @@ def thought_topk(
     embeds_override: Array | None = None,
     embeds_override_mask: Array | None = None,
 ) -> tuple[Array, Array]:
-    """What each continuous thought decodes to through the LM head (the probing analysis of
-    the Coconut paper, section 5): (ids, probs), each (B, num_latent, k). Entry i is the
+    """What each continuous thought decodes to through the LM head (the probing
+    analysis of the Coconut paper): (ids, probs), each (B, num_latent, k). Entry i is the
     hidden state fed into latent slot i (the state at the position before it); rows with
     fewer latents have ordinary tokens in their last slots (`latent_mask` False there)."""
     out = coconut_forward(
