@@ -108,14 +108,24 @@ def embedding_norm(params: dict) -> Array:
     return jax.lax.stop_gradient(jnp.mean(jnp.linalg.norm(table, axis=-1)))
 
 
-def thought_input(h: Array, params: dict, thought_norm: str) -> Array:
-    """The input embedding a thought becomes: the hidden state itself (`"none"`, as the
-    original) or rescaled per row to the mean embedding norm (`"embed"`)."""
-    if check_thought_norm(thought_norm) == "none":
+def thought_target_norm(params: dict, thought_norm: str) -> Array | None:
+    """The norm every thought is rescaled to (`"embed"`), or None (`"none"`: unchanged).
+    Computed once per forward, outside the thought scan."""
+    return None if check_thought_norm(thought_norm) == "none" else embedding_norm(params)
+
+
+def _rescale(h: Array, target: Array | None) -> Array:
+    if target is None:
         return h
     hf = h.astype(jnp.float32)
     norm = jnp.linalg.norm(hf, axis=-1, keepdims=True)
-    return (hf * (embedding_norm(params) / jnp.maximum(norm, 1e-6))).astype(h.dtype)
+    return (hf * (target / jnp.maximum(norm, 1e-6))).astype(h.dtype)
+
+
+def thought_input(h: Array, params: dict, thought_norm: str) -> Array:
+    """The input embedding a thought becomes: the hidden state itself (`"none"`, as the
+    original) or rescaled per row to the mean embedding norm (`"embed"`)."""
+    return _rescale(h, thought_target_norm(params, thought_norm))
 
 
 def positions_from_mask(attention_mask: Array) -> Array:
@@ -199,10 +209,12 @@ def coconut_forward(
         jnp.swapaxes(position_ids[:, cols], 0, 1),
     )
 
+    target = thought_target_norm(params, thought_norm)  # loop-invariant: not recomputed per thought
+
     def step(carry, x):
         h_prev, buf = carry
         i, tok_emb, is_latent, m, pos = x
-        th = thought_input(h_prev, params, thought_norm)
+        th = _rescale(h_prev, target)
         inp = jnp.where(is_latent[:, None], th.astype(tok_emb.dtype), tok_emb)[:, None]
         o = model.apply(p, inputs_embeds=inp, attention_mask=m[:, None], positions=pos[:, None],
                         cache=buf.replace(end=i), prefix_cache=prefix_cache)
@@ -336,11 +348,12 @@ def naive_coconut_logits(
     lm = latent_mask.astype(bool)
     rank = jnp.cumsum(lm, axis=1) - 1  # k for the k-th latent of the row
     n_max = int(jnp.max(jnp.sum(lm, axis=1))) if num_passes is None else int(num_passes)
+    target = thought_target_norm(params, thought_norm)
     for k in range(n_max):
         out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids)
         prev_hidden = jnp.concatenate([jnp.zeros_like(out.hidden[:, :1]), out.hidden[:, :-1]], axis=1)
         fill = lm & (rank == k)
-        th = thought_input(prev_hidden, params, thought_norm)
+        th = _rescale(prev_hidden, target)
         emb = jnp.where(fill[..., None], th.astype(emb.dtype), emb)
     out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids)
     return out.logits

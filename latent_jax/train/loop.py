@@ -405,9 +405,7 @@ class Trainer:
                  geom: tuple[int, int] | None = None):
         """Batched cached generation for an EvalBatch (re-padded to `geom` when given)."""
         sp = SamplingParams.make(settings["temperature"] if settings["do_sample"] else 0.0, settings["top_p"])
-        a, start = eb.arrays, eb.latent_start
-        if geom is not None:
-            a, start = repad(a, start, geom[0], geom[1], pad_id), geom[0]
+        a, start = _eval_arrays(eb, geom, pad_id)
         return coconut_generate(
             params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
             rng, sp, stop_ids, config=self.mcfg, latent_start=start, num_latent=eb.num_latent,
@@ -415,18 +413,23 @@ class Trainer:
             thought_norm=self.thought_norm,
         )
 
-
     def thought_tokens(self, params: dict, eb, k: int, pad_id: int, geom: tuple[int, int] | None = None):
         """(ids, probs, is_thought) as numpy, (B, num_latent, k) and (B, num_latent): the top-k
         tokens each fed-back thought of an EvalBatch decodes to through the LM head."""
-        a, start = eb.arrays, eb.latent_start
-        if geom is not None:
-            a, start = repad(a, start, geom[0], geom[1], pad_id), geom[0]
+        a, start = _eval_arrays(eb, geom, pad_id)
         ids, probs = thought_topk(
             params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
             config=self.mcfg, latent_start=start, num_latent=eb.num_latent, k=k, thought_norm=self.thought_norm)
         is_thought = np.asarray(a["latent_mask"])[:, start : start + eb.num_latent].astype(bool)
         return np.asarray(ids), np.asarray(probs), is_thought
+
+
+def _eval_arrays(eb, geom: tuple[int, int] | None, pad_id: int) -> tuple[dict, int]:
+    """An EvalBatch's arrays and latent_start, re-padded to `geom` when given."""
+    if geom is None:
+        return eb.arrays, eb.latent_start
+    return repad(eb.arrays, eb.latent_start, geom[0], geom[1], pad_id), geom[0]
+
 
 # ============================================================================ evaluation
 def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, settings: dict, seed: int,
@@ -468,7 +471,7 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
                 "correct": pred == gold,
                 "num_tokens": int(lens[r]),
                 # stopped by max_new_tokens, not by EOS: the answer may be cut off
-                "truncated": bool(len(ids) >= max_new and (not ids or ids[-1] != tok.eos_id)),
+                "truncated": bool(len(ids) >= max_new and ids[-1] != tok.eos_id),
             })
             if th is not None:  # per thought: its top-k tokens through the LM head, with probabilities
                 t_ids, t_probs, is_t = th
