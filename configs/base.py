@@ -10,6 +10,9 @@ def get_base() -> ConfigDict:
     c.mode = "train"  # train | eval
     c.workdir = ""
     c.seed = 0
+    # a data row that lacks a field or has the wrong type: "error" stops the run naming file, row
+    # and line; "skip" skips and counts it (the count is logged)
+    c.on_bad_row = "error"
 
     # model: either an HF directory / converted checkpoint, or a from-scratch ModelConfig
     c.model = ConfigDict()

@@ -178,7 +178,7 @@ def load_coconut_json(
         if problem is not None:
             msg = f"{path}: row {i} (line {line}): {problem}"
             if on_bad_row == "error":
-                raise DataError(msg + "; fix the row or load with on_bad_row='skip'")
+                raise DataError(msg + "; fix the row, or skip bad rows with on_bad_row='skip' (--config.on_bad_row=skip)")
             report.skipped.append(msg)
             continue
         extra = {k: v for k, v in row.items() if k not in REQUIRED_FIELDS}

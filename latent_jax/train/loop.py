@@ -226,7 +226,7 @@ def build_tokenizer(config: ConfigDict, workdir: str, train_path: str):
         tok = load_tokenizer(tdir)
         add_coconut_tokens(tok)
         return tok, tdir
-    rows = load_coconut_json(train_path)
+    rows = load_coconut_json(train_path, on_bad_row=str(config.get("on_bad_row", "error")))
     tok = train_tokenizer(text_corpus(rows), tdir, vocab_size=int(config.data.tokenizer_vocab_size),
                           kind=str(config.data.get("tokenizer_kind", "bpe")))
     return tok, tdir
@@ -516,6 +516,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     d = config.data
     max_len = int(d.max_length) if d.get("max_length", 0) else None
     bucket = int(d.get("bucket", 16))
+    bad_rows = str(config.get("on_bad_row", "error"))  # error | skip (count and skip corrupt rows)
     settings = _gen_settings(config, config.coconut_mode)
     mesh = make_mesh(dict(config.mesh))
     final_stage = scheduled_stage(max(0, int(config.num_epochs) - 1), cc)
@@ -524,7 +525,8 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     eval_bs = int(config.get("eval_batch_size", config.batch_size))
 
     def eval_set(path, name):
-        ex = load_split(path, tok, cc, max_length=max_len, max_rows=d.get("max_eval_rows", None) or None)
+        ex = load_split(path, tok, cc, max_length=max_len, max_rows=d.get("max_eval_rows", None) or None,
+                        on_bad_row=bad_rows)
         return CoconutEvalData(ex, cc, ids, tok.pad_id, eval_bs, bucket=bucket, name=name)
 
     test_data = eval_set(paths["test"], "test")
@@ -538,7 +540,8 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
         print(format_table({config.coconut_mode: res}), flush=True)
         return {"test": res}
 
-    train_ex = load_split(paths["train"], tok, cc, max_length=max_len, max_rows=d.get("max_train_rows", None) or None)
+    train_ex = load_split(paths["train"], tok, cc, max_length=max_len, max_rows=d.get("max_train_rows", None) or None,
+                          on_bad_row=bad_rows)
     train_data = CoconutTrainData(train_ex, cc, ids, tok.pad_id, int(config.batch_size), seed=int(config.seed),
                                   shuffle=True, drop_remainder=True, bucket=bucket)
     val_data = eval_set(paths["valid"], "valid")
