@@ -35,7 +35,8 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     c.data.max_videos = 100
     c.data.use_hard_split = False
     c.data.visual_reliance = False
-    c.data.missing_clip = "skip"  # skip | subtitles (subtitles-only fallback)
+    c.data.missing_clip = "skip"  # skip | subtitles (subtitles-only fallback); unreadable clips too
+    c.data.max_unreadable_fraction = 0.1  # more unreadable (corrupt) clips than this fraction stops the run
     c.data.use_hico = False
     c.data.hico_tokens_per_frame = 16
     c.data.hico_clip_frames = 4
@@ -45,6 +46,9 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     c.data.max_tiles = 12  # InternVL tiles / Phi-4-MM HD crops per image
     c.data.short_prompt = False  # True: question + options only (no instructions / subtitles)
     c.eval = ConfigDict(dict(max_new_tokens=64, temperature=0.0, top_p=1.0, stage=-1))
+    # CinePile answer scoring: official (the official evaluation's rules, comparable with
+    # published results) | lenient (looser; not comparable). results.json records it.
+    c.eval.scorer = "official"
     c.bucket = 16
     c.save_model = True
     c.optim.weight_decay = 0.0

@@ -111,6 +111,7 @@ def test_cinepile_coconut_smoke_through_main(runs):
     assert res["video_tokens"]["compression_ratio"] == 2.0  # HiCo: 4 -> 2 tokens per frame
     assert "accuracy_by_question_category" in res and "accuracy_by_visual_reliance" in res
     assert res["mode"] == "coconut" and res["eval_stage"] == 1
+    assert res["scorer"] == "official" and res["eval_data"]["unreadable"] == {}
     assert json.loads(stdout.strip().splitlines()[-1])["n"] == 2
 
 
@@ -159,6 +160,30 @@ def test_missing_paths_one_line_error(tmp_path):
     assert "\n" not in msg and msg.startswith("config.model.path=") and "--config.model.path" in msg
 
 
+def test_eval_without_media_names_the_fix(tmp_path):
+    """Every clip (image) missing: one line naming the prepare command (COCO directory), not
+    accuracy 0.0 over n=0; an unknown scorer stops the run before any model is loaded."""
+    from latent_jax.data.mm_fixtures import write_aokvqa_fixture, write_cinepile_fixture
+    from latent_jax.train import mm_loop
+
+    c = _config("cinepile_coconut.py:", "")
+    c.data.path = write_cinepile_fixture(str(tmp_path / "cp"), n_train=2, n_test=3, make_clips=False)
+    with pytest.raises(FileNotFoundError) as e:
+        mm_loop.load_items(c, c.data.eval_split)
+    assert "\n" not in str(e.value)
+    assert f"prepare --root {c.data.path} --split test --max_videos 100`" in str(e.value)
+    c.eval.scorer = "strict"
+    with pytest.raises(ValueError, match=r"^config\.eval\.scorer='strict'"):
+        mm_loop.run(c, str(tmp_path / "wd"))
+    a = _config("aokvqa_eval.py:", "")
+    a.data.path = write_aokvqa_fixture(str(tmp_path / "ak"), n_train=1, n_val=2)
+    a.data.coco_dir = str(tmp_path / "empty_coco")
+    os.makedirs(a.data.coco_dir)
+    with pytest.raises(FileNotFoundError, match=r"none of the 2 val images .*config\.data\.coco_dir") as e:
+        mm_loop.load_items(a, "val")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("path", ["cinepile_coconut.py", "aokvqa_eval.py"])
 def test_config_fields(path):
     c = _config(f"{path}:", "")
@@ -167,6 +192,7 @@ def test_config_fields(path):
         for k in ("num_frames", "max_videos", "use_hard_split", "visual_reliance", "use_hico"):
             assert k in c.data
         assert c.model.family == "phi4mm" and c.optim.learning_rate == 5e-5
+        assert c.eval.scorer == "official" and 0 < c.data.max_unreadable_fraction < 1
     else:
         assert c.mode == "eval" and c.coconut_mode == "coconut"
         assert _config("aokvqa_eval.py:vanilla", "").coconut_mode == "no_cot"

@@ -7,12 +7,18 @@ where a network allows and records the failures in `clips_dir/failed.json`:
 
     python -m latent_jax.data.cinepile prepare --root DIR --split test --max_videos 100
 
-Scoring follows the official CinePile evaluation: the response is normalised (asterisks
-removed), a bare letter A-E is the option; otherwise "Answer: X) text" (or a leading
-"X) text" / "X. text") gives the option letter and text. A response with a letter is right
-when the letter is the key's and its text, if any, does not contradict the key (the key text
-is contained in it or it in the key text); a response with no letter is right when the key's
-text appears in it. Everything else, including no answer, is wrong.
+Missing clips, and clips that do not open and decode, are counted and skipped (or answered
+from subtitles only, missing_clip='subtitles'); unreadable ones are reported by path, and more
+than a set fraction of them stops the run, as does a split with no usable clip at all.
+
+Scoring (`score_response`, scorer="official", the default) reproduces the official CinePile
+evaluation (lmms-eval's tasks/cinepile/utils.py, contributed by CinePile's authors) verdict for
+verdict, quirks included: asterisks removed, a bare letter A-E is the option; otherwise the
+first "Answer:" followed by one letter, an optional ")" and "." gives the option and the rest
+of that line its text. With a letter, it must be the key's and any text must equal the key
+text ignoring case; without one, the whole response must equal the key text ignoring case.
+"(B)", "B) text" or "the man." are wrong. scorer="lenient" is a looser, non-comparable
+variant (leading letters, substrings); results.json records which scorer produced a figure.
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 from collections import defaultdict
 from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
 
 FIELDS = (
     "movie_name", "year", "genre", "yt_clip_title", "yt_clip_link", "movie_scene", "subtitles", "question",
@@ -148,8 +157,46 @@ def answer_text(row: dict) -> str:
 
 
 # ------------------------------------------------------------------------ scoring
-def normalize_response(response: str) -> tuple[str | None, str]:
-    """(option letter or None, option text) of a model response."""
+SCORERS = ("official", "lenient")
+
+# The official parser (lmms-eval tasks/cinepile/utils.py, `normalize_string`), rule for rule:
+# after removing asterisks and outer whitespace, a response that is one letter A-E (any case)
+# is that option; otherwise the first "answer:" (any case), any whitespace (newlines too), ONE
+# letter A-E, an optional ")", an optional "." and any whitespace give the option, and the
+# rest of that line (stripped) its text. The letter is not required to stand alone, so
+# "Answer: Because ..." reads as option B with text "ecause ...", exactly as officially.
+_OFFICIAL_ANSWER = re.compile(r"answer:\s*([a-e])\)?\.?\s*([^\n]*)", re.IGNORECASE)
+
+
+def parse_official(response: str) -> tuple[str | None, str]:
+    """(option letter or None, option text) as the official CinePile evaluation reads them;
+    without a letter the text is the whole (de-asterisked, stripped) response."""
+    s = (response or "").replace("*", "").strip()
+    if re.fullmatch(r"[A-E]", s, re.IGNORECASE):
+        return s.upper(), ""
+    m = _OFFICIAL_ANSWER.search(s)
+    if m is None:
+        return None, s
+    return m.group(1).upper(), m.group(2).strip()
+
+
+def score_official(response: str, answer_key_position: int, answer_key: str) -> int:
+    """The official verdict: with a letter, it must be the key's, and a text, when both the
+    response and the key have one, must equal the key text ignoring case (nothing else is
+    normalised: "the man." is not "The man"); without a letter, the whole response must equal
+    the key text ignoring case."""
+    letter, text = parse_official(response)
+    key_text = answer_key or ""
+    if letter is None:
+        return int(key_text.lower() == text.lower())
+    if letter != LETTERS[int(answer_key_position)]:
+        return 0
+    return int(not key_text or not text or key_text.lower() == text.lower())
+
+
+def parse_lenient(response: str) -> tuple[str | None, str]:
+    """(option letter or None, option text), accepting more shapes than the official parser:
+    "(B)", "B)", "B." and "B: text" at the start, and text past the end of the answer line."""
     s = (response or "").replace("*", "").strip()
     if re.fullmatch(r"[A-E]", s, re.IGNORECASE):
         return s.upper(), ""
@@ -162,17 +209,34 @@ def normalize_response(response: str) -> tuple[str | None, str]:
     return None, s
 
 
-def score_response(response: str, answer_key_position: int, answer_key: str) -> int:
-    """1 if the response answers the key correctly (official CinePile semantics), else 0."""
-    letter, text = normalize_response(response)
-    key_letter = LETTERS[int(answer_key_position)]
-    key = answer_key.strip().lower().rstrip(".")
+def score_lenient(response: str, answer_key_position: int, answer_key: str) -> int:
+    """A looser verdict than the official one (not comparable with the leaderboard): a letter
+    must be the key's and its text, if any, may contain the key text or be contained in it;
+    without a letter the key text must appear in the response. Trailing periods are ignored."""
+    letter, text = parse_lenient(response)
+    key = (answer_key or "").strip().lower().rstrip(".")
     text_l = text.strip().lower().rstrip(".")
     if letter is not None:
-        if letter != key_letter:
+        if letter != LETTERS[int(answer_key_position)]:
             return 0
         return int(not text_l or key in text_l or text_l in key)
     return int(bool(key) and key in text_l)
+
+
+def check_scorer(scorer: str, config_key: str = "eval.scorer") -> str:
+    """`scorer` if it is one of SCORERS, else a one-line ValueError naming the config key."""
+    if scorer not in SCORERS:
+        raise ValueError(f"config.{config_key}={scorer!r} is not a CinePile scorer; use "
+                         f"--config.{config_key}=official (the leaderboard's rules) or lenient")
+    return scorer
+
+
+def score_response(response: str, answer_key_position: int, answer_key: str, scorer: str = "official") -> int:
+    """1 if the response answers the question with key `answer_key_position` / `answer_key`,
+    else 0, under `scorer`: "official" (the official CinePile evaluation, quirks included; the
+    figure comparable with published results) or "lenient" (score_lenient)."""
+    fn = score_official if check_scorer(scorer) == "official" else score_lenient
+    return fn(response, answer_key_position, answer_key)
 
 
 def results(records: Iterable[dict]) -> dict:
@@ -199,22 +263,78 @@ class VideoQAExample:
     answer: str
 
 
-def build_examples(rows: list[dict], clips_dir: str, fallback: str = "skip") -> tuple[list[VideoQAExample], dict]:
-    """Attach clips; a missing clip is counted and skipped, or (fallback='subtitles') kept
-    without video. Returns (examples, stats)."""
+def prepare_command(root: str, split: str = "test", clips_dir: str = "", max_videos: int = 0,
+                    use_hard_split: bool = False, visual_reliance: bool = False) -> str:
+    """The `prepare` command line that downloads the clips a run with these settings uses."""
+    cmd = PREPARE_HINT.format(root=root, split=split)
+    if clips_dir and os.path.abspath(clips_dir) != os.path.abspath(os.path.join(root, "clips")):
+        cmd += f" --clips_dir {clips_dir}"
+    if max_videos and max_videos > 0:
+        cmd += f" --max_videos {int(max_videos)}"
+    if use_hard_split:
+        cmd += " --use_hard_split"
+    if visual_reliance:
+        cmd += " --visual_reliance"
+    return cmd
+
+
+def build_examples(rows: list[dict], clips_dir: str, fallback: str = "skip", max_unreadable: float = 0.1,
+                   prepare_cmd: str = "", config_prefix: str = "data.") -> tuple[list[VideoQAExample], dict]:
+    """Attach clips. A missing clip, or one that does not open and decode (video.check_readable),
+    is counted and skipped, or (fallback='subtitles') kept without video; unreadable clips are
+    logged by path and listed in stats['unreadable'].
+
+    Errors (one line each): no rows; no example left because every clip is missing or
+    unreadable (names `prepare_cmd`, the command that downloads them); more than
+    `max_unreadable` (a fraction) of the distinct clips unreadable. Returns (examples, stats)."""
+    from latent_jax.data.video import VideoError, check_readable
+
     if fallback not in ("skip", "subtitles"):
-        raise ValueError(f"missing_clip={fallback!r}; use skip or subtitles")
-    out, stats = [], {"rows": len(rows), "missing_clips": 0, "skipped": 0, "subtitles_only": 0}
+        raise ValueError(f"config.{config_prefix}missing_clip={fallback!r}; use skip or subtitles")
+    if not 0.0 <= float(max_unreadable) <= 1.0:
+        raise ValueError(f"config.{config_prefix}max_unreadable_fraction={max_unreadable!r}; use a fraction in [0, 1]")
+    if not rows:
+        raise ValueError(f"no questions left to use; check --config.{config_prefix}use_hard_split, "
+                         f"{config_prefix}visual_reliance and {config_prefix}max_videos")
+    stats: dict[str, Any] = {"rows": len(rows), "missing_clips": 0, "unreadable_clips": 0, "skipped": 0,
+                             "subtitles_only": 0, "unreadable": {}}
+    status: dict[str, str] = {}  # path -> "" (readable) | "missing" | reason it is unreadable
+    out = []
     for r in rows:
         p = os.path.join(clips_dir, clip_id(r["yt_clip_link"]) + ".mp4")
-        if not os.path.exists(p):
-            stats["missing_clips"] += 1
+        if p not in status:
+            if not os.path.exists(p):
+                status[p] = "missing"
+            else:
+                try:
+                    check_readable(p)
+                    status[p] = ""
+                except VideoError as e:
+                    status[p] = str(e)
+                    stats["unreadable"][p] = str(e)
+                    log.warning("skipping unreadable clip %s: %s", p, e)
+        if status[p]:
+            stats["missing_clips" if status[p] == "missing" else "unreadable_clips"] += 1
             if fallback == "skip":
                 stats["skipped"] += 1
                 continue
             stats["subtitles_only"] += 1
             p = None
         out.append(VideoQAExample(row=r, clip=p, answer=answer_text(r)))
+    bad = stats["unreadable"]
+    present = sum(v != "missing" for v in status.values())
+    hint = f"`{prepare_cmd}`" if prepare_cmd else "`python -m latent_jax.data.cinepile prepare`"
+    if bad and len(bad) > max_unreadable * len(status):
+        why = " ".join(next(iter(bad.values())).split())
+        raise ValueError(
+            f"{len(bad)} of {len(status)} clips in {clips_dir} are unreadable, more than "
+            f"config.{config_prefix}max_unreadable_fraction={max_unreadable} (first: {why}); delete them and run "
+            f"{hint} again, or raise --config.{config_prefix}max_unreadable_fraction")
+    if not out:
+        raise FileNotFoundError(
+            f"none of the {len(status)} clips these {len(rows)} questions need is usable in {clips_dir} "
+            f"({len(status) - present} missing, {len(bad)} unreadable): download them with {hint}, "
+            f"or set --config.{config_prefix}missing_clip=subtitles to answer from subtitles only")
     return out, stats
 
 

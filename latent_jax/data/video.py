@@ -2,7 +2,8 @@
 
 `sample_indices(total, num_frames)` picks the centre frame of `num_frames` equal segments
 (InternVL / VideoChat-Flash `get_index`); `read_frames(path, num_frames)` decodes only those
-frames, as (F, H, W, 3) uint8 RGB. Unreadable or missing files raise VideoError with the path.
+frames, as (F, H, W, 3) uint8 RGB; `check_readable(path)` opens a clip and decodes its first
+frame. Unreadable or missing files raise VideoError with the path.
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def video_info(path: str) -> dict:
         raise
     except Exception as e:  # av.error.* and friends
         raise VideoError(f"cannot read video {path}: {e}") from e
+
+
+def check_readable(path: str) -> None:
+    """Raise VideoError naming `path` unless the clip opens, has a video stream and its first
+    frame decodes (a cheap probe: one frame, not the whole clip)."""
+    import av
+
+    video_info(path)
+    try:
+        with av.open(path) as c:
+            next(iter(c.decode(video=0)))
+    except StopIteration:
+        raise VideoError(f"no frames decoded from {path}") from None
+    except Exception as e:  # av.error.* and friends
+        raise VideoError(f"cannot decode video {path}: {e}") from e
 
 
 def read_frames(path: str, num_frames: int, max_side: int | None = None) -> np.ndarray:

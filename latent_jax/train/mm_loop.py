@@ -14,7 +14,8 @@ are the CoT steps). Modes (config.coconut_mode): no_cot (vanilla), cot, coconut.
     workdir/metrics.jsonl, tb/       train loss / eval accuracy (MetricsWriter)
     workdir/predictions.jsonl        per eval example: prompt question, response, scores
     workdir/results.json             dataset results (CinePile: accuracy per category,
-                                     hard_split, visual_reliance; A-OKVQA: MC and DA) +
+                                     hard_split, visual_reliance, and the scorer that produced
+                                     them, config.eval.scorer; A-OKVQA: MC and DA) +
                                      HiCo compression ratio and data stats
     workdir/checkpoints/             TrainCheckpointer: the latest training state (params,
                                      optimizer, step, epoch, batch position, history)
@@ -114,7 +115,9 @@ def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
 
         rows = cp.filter_rows(cp.load_rows(d.path, split), d.use_hard_split, d.visual_reliance, d.max_videos)
         clips = d.clips_dir or os.path.join(d.path, "clips")
-        exs, stats = cp.build_examples(rows, clips, d.missing_clip)
+        exs, stats = cp.build_examples(rows, clips, d.missing_clip, float(d.get("max_unreadable_fraction", 0.1)),
+                                       cp.prepare_command(d.path, split, d.clips_dir, d.max_videos,
+                                                          d.use_hard_split, d.visual_reliance))
         items = []
         for e in exs:
             before = "" if d.get("short_prompt") else cp.PROMPT + "\n"
@@ -135,6 +138,10 @@ def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
                 continue
             items.append(MMItem("", ak.format_question(r, d.multiple_choice), ("image", p), ak.cot_steps(r),
                                 ak.answer_text(r), r))
+        if rows and not items:
+            raise FileNotFoundError(f"none of the {len(rows)} {split} images is in config.data.coco_dir={coco} "
+                                    f"(expected {ak.image_path(coco, split, rows[0]['image_id'])}); "
+                                    f"download COCO 2017 {split}2017/ there or set --config.data.coco_dir")
         return items, {"rows": len(rows), "missing_images": missing}
     raise ValueError(f"config.data.dataset={d.dataset!r}; use cinepile or aokvqa")
 
@@ -344,6 +351,10 @@ def run(config: ConfigDict, workdir: str) -> dict:
     if config.get("smoke"):
         _ensure_smoke_fixtures(config, workdir)
     d = config.data
+    if d.dataset == "cinepile":
+        from latent_jax.data.cinepile import check_scorer
+
+        check_scorer(config.eval.get("scorer", "official"))
     _require(config.model.path, "model.path",
              "a local InternVL3 / Phi-4-multimodal HF directory, e.g. huggingface-cli download "
              "OpenGVLab/InternVL3-1B-hf --local-dir DIR")
@@ -443,6 +454,8 @@ def evaluate(config, cfg, lm, tok, ids, cc, stage, items, exs, feats, workdir, m
         from latent_jax.data.aokvqa import results
     out = results(records)
     out["eval_stage"] = eval_stage
+    if config.data.dataset == "cinepile":
+        out["scorer"] = config.eval.get("scorer", "official")
     return out
 
 
@@ -452,7 +465,8 @@ def score_item(config: ConfigDict, it: MMItem, text: str) -> dict:
         from latent_jax.data.cinepile import score_response
 
         return {"question": r["question"], "response": text, "answer": it.answer,
-                "correct": score_response(text, r["answer_key_position"], r["answer_key"]),
+                "correct": score_response(text, r["answer_key_position"], r["answer_key"],
+                                          config.eval.get("scorer", "official")),
                 "question_category": r.get("question_category"), "hard_split": r.get("hard_split"),
                 "visual_reliance": r.get("visual_reliance"), "video": it.media[1] is not None}
     from latent_jax.data.aokvqa import direct_answer_accuracy, mc_correct
