@@ -21,6 +21,8 @@ import os
 import sys
 import time
 
+from latent_jax.paths import resolve_path
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -89,6 +91,9 @@ def _vlm_hf_to_orbax(hf_dir: str, out: str, dtype: str | None, scan_layers: bool
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 a user error reported on one line)."""
     args = _parser().parse_args(argv)
+    for name in ("hf", "ckpt", "out"):  # relative to the current directory, once, here
+        if getattr(args, name, None):
+            setattr(args, name, resolve_path(getattr(args, name)))
     from latent_jax.models.config import ConfigError
     from latent_jax.models.hf import WeightsError
     from latent_jax.train.checkpoint import CheckpointError

@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 from latent_jax.decoding.strategies import STRATEGIES, get_strategy
+from latent_jax.paths import resolve_path
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -154,6 +155,9 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     pre.add_argument("--strategy", default="greedy")
     known, _ = pre.parse_known_args(argv)
     args = build_parser(known.strategy).parse_args(argv)
+    for name in ("model", "prompts_file", "image", "video"):  # relative to the current directory, once, here
+        if getattr(args, name, None):
+            setattr(args, name, resolve_path(getattr(args, name)))
 
     from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir
     from latent_jax.train.checkpoint import _resolve, load_any

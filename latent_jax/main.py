@@ -14,6 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from latent_jax.paths import is_uri, resolve_config_paths, resolve_path
+
 # workflow name -> "module:function"; each function is run(config, workdir) -> dict
 WORKFLOWS = {
     "roundtrip": "latent_jax.demo:run",
@@ -50,25 +52,54 @@ def _leaf_keys(node, prefix: str = "") -> list[str]:
     return out
 
 
-def check_override_keys(argv: list[str]) -> None:
-    """Exit with a one-line error listing the valid keys when an --config.a.b=value override
-    names no field of the config (before absl parses the flags)."""
-    path, keys = _DEFAULT_CONFIG, []
-    for a in argv[1:]:
+def _config_arg(argv: list[str]) -> str:
+    """The --config value in argv (`--config=X` or `--config X`), else the default config."""
+    path = _DEFAULT_CONFIG
+    for i, a in enumerate(argv[1:], 1):
         if a.startswith("--config="):
             path = a.split("=", 1)[1]
-        elif a.startswith("--config."):
-            keys.append(a[len("--config."):].split("=", 1)[0])
-    if not keys:
-        return
-    file, _, preset = path.partition(":")
-    try:
-        import importlib.util
+        elif a == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
 
-        spec = importlib.util.spec_from_file_location("_latent_jax_config_check", file)
-        mod = importlib.util.module_from_spec(spec)
+
+def _load_config(path: str):
+    """The ConfigDict of `path` ('file.py[:preset]'); SystemExit with one line naming the file
+    or preset when the file is missing, not Python, or get_config rejects the preset."""
+    import importlib.util
+
+    file, _, preset = path.partition(":")
+    if not os.path.isfile(file):
+        where = f" (looked in {os.getcwd()})" if not os.path.isabs(file) else ""
+        raise SystemExit(f"error: --config file {file} does not exist{where}; pass a config file such as "
+                         "configs/prosqa_coconut.py[:preset]")
+    spec = importlib.util.spec_from_file_location("_latent_jax_config_check", file)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"error: --config {file} is not a Python config file; pass a .py file with get_config()")
+    mod = importlib.util.module_from_spec(spec)
+    try:
         spec.loader.exec_module(mod)
-        cfg = mod.get_config(preset) if preset else mod.get_config()
+    except SyntaxError as e:
+        raise SystemExit(f"error: --config {file} line {e.lineno}: {e.msg}; fix the config file") from None
+    if not hasattr(mod, "get_config"):
+        raise SystemExit(f"error: --config {file} has no get_config(); a config file defines get_config(arg=None)")
+    try:
+        return mod.get_config(preset) if preset else mod.get_config()
+    except (ValueError, KeyError) as e:  # an unknown preset: the config file names the valid ones
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"error: --config {path}: {msg}") from None
+
+
+def check_override_keys(argv: list[str]) -> None:
+    """Before absl parses the flags: exit with one line when --config names a missing file or an
+    unknown preset, or an --config.a.b=value override names no field of the config (listing the
+    valid keys). Other failures of a config file are left to config_flags, with its traceback."""
+    path = _config_arg(argv)
+    keys = [a[len("--config."):].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    try:
+        cfg = _load_config(path)
+    except SystemExit:
+        raise
     except Exception:  # noqa: BLE001 - config_flags reports a broken config file itself
         return
     for k in keys:
@@ -86,13 +117,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value to override config fields")
     config = _CONFIG.value
-    workdir = flags.FLAGS.workdir or config.get("workdir") or "runs/default"
+    # relative paths are taken from the current directory, once, here: Orbax needs absolute
+    # paths and the workflows join paths under workdir; URIs (gs://...) pass through
+    workdir = resolve_path(flags.FLAGS.workdir or config.get("workdir") or "runs/default")
+    resolve_config_paths(config)
     if flags.FLAGS.multihost:
         from latent_jax.parallel import initialize_distributed
 
         initialize_distributed()  # coordinator / process ids come from the TPU or SLURM environment
     run = resolve_workflow(config.workflow)
-    os.makedirs(workdir, exist_ok=True)
+    if not is_uri(workdir):
+        os.makedirs(workdir, exist_ok=True)
     try:
         run(config, workdir)
     except (FileNotFoundError, ValueError) as e:  # user-caused problems: one line, no traceback
@@ -103,5 +138,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    check_override_keys(sys.argv)
+    try:
+        check_override_keys(sys.argv)
+    except SystemExit as e:  # a bad --config: its one line, exit status 2 as for every user error
+        print(e.code, file=sys.stderr)
+        raise SystemExit(2) from None
     app.run(main)

@@ -21,6 +21,28 @@ class ConfigError(ValueError):
     """A config.json that latent_jax cannot turn into a ModelConfig."""
 
 
+def read_json_object(path: str, fix: str) -> dict:
+    """The JSON object in the file `path`; ConfigError naming the file and `fix` when the file
+    is missing, not JSON (truncated, binary) or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; {fix}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); {fix}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise ConfigError(f"{path} is not a JSON text file ({type(e).__name__}); {fix}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} holds a JSON {type(d).__name__}, not an object; {fix}")
+    return d
+
+
+HF_CONFIG_FIX = "re-download the model or re-save it with save_pretrained"
+CHECKPOINT_FIX = ("the checkpoint is damaged; re-create it (python -m latent_jax.convert hf-to-orbax, or the run "
+                  "that wrote it)")
+
+
 def _tup(x):
     return None if x is None else tuple(float(v) for v in x)
 
@@ -173,8 +195,7 @@ class ModelConfig:
                 path = os.path.join(path, "config.json")
             if not os.path.exists(path):
                 raise ConfigError(f"no config.json at {path}; pass a Hugging Face model directory")
-            with open(path) as f:
-                cfg = json.load(f)
+            cfg = read_json_object(path, HF_CONFIG_FIX)
         cfg = dict(cfg)
         mt = cfg.get("model_type")
         if cfg.get("auto_map") and mt not in SUPPORTED_MODEL_TYPES:

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from latent_jax.models.config import ConfigError, ModelConfig
+from latent_jax.models.config import HF_CONFIG_FIX, ConfigError, ModelConfig, read_json_object
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -164,13 +164,15 @@ def _index_tree(tree, i):
 def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
     """All tensors of an HF directory: model.safetensors, or shards listed in
     model.safetensors.index.json. bf16 tensors come back as float32."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
     if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = read_json_object(index, HF_CONFIG_FIX).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise WeightsError(f"{index} has no weight_map object; {HF_CONFIG_FIX}")
+        files = sorted(set(weight_map.values()))
     elif os.path.exists(single):
         files = ["model.safetensors"]
     else:
@@ -186,15 +188,20 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
         if not os.path.exists(fp):
             raise WeightsError(f"shard {fn} listed in the index is missing from {path}")
         try:
-            with safe_open(fp, framework="numpy") as f:
-                for k in f.keys():
-                    state[k] = f.get_tensor(k)
-        except TypeError:  # bf16 has no numpy dtype in safetensors' numpy backend
-            import torch
-            from safetensors.torch import load_file
+            try:
+                with safe_open(fp, framework="numpy") as f:
+                    for k in f.keys():
+                        state[k] = f.get_tensor(k)
+            except TypeError:  # bf16 has no numpy dtype in safetensors' numpy backend
+                import torch
+                from safetensors.torch import load_file
 
-            for k, v in load_file(fp).items():
-                state[k] = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+                for k, v in load_file(fp).items():
+                    state[k] = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+        except (SafetensorError, OSError) as e:  # truncated, random bytes, not safetensors at all
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{fp} is not a readable safetensors file ({why}); re-download it or re-save the "
+                               "model with save_pretrained(dir, safe_serialization=True)") from None
     return state
 
 

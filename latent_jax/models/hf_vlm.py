@@ -20,7 +20,7 @@ import shutil
 
 import numpy as np
 
-from latent_jax.models.config import ConfigError, ModelConfig
+from latent_jax.models.config import CHECKPOINT_FIX, HF_CONFIG_FIX, ConfigError, ModelConfig, read_json_object
 from latent_jax.models.hf import WeightsError, copy_tokenizer_files, hf_to_params, params_to_hf, read_safetensors_dir
 from latent_jax.models.multimodal import VLMConfig
 from latent_jax.models.vision import VisionConfig
@@ -37,8 +37,7 @@ def is_vlm_dir(path: str) -> bool:
     p = os.path.join(path, "config.json")
     if not os.path.exists(p):
         return False
-    with open(p) as f:
-        mt = json.load(f).get("model_type")
+    mt = read_json_object(p, HF_CONFIG_FIX).get("model_type")
     if mt in ("phi4mm",):
         return True
     return mt in VLM_MODEL_TYPES
@@ -59,8 +58,7 @@ def vlm_config_from_hf(cfg: dict | str) -> VLMConfig:
         path = os.path.join(cfg, "config.json") if os.path.isdir(cfg) else cfg
         if not os.path.exists(path):
             raise ConfigError(f"no config.json at {path}; pass a Hugging Face model directory")
-        with open(path) as f:
-            cfg = json.load(f)
+        cfg = read_json_object(path, HF_CONFIG_FIX)
     cfg = dict(cfg)
     mt = cfg.get("model_type")
     if mt == "phi4mm":
@@ -421,8 +419,11 @@ def load_vlm(path: str, vision_lora: str | None = None, return_unused: bool = Fa
     path/vision-lora when that directory exists."""
     if not os.path.isdir(path):
         raise ConfigError(f"{path} is not a directory; pass a local Hugging Face model directory")
-    with open(os.path.join(path, "config.json")) as f:
-        hf_cfg = json.load(f)
+    cpath = os.path.join(path, "config.json")
+    if not os.path.exists(cpath):
+        raise ConfigError(f"{path} has no config.json; pass a Hugging Face model directory (config.json + "
+                          "model.safetensors, as save_pretrained writes it)")
+    hf_cfg = read_json_object(cpath, HF_CONFIG_FIX)
     cfg = vlm_config_from_hf(hf_cfg)
     if text_overrides:
         cfg = cfg.replace(text=cfg.text.replace(**text_overrides))
@@ -498,8 +499,7 @@ def is_vlm_checkpoint(path: str) -> bool:
     src = _resolve(path)
     if not is_model_checkpoint(src):
         return False
-    with open(os.path.join(src, MODEL_CONFIG_FILE)) as f:
-        d = json.load(f)
+    d = read_json_object(os.path.join(src, MODEL_CONFIG_FILE), CHECKPOINT_FIX)
     return "family" in d and "vision" in d
 
 
@@ -521,14 +521,13 @@ def save_vlm_checkpoint(path: str, params: dict, cfg: VLMConfig, unused: dict[st
 
 def load_vlm_checkpoint(path: str, dtype: str | None = None) -> tuple[VLMConfig, dict, dict[str, np.ndarray]]:
     """(config, params, unused HF tensors) from a save_vlm_checkpoint directory."""
-    from latent_jax.train.checkpoint import MODEL_CONFIG_FILE, CheckpointError, _cast, _quiet, _resolve, _restore_params
+    from latent_jax.train.checkpoint import CheckpointError, _cast, _quiet, _resolve, _restore_params, read_model_config
 
     src = _resolve(path)
     if not is_vlm_checkpoint(src):
         raise CheckpointError(f"{path} is not a latent_jax vision-language checkpoint; create one with "
                               "`python -m latent_jax.convert hf-to-orbax --hf DIR --out CKPT`")
-    with open(os.path.join(src, MODEL_CONFIG_FILE)) as f:
-        cfg = VLMConfig.from_json(f.read())
+    cfg = read_model_config(src, VLMConfig)
     with _quiet():
         _, tree = _restore_params(src, cfg.text, None, None)
     unused = _flatten(tree.pop(_UNUSED_KEY, {}))

@@ -14,6 +14,9 @@ write that is interrupted never destroys an existing good checkpoint.
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
+import logging
 import os
 import shutil
 import time
@@ -22,11 +25,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from latent_jax.models.config import ModelConfig
+from latent_jax.models.config import CHECKPOINT_FIX, ModelConfig, read_json_object
+from latent_jax.paths import is_uri, resolve_path
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 _PREVIOUS_SUFFIX = ".previous"
+_REPLACED_SUFFIX = ".replaced"  # a training step being re-saved (TrainCheckpointer.save of an existing step)
+
+# Orbax lines that say nothing a user can act on: a step saved without metrics (mid-epoch
+# saves have none; the best-N policy ranks only the steps that have them)
+_NOISE = ("Requested `tracked_metric`; did not provide metrics.",)
 
 
 class CheckpointError(ValueError):
@@ -39,18 +48,47 @@ def _ocp():
     return ocp
 
 
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in str(record.msg) for n in _NOISE)
+
+
+class _Hold(logging.Filter):
+    """Holds back the records of a call that may fail; they are dropped when it fails (its
+    one-line error says what happened) and passed on when it succeeds."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.held.append(record)
+        return False
+
+
 @contextlib.contextmanager
 def _quiet():
-    """Keep Orbax's per-call INFO lines out of the console (warnings and errors still show)."""
+    """Keep Orbax's per-call INFO lines and known noise out of the console (warnings and
+    errors still show)."""
     from absl import logging as absl_logging
 
     old = absl_logging.get_verbosity()
     if old > absl_logging.WARNING:  # absl: higher = more verbose (INFO=0 > WARNING=-1)
         absl_logging.set_verbosity(absl_logging.WARNING)
+    noise = _DropNoise()
+    logger = logging.getLogger("absl")
+    logger.addFilter(noise)
     try:
         yield
     finally:
+        logger.removeFilter(noise)
         absl_logging.set_verbosity(old)
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- model weights
@@ -62,7 +100,9 @@ def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str |
     """
     from latent_jax.models.hf import copy_tokenizer_files
 
-    path = os.path.abspath(os.fspath(path))
+    path = resolve_path(path)
+    if is_uri(path):
+        raise CheckpointError(f"save_model writes local directories; got {path}")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
@@ -102,8 +142,9 @@ def is_hf_dir(path: str) -> bool:
 
 
 def _resolve(path: str) -> str:
-    """`path`, or its `.previous` twin left by a replace that was interrupted mid-swap."""
-    path = os.fspath(path)
+    """`path` made absolute (Orbax needs that; URIs are kept), or its `.previous` twin left by
+    a replace that was interrupted mid-swap."""
+    path = resolve_path(path)
     if not os.path.exists(path) and is_model_checkpoint(path + _PREVIOUS_SUFFIX):
         return path + _PREVIOUS_SUFFIX
     return path
@@ -128,30 +169,59 @@ def load_model(path: str, dtype: str | None = None, shardings: Any = None) -> tu
             f"{path} is not a latent_jax checkpoint (needs {MODEL_CONFIG_FILE} and {PARAMS_DIR}/); "
             "create one with `python -m latent_jax.convert hf-to-orbax --hf DIR --out CKPT`"
         )
-    with open(os.path.join(src, MODEL_CONFIG_FILE)) as f:
-        config = ModelConfig.from_json(f.read())
+    config = read_model_config(src)
     with _quiet():
         return _restore_params(src, config, dtype, shardings)
 
 
+def read_model_config(src: str, cls=ModelConfig):
+    """`cls.from_json` of src/model_config.json; CheckpointError naming the file when it is
+    missing, not JSON or not a config of `cls`."""
+    path = os.path.join(src, MODEL_CONFIG_FILE)
+    d = read_json_object(path, CHECKPOINT_FIX)
+    try:
+        return cls.from_json(json.dumps(d))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a {cls.__name__} ({_first_line(e)}); {CHECKPOINT_FIX}") from None
+
+
 def _restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: Any) -> tuple[ModelConfig, dict]:
+    """Restore src/params. Damaged array or metadata files end in one CheckpointError naming
+    the directory (Orbax's and tensorstore's own messages run to kilobytes)."""
     ocp = _ocp()
-    ckptr = ocp.StandardCheckpointer()
     pdir = os.path.join(src, PARAMS_DIR)
-    meta = ckptr.metadata(pdir)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
+    hold, logger = _Hold(), logging.getLogger("absl")
+    logger.addFilter(hold)
+    failure = None
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        meta = ckptr.metadata(pdir)
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
 
-    def abstract(m, s=None):
-        sh = s if s is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh)
+        def abstract(m, s=None):
+            sh = s if s is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh)
 
-    if shardings is None:
-        target = jax.tree.map(abstract, tree)
-    else:
-        target = jax.tree.map(abstract, tree, shardings)
-    params = ckptr.restore(pdir, target)
-    ckptr.close()
+        if shardings is None:
+            target = jax.tree.map(abstract, tree)
+        else:
+            target = jax.tree.map(abstract, tree, shardings)
+        params = ckptr.restore(pdir, target)
+    except Exception as e:  # noqa: BLE001 - any failure to read the files is a damaged checkpoint
+        while e.__cause__ is not None:  # the innermost error names the file and what is wrong
+            e = e.__cause__
+        failure = _first_line(e)
+    finally:
+        ckptr.close()
+        logger.removeFilter(hold)
+    if failure is not None:
+        # the failed read leaves asyncio reads behind; finish them now, not at interpreter exit
+        # (where each prints an "Event loop is closed" traceback)
+        gc.collect()
+        raise CheckpointError(f"{pdir} cannot be read ({failure}); {CHECKPOINT_FIX}")
+    for record in hold.held:
+        logger.handle(record)
     params = _to_dict(params)
     if dtype is not None:
         params = _cast(params, dtype)
@@ -252,7 +322,8 @@ class TrainCheckpointer:
         ocp = _ocp()
         from orbax.checkpoint import checkpoint_managers as cm
 
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = resolve_path(directory)
+        self._recover_replaced()
         self.best_metric = best_metric
         self.mode = mode
         metric = best_metric
@@ -280,7 +351,12 @@ class TrainCheckpointer:
 
     # ------------------------------------------------------------------ writing
     def save(self, step: int, state: Any, metrics: dict | None = None, extra: dict | None = None) -> bool:
-        """Save `state` at `step` with optional `metrics` (ranking) and JSON `extra`."""
+        """Save `state` at `step` with optional `metrics` (ranking) and JSON `extra`.
+
+        Saving a step that is already saved (a periodic save that falls on an epoch end, then
+        the epoch-end save with validation metrics) replaces it, so the step is stored once,
+        with the newer `extra` and the metrics of either save (the newer when both have them).
+        The old copy is kept aside until the new one is complete."""
         m = None
         if metrics is not None:
             m = {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
@@ -288,9 +364,46 @@ class TrainCheckpointer:
                 raise ValueError(
                     f"metrics lack {self.best_metric!r} (have {sorted(m)}); pass it or set best_metric"
                 )
+        step = int(step)
         with _quiet():
-            ok = self._save(step, state, m, extra)
+            if step in self._mgr.all_steps():
+                ok = self._replace(step, state, m, extra)
+            else:
+                ok = self._save(step, state, m, extra)
         return bool(ok)
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _replace(self, step, state, m, extra):
+        self._mgr.wait_until_finished()
+        if m is None:
+            m = self._mgr.metrics(step)
+        src = self._step_dir(step)
+        if is_uri(self.directory) or not os.path.isdir(src):  # not the default local layout
+            self._mgr.delete(step)
+            return self._save(step, state, m, extra)
+        aside = src + _REPLACED_SUFFIX
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(src, aside)  # a kill from here on: _recover_replaced puts it back
+        self._mgr.reload()
+        ok = self._save(step, state, m, extra)
+        self._mgr.wait_until_finished()
+        shutil.rmtree(aside, ignore_errors=True)
+        return ok
+
+    def _recover_replaced(self) -> None:
+        """Put back a step set aside by a re-save that was killed before the new copy was complete."""
+        if is_uri(self.directory) or not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            if not name.endswith(_REPLACED_SUFFIX):
+                continue
+            aside, dst = os.path.join(self.directory, name), os.path.join(self.directory, name[: -len(_REPLACED_SUFFIX)])
+            if os.path.exists(dst):
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(aside, dst)
 
     def _save(self, step, state, m, extra):
         ocp = _ocp()

@@ -156,3 +156,98 @@ def test_restore_without_template_and_empty(tmp_path):
     np.testing.assert_array_equal(np.asarray(state["a"]), np.arange(4))
     assert json.loads(json.dumps(extra)) == {"cfg": {"lr": 1e-3}}
     ck.close()
+
+
+# ------------------------------------------------------------ paths, re-saves, damaged files
+def test_relative_paths_work_everywhere(tmp_path, monkeypatch):
+    """Orbax needs absolute paths; a caller passing relative ones (as `--workdir runs/x`
+    becomes) must not see 'Checkpoint path should be absolute'."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("llama")
+    params = init_params(cfg, 0)
+    out = save_model(os.path.join("runs", "best_model"), params, cfg)
+    assert out == str(tmp_path / "runs" / "best_model")
+    for loader in (load_model, load_any):
+        _, back = loader(os.path.join("runs", "best_model"))
+        assert _allclose_tree(jax.device_get(params), back)
+    with TrainCheckpointer(os.path.join("runs", "checkpoints")) as ck:
+        assert ck.directory == str(tmp_path / "runs" / "checkpoints")
+        ck.save(1, _state(1), extra={"e": 1})
+    assert (tmp_path / "runs" / "checkpoints" / "1").is_dir()
+
+
+def test_resave_of_a_step_is_stored_once_with_its_metrics(tmp_path, caplog):
+    """A periodic save on the epoch's last step, then the epoch-end save with validation
+    metrics: one step, the newer extra, the metrics kept by a later save without any; and
+    no Orbax "did not provide metrics" line for a save without metrics."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    with TrainCheckpointer(str(tmp_path / "c"), keep_best=2) as ck:
+        ck.save(9, _state(9), extra={"next_epoch": 0})
+        ck.save(10, _state(10), extra={"next_epoch": 0, "mid": True})
+        ck.save(10, _state(10), metrics={"accuracy": 0.75}, extra={"next_epoch": 1})
+        assert 10 in ck.all_steps() and ck.metrics(10) == {"accuracy": 0.75}
+        assert ck.restore(10, _state(0.0))[1] == {"next_epoch": 1}
+        ck.save(10, _state(10), extra={"next_epoch": 1, "again": True})  # no metrics: keeps 0.75
+        assert ck.metrics(10) == {"accuracy": 0.75} and ck.best_step() == 10
+        assert ck.restore(10, _state(0.0))[1] == {"next_epoch": 1, "again": True}
+    assert not [r for r in caplog.records if "tracked_metric" in r.getMessage()]
+    assert not [n for n in os.listdir(tmp_path / "c") if n.endswith(".replaced")]
+
+
+def test_resave_killed_midway_keeps_the_old_copy(tmp_path, monkeypatch):
+    import latent_jax.train.checkpoint as ckmod
+
+    d = str(tmp_path / "c")
+    ck = TrainCheckpointer(d, keep_best=1)
+    ck.save(5, _state(5), extra={"v": "old"})
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckmod.TrainCheckpointer, "_save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save(5, _state(6), metrics={"accuracy": 1.0}, extra={"v": "new"})
+    assert not os.path.exists(os.path.join(d, "5"))  # set aside, not deleted
+    monkeypatch.undo()
+    ck2 = TrainCheckpointer(d, keep_best=1)  # a restarted run puts it back
+    assert ck2.latest_step() == 5
+    state, extra = ck2.restore_latest(_state(0.0))
+    assert extra == {"v": "old"} and float(state["w"][0, 0]) == 5.0
+    ck2.close()
+
+
+def test_damaged_model_checkpoint_errors_name_the_file(tmp_path):
+    cfg = tiny_config("llama")
+    good = save_model(str(tmp_path / "good"), init_params(cfg, 0), cfg)
+    import shutil
+
+    bad = str(tmp_path / "garbage")
+    shutil.copytree(good, bad)
+    with open(os.path.join(bad, "model_config.json"), "w") as f:
+        f.write('{"model_type": "llama", "hidden_size": ')
+    with pytest.raises(ValueError) as e:
+        load_any(bad)
+    msg = str(e.value)
+    assert os.path.join(bad, "model_config.json") in msg and "not valid JSON" in msg and "re-create" in msg
+    with open(os.path.join(bad, "model_config.json"), "w") as f:
+        f.write('{"no_such_field": 1}')
+    with pytest.raises(CheckpointError, match="model_config.json is not a ModelConfig"):
+        load_model(bad)
+
+    trunc = str(tmp_path / "truncated")
+    shutil.copytree(good, trunc)
+    n = 0
+    for root, _, files in os.walk(os.path.join(trunc, "params")):
+        for fn in files:
+            p = os.path.join(root, fn)
+            if "ocdbt.process" in p and os.sep + "d" + os.sep in p:  # array data files
+                with open(p, "r+b") as f:
+                    f.truncate(os.path.getsize(p) // 3)
+                n += 1
+    assert n > 0
+    with pytest.raises(CheckpointError) as e:
+        load_any(trunc)
+    msg = str(e.value)
+    assert msg.startswith(os.path.join(trunc, "params") + " cannot be read") and "\n" not in msg and len(msg) < 700

@@ -127,3 +127,43 @@ def test_decode_thoughts_lists_each_thought_in_predictions(tmp_path):
         (top,) = r["thoughts"]
         assert len(top) == 2 and all(isinstance(t, str) and 0.0 <= p <= 1.0 for t, p in top)
         assert top[0][1] >= top[1][1]
+
+
+def test_checkpoint_every_step_killed_at_the_epoch_end_resumes(uninterrupted, tmp_path, monkeypatch, capsys):
+    """checkpoint_every_steps=1 puts a periodic save on the epoch's last step, where the
+    epoch-end save follows (and on max_steps, where the stop save follows): each step is
+    stored once. A run killed while re-saving that step (old copy set aside, new one not yet
+    written) resumes from it and reproduces the uninterrupted losses."""
+    from latent_jax.train import checkpoint as ckmod
+    from latent_jax.train.loop import run
+
+    class Killed(Exception):
+        pass
+
+    real_save, saves = ckmod.TrainCheckpointer._save, []
+
+    def dying_save(self, step, state, m, extra):
+        saves.append(int(step))
+        if saves.count(2) == 2:  # the epoch-end save of step 2, after the periodic one
+            raise Killed
+        return real_save(self, step, state, m, extra)
+
+    c = tiny_config(STEPS)
+    c.checkpoint_every_steps = 1
+    monkeypatch.setattr(ckmod.TrainCheckpointer, "_save", dying_save)
+    with pytest.raises(Killed):
+        run(c, str(tmp_path))
+    assert saves == [1, 2, 2]
+    ckdir = tmp_path / "checkpoints"
+    assert (ckdir / f"2{ckmod._REPLACED_SUFFIX}").is_dir() and not (ckdir / "2").exists()  # killed mid-replace
+    monkeypatch.setattr(ckmod.TrainCheckpointer, "_save", real_save)
+
+    capsys.readouterr()
+    rest = run(c, str(tmp_path))  # the set-aside step 2 is put back and the run resumes from it
+    assert "resumed from step 2 (epoch 0)" in capsys.readouterr().out
+    assert rest["stopped"] and rest["step"] == STEPS  # step 4: periodic save, then the stop save
+    names = os.listdir(ckdir)
+    assert str(STEPS) in names and not [n for n in names if n.endswith(ckmod._REPLACED_SUFFIX)]
+    a, b = uninterrupted, train_losses(tmp_path)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
