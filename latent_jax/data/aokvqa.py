@@ -1,6 +1,7 @@
 """A-OKVQA (v1p0): knowledge-based VQA over COCO 2017 images.
 
-Files: `aokvqa_v1p0_{train,val,test}.json` in `root`, images at
+Files: `aokvqa_v1p0_{train,val,test}.json` in `root` (or a save_to_disk directory or hub name
+in the same schema; read with HF `datasets`), images at
 `coco_dir/{split}2017/{image_id:012d}.jpg` (the official `get_coco_path`). Each row has
 question, choices, correct_choice_idx, direct_answers (10) and rationales (3), which are the
 chain-of-thought steps for CoT and Coconut training (MultiCoCo).
@@ -11,27 +12,39 @@ direct-answer accuracy = min(1, #annotators who gave the prediction / 3).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Iterable
+
+from latent_jax.data import hf_datasets
 
 LETTERS = "ABCD"
 
 
 def load_rows(root: str, split: str = "val", config_key: str = "data.path") -> list[dict]:
+    """All rows of `split`, read with HF `datasets` from `root/aokvqa_v1p0_{split}.json`, a
+    save_to_disk directory, or a hub name (where a network exists) whose rows keep the v1p0
+    schema (image_id, to find the COCO image)."""
     path = os.path.join(root or "", f"aokvqa_v1p0_{split}.json")
-    if not root or not os.path.exists(path):
-        raise FileNotFoundError(
-            f"A-OKVQA file {path} not found: set --config.{config_key} to the directory with aokvqa_v1p0_*.json "
-            "(https://prior-datasets.s3.us-east-2.amazonaws.com/aokvqa/aokvqa_v1p0.tar.gz) and "
-            "--config.data.coco_dir to COCO 2017 (train2017/, val2017/)"
-        )
-    with open(path) as f:
-        rows = json.load(f)
-    if rows and "question" not in rows[0]:
-        raise ValueError(f"{path} is not in the A-OKVQA schema (no 'question' field)")
-    return rows
+    if hf_datasets.is_hub_name(root):
+        ds, source = hf_datasets.load_hub(root, split, config_key), root
+    else:
+        ds = hf_datasets.saved_split(root, split, config_key) if root and os.path.isdir(root) else None
+        source = root
+        if ds is None:
+            if not root or not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"A-OKVQA file {path} not found: set --config.{config_key} to the directory with "
+                    "aokvqa_v1p0_*.json (https://prior-datasets.s3.us-east-2.amazonaws.com/aokvqa/aokvqa_v1p0.tar.gz) "
+                    "and --config.data.coco_dir to COCO 2017 (train2017/, val2017/)"
+                )
+            ds, source = hf_datasets.load_files("json", [path]), path
+    if len(ds) and "question" not in ds.column_names:
+        raise ValueError(f"{source} is not in the A-OKVQA schema (no 'question' field); set --config.{config_key}")
+    if len(ds) and "image_id" not in ds.column_names:
+        raise ValueError(f"{source} has no image_id field (rows with embedded images are not supported); set "
+                         f"--config.{config_key} to the A-OKVQA v1p0 JSON directory and data.coco_dir to COCO 2017")
+    return ds.to_list()
 
 
 def image_path(coco_dir: str, split: str, image_id: int) -> str:

@@ -1,8 +1,10 @@
 """CinePile (tomg-group-umd/cinepile): long-form video multiple-choice QA.
 
-Reads the HF dataset from a local directory: `{split}.parquet`, `{split}-*.parquet`,
-`data/{split}-*.parquet`, or a `save_to_disk` directory (`{split}/data-*.arrow`). Clips live
-in `clips_dir/<youtube id>.mp4`, keyed by `yt_clip_link`. `prepare` fetches them with yt-dlp
+Reads the HF dataset with `datasets` (latent_jax.data.hf_datasets) from a local directory
+(`{split}.parquet`, `{split}-*.parquet`, `data/{split}-*.parquet`, or a `save_to_disk`
+directory) or, where a network exists, the hub name `tomg-group-umd/cinepile`. Clips live
+in `clips_dir/<youtube id>.mp4` (by default `<local directory>/clips`; set it for a hub
+name), keyed by `yt_clip_link`. `prepare` fetches them with yt-dlp
 where a network allows and records the failures in `clips_dir/failed.json`:
 
     python -m latent_jax.data.cinepile prepare --root DIR --split test --max_videos 100
@@ -33,6 +35,8 @@ import subprocess
 import sys
 from collections import defaultdict
 from typing import Any, Iterable
+
+from latent_jax.data import hf_datasets
 
 log = logging.getLogger(__name__)
 
@@ -66,48 +70,40 @@ def _truthy(x: Any) -> bool:
 
 
 # ------------------------------------------------------------------------ reading
-def _split_files(root: str, split: str) -> tuple[str, list[str]]:
-    pats = [f"{split}.parquet", f"{split}-*.parquet", f"data/{split}-*.parquet", f"{split}/*.parquet"]
-    for p in pats:
+def _split_files(root: str, split: str) -> list[str]:
+    for p in (f"{split}.parquet", f"{split}-*.parquet", f"data/{split}-*.parquet", f"{split}/*.parquet"):
         fs = sorted(glob.glob(os.path.join(root, p)))
         if fs:
-            return "parquet", fs
-    fs = sorted(glob.glob(os.path.join(root, split, "data-*.arrow")))
-    if fs:
-        return "arrow", fs
-    return "", []
+            return fs
+    return []
 
 
 def load_rows(root: str, split: str = "test", config_key: str = "data.path") -> list[dict]:
-    """All rows of `split` as dicts with the CinePile fields."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not root or not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"CinePile directory {root!r} not found: set --config.{config_key} to a local copy of "
-            f"tomg-group-umd/cinepile (parquet files), e.g. huggingface-cli download tomg-group-umd/cinepile "
-            f"--repo-type dataset --local-dir DIR, then {PREPARE_HINT.format(root='DIR', split=split)}"
-        )
-    kind, files = _split_files(root, split)
-    if not files:
-        raise FileNotFoundError(f"no {split} split in {root} (looked for {split}.parquet, data/{split}-*.parquet, "
-                                f"{split}/data-*.arrow); set --config.{config_key}")
-    rows: list[dict] = []
-    for f in files:
-        if kind == "parquet":
-            t = pq.read_table(f)
-        else:
-            with pa.memory_map(f) as src:
-                try:
-                    t = pa.ipc.open_stream(src).read_all()
-                except pa.ArrowInvalid:
-                    t = pa.ipc.open_file(src).read_all()
-        rows.extend(t.to_pylist())
-    missing = [k for k in ("question", "choices", "answer_key_position", "yt_clip_link") if rows and k not in rows[0]]
+    """All rows of `split` as dicts with the CinePile fields, read with HF `datasets` from a
+    local directory (parquet files or a save_to_disk directory) or a hub name such as
+    tomg-group-umd/cinepile (where a network exists)."""
+    if hf_datasets.is_hub_name(root):
+        ds, source = hf_datasets.load_hub(root, split, config_key), root
+    else:
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"CinePile directory {root!r} not found: set --config.{config_key} to a local copy of "
+                f"tomg-group-umd/cinepile (parquet files), e.g. huggingface-cli download tomg-group-umd/cinepile "
+                f"--repo-type dataset --local-dir DIR, then {PREPARE_HINT.format(root='DIR', split=split)}"
+            )
+        ds = hf_datasets.saved_split(root, split, config_key)
+        source = root
+        if ds is None:
+            files = _split_files(root, split)
+            if not files:
+                raise FileNotFoundError(f"no {split} split in {root} (looked for {split}.parquet, "
+                                        f"data/{split}-*.parquet, a save_to_disk directory); set --config.{config_key}")
+            ds, source = hf_datasets.load_files("parquet", files), files[0]
+    missing = [k for k in ("question", "choices", "answer_key_position", "yt_clip_link") if k not in ds.column_names]
     if missing:
-        raise ValueError(f"{files[0]} lacks CinePile fields {missing}; is this the cinepile dataset?")
-    return rows
+        raise ValueError(f"{source} lacks CinePile fields {missing}; is this the cinepile dataset? "
+                         f"(set --config.{config_key})")
+    return ds.to_list()
 
 
 def filter_rows(rows: list[dict], use_hard_split: bool = False, visual_reliance: bool = False,
@@ -263,6 +259,16 @@ class VideoQAExample:
     answer: str
 
 
+def default_clips_dir(root: str, clips_dir: str = "", flag: str = "--config.data.clips_dir") -> str:
+    """`clips_dir` when set, else `root/clips` for a local root; a hub name needs it set."""
+    if clips_dir:
+        return clips_dir
+    if hf_datasets.is_hub_name(root):
+        raise ValueError(f"{root!r} is a hub dataset, which has no local directory for clips: "
+                         f"set {flag}=DIR (where prepare puts the clips)")
+    return os.path.join(root, "clips")
+
+
 def prepare_command(root: str, split: str = "test", clips_dir: str = "", max_videos: int = 0,
                     use_hard_split: bool = False, visual_reliance: bool = False) -> str:
     """The `prepare` command line that downloads the clips a run with these settings uses."""
@@ -342,7 +348,7 @@ def build_examples(rows: list[dict], clips_dir: str, fallback: str = "skip", max
 def prepare(root: str, split: str = "test", clips_dir: str | None = None, max_videos: int = 0,
             use_hard_split: bool = False, visual_reliance: bool = False) -> dict:
     """Download the clips of `split` with yt-dlp (mp4); failures go to clips_dir/failed.json."""
-    clips_dir = clips_dir or os.path.join(root, "clips")
+    clips_dir = default_clips_dir(root, clips_dir or "", "--clips_dir")
     os.makedirs(clips_dir, exist_ok=True)
     rows = filter_rows(load_rows(root, split), use_hard_split, visual_reliance, max_videos)
     links = list(dict.fromkeys(r["yt_clip_link"] for r in rows))

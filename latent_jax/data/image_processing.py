@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from einops import rearrange
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -156,10 +157,10 @@ def phi4_hd_crops(
     hd = _to_chw(canvas, mean, std)  # (3, th, tw)
     glob = np.asarray(canvas.resize((size, size), Image.BICUBIC))
     glob = _to_chw(glob, mean, std)
-    crops = hd.reshape(3, hc, size, wc, size).transpose(1, 3, 0, 2, 4).reshape(hc * wc, 3, size, size)
-    crop_masks = mask.reshape(hc, mask_size, wc, mask_size).transpose(0, 2, 1, 3).reshape(hc * wc, mask_size, mask_size)
+    crops = rearrange(hd, "c (hc h) (wc w) -> (hc wc) c h w", hc=hc, wc=wc)
+    crop_masks = rearrange(mask, "(hc h) (wc w) -> (hc wc) h w", hc=hc, wc=wc)
     b = (mask_size + 1) // 2
-    down = crop_masks[:, 0::2, 0::2].reshape(hc, wc, b, b).transpose(0, 2, 1, 3).reshape(hc * b, wc * b)
+    down = rearrange(crop_masks[:, 0::2, 0::2], "(hc wc) h w -> (hc h) (wc w)", hc=hc)
     uh, uw = int(down[:, 0].sum()), int(down[0, :].sum())
     n_tok = b * b + b + 1 + int(down.sum()) + int(down[:, 0].sum())
     return HDImage(

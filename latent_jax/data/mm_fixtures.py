@@ -182,15 +182,14 @@ def cinepile_rows(n: int = 8, seed: int = 0, n_clips: int = 3) -> list[dict]:
 def write_cinepile_fixture(root: str, n_train: int = 8, n_test: int = 6, n_clips: int = 3,
                            num_frames: int = 8, make_clips: bool = True) -> str:
     """A CinePile directory: train/test parquet + clips/<video id>.mp4; returns root."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import datasets
 
     from latent_jax.data.cinepile import clip_id
 
     os.makedirs(root, exist_ok=True)
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         rows = cinepile_rows(n, seed, n_clips)
-        pq.write_table(pa.Table.from_pylist(rows), os.path.join(root, f"{split}.parquet"))
+        datasets.Dataset.from_list(rows).to_parquet(os.path.join(root, f"{split}.parquet"))
     if make_clips:
         for c in range(n_clips):
             link = f"https://www.youtube.com/watch?v=clip{c:04d}xx"

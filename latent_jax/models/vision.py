@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange, reduce
 
 from latent_jax.models.layers import ACTIVATIONS
 
@@ -114,10 +115,7 @@ def _dense(cfg: VisionConfig, features: int, name: str, bias: bool = True) -> nn
 
 def patchify(pixels: Array, patch: int) -> Array:
     """(N, C, H, W) -> (N, H/p * W/p, C*p*p), patch features ordered (C, ph, pw) like a torch conv kernel."""
-    n, c, h, w = pixels.shape
-    x = pixels.reshape(n, c, h // patch, patch, w // patch, patch)
-    x = x.transpose(0, 2, 4, 1, 3, 5)
-    return x.reshape(n, (h // patch) * (w // patch), c * patch * patch)
+    return rearrange(pixels, "n c (h ph) (w pw) -> n (h w) (c ph pw)", ph=patch, pw=patch)
 
 
 class PatchEmbed(nn.Module):
@@ -257,12 +255,12 @@ class VisionTower(nn.Module):
 
 
 def pixel_shuffle(x: Array, scale: float = 0.5) -> Array:
-    """InternVL's pixel shuffle: (N, s, s, C) -> (N, s*scale, s*scale, C/scale^2)."""
-    n, w, h, c = x.shape
-    x = x.reshape(n, w, int(h * scale), int(c / scale))
-    x = x.transpose(0, 2, 1, 3)
-    x = x.reshape(n, int(h * scale), int(w * scale), int(c / (scale * scale)))
-    return x.transpose(0, 2, 1, 3)
+    """InternVL's pixel shuffle: (N, s, s, C) -> (N, s*scale, s*scale, C/scale^2); each r x r
+    block (r = 1/scale) becomes one token whose channels are ordered (row, column, C)."""
+    r = round(1 / scale)
+    if r * scale != 1:
+        raise ValueError(f"pixel_shuffle needs scale = 1/r for an integer r, got {scale}")
+    return rearrange(x, "n (h rh) (w rw) c -> n h w (rh rw c)", rh=r, rw=r)
 
 
 class InternVLProjector(nn.Module):
@@ -301,11 +299,9 @@ class Phi4Projector(nn.Module):
 def avg_pool_2x2(x: Array) -> Array:
     """(N, s, s, D) -> (N, ceil(s/2), ceil(s/2), D) 2x2 average pool; odd s is reflection-padded
     by one row/column first, as Phi-4-MM does."""
-    n, h, w, d = x.shape
-    if h % 2:
+    if x.shape[1] % 2:
         x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="reflect")
-        h, w = h + 1, w + 1
-    return x.reshape(n, h // 2, 2, w // 2, 2, d).mean(axis=(2, 4))
+    return reduce(x, "n (h 2) (w 2) d -> n h w d", "mean")
 
 
 def vision_param_count(params: Any) -> int:

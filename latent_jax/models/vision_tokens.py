@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
@@ -150,8 +151,8 @@ class ImageEncoder(nn.Module):
         elif c.encoder == "patch":
             ps = c.patch_size
             hp, wp = H // ps, W // ps
-            p = x[:, : hp * ps, : wp * ps].reshape(B, hp, ps, wp, ps).transpose(0, 1, 3, 2, 4)
-            feats = nn.gelu(nn.Dense(c.hidden)(p.reshape(B, hp * wp, ps * ps)))
+            p = rearrange(x[:, : hp * ps, : wp * ps], "b (hp ph) (wp pw) -> b (hp wp) (ph pw)", ph=ps, pw=ps)
+            feats = nn.gelu(nn.Dense(c.hidden)(p))
         elif c.encoder == "wavelet":
             w = haar2d(x)
             feats = nn.gelu(nn.Dense(c.hidden)(w.reshape(B, -1, 4)))

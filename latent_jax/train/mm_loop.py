@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from latent_jax.data.hf_datasets import is_hub_name
 from latent_jax.data.pipeline import collate_eval, collate_train
 from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
 from latent_jax.decoding.sampling import SamplingParams
@@ -114,7 +115,7 @@ def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
         from latent_jax.data import cinepile as cp
 
         rows = cp.filter_rows(cp.load_rows(d.path, split), d.use_hard_split, d.visual_reliance, d.max_videos)
-        clips = d.clips_dir or os.path.join(d.path, "clips")
+        clips = cp.default_clips_dir(d.path, d.clips_dir)
         exs, stats = cp.build_examples(rows, clips, d.missing_clip, float(d.get("max_unreadable_fraction", 0.1)),
                                        cp.prepare_command(d.path, split, d.clips_dir, d.max_videos,
                                                           d.use_hard_split, d.visual_reliance))
@@ -358,8 +359,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
     _require(config.model.path, "model.path",
              "a local InternVL3 / Phi-4-multimodal HF directory, e.g. huggingface-cli download "
              "OpenGVLab/InternVL3-1B-hf --local-dir DIR")
-    _require(d.path, "data.path", "python -m latent_jax.data.cinepile prepare --root DIR" if d.dataset == "cinepile"
-             else "the A-OKVQA v1p0 JSON directory")
+    if not is_hub_name(d.path):
+        _require(d.path, "data.path", "python -m latent_jax.data.cinepile prepare --root DIR"
+                 if d.dataset == "cinepile" else "the A-OKVQA v1p0 JSON directory")
     cfg, params = load_vlm(config.model.path)
     tok = load_tokenizer(config.model.path)
     ids = add_coconut_tokens(tok)

@@ -21,11 +21,30 @@ def test_scoring():
 
 
 def test_read(tmp_path):
+    import json
     import os
 
     root = write_aokvqa_fixture(str(tmp_path / "ak"), n_train=3, n_val=2)
     rows = ak.load_rows(root, "val")
     assert len(rows) == 2 and len(rows[0]["direct_answers"]) == 10
+    assert rows == json.load(open(os.path.join(root, "aokvqa_v1p0_val.json")))  # datasets keeps every value
     assert os.path.exists(ak.image_path(os.path.join(root, "coco"), "val", rows[0]["image_id"]))
     with pytest.raises(FileNotFoundError, match="config.data.path"):
         ak.load_rows(str(tmp_path / "missing"), "val")
+
+
+def test_read_saved_dataset_and_errors(tmp_path):
+    import datasets
+
+    from latent_jax.data.mm_fixtures import aokvqa_rows
+
+    rows = aokvqa_rows(4, seed=2, split="val")
+    datasets.DatasetDict({"val": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    assert ak.load_rows(str(tmp_path / "dd"), "val") == rows
+    with pytest.raises(FileNotFoundError) as e:
+        ak.load_rows("nobody-here/no-such-dataset", "val")
+    assert "\n" not in str(e.value) and "config.data.path" in str(e.value)
+    embedded = [{k: v for k, v in r.items() if k != "image_id"} for r in rows]
+    datasets.DatasetDict({"val": datasets.Dataset.from_list(embedded)}).save_to_disk(str(tmp_path / "emb"))
+    with pytest.raises(ValueError, match="no image_id"):
+        ak.load_rows(str(tmp_path / "emb"), "val")

@@ -155,6 +155,38 @@ def test_prepare_command():
     assert cp.prepare_command("/d", "test", "/c").endswith("--clips_dir /c")
 
 
+def test_read_saved_datasets_sharded_parquet_and_hub_names(tmp_path):
+    """The same rows from a save_to_disk DatasetDict, one saved split, sharded parquet; a hub
+    name that cannot be reached (tests run offline) and a foreign schema are one-line errors."""
+    import datasets
+
+    from latent_jax.data.mm_fixtures import cinepile_rows
+
+    rows = cinepile_rows(5, seed=3)
+    ds = datasets.Dataset.from_list(rows)
+    datasets.DatasetDict({"test": ds, "train": ds.select(range(2))}).save_to_disk(str(tmp_path / "dd"))
+    assert cp.load_rows(str(tmp_path / "dd"), "test") == rows
+    assert len(cp.load_rows(str(tmp_path / "dd"), "train")) == 2
+    with pytest.raises(ValueError, match="no 'val' split"):
+        cp.load_rows(str(tmp_path / "dd"), "val")
+    ds.save_to_disk(str(tmp_path / "one" / "test"))
+    assert cp.load_rows(str(tmp_path / "one"), "test") == rows
+    os.makedirs(tmp_path / "sh" / "data")
+    ds.select(range(3)).to_parquet(str(tmp_path / "sh" / "data" / "test-00000-of-00002.parquet"))
+    ds.select(range(3, 5)).to_parquet(str(tmp_path / "sh" / "data" / "test-00001-of-00002.parquet"))
+    assert cp.load_rows(str(tmp_path / "sh"), "test") == rows
+    with pytest.raises(FileNotFoundError) as e:
+        cp.load_rows("nobody-here/no-such-dataset", "test")
+    assert "\n" not in str(e.value) and str(e.value).startswith("config.data.path='nobody-here/no-such-dataset'")
+    with pytest.raises(ValueError, match="config.data.clips_dir"):
+        cp.default_clips_dir("tomg-group-umd/cinepile")
+    assert cp.default_clips_dir("tomg-group-umd/cinepile", "/c") == "/c"
+    assert cp.default_clips_dir(str(tmp_path)) == str(tmp_path / "clips")
+    datasets.Dataset.from_list([{"question": "q"}]).to_parquet(str(tmp_path / "test.parquet"))
+    with pytest.raises(ValueError, match="lacks CinePile fields"):
+        cp.load_rows(str(tmp_path), "test")
+
+
 def test_results_breakdown():
     recs = [{"correct": 1, "question_category": "Temporal", "hard_split": "True", "visual_reliance": "False"},
             {"correct": 0, "question_category": "Temporal", "hard_split": "False", "visual_reliance": "False"},
