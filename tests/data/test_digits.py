@@ -1,5 +1,8 @@
 """Digits / MNIST loading, augmentation ramps, dataset multiplicity, text windows."""
 
+import gzip
+import sys
+
 import numpy as np
 import pytest
 
@@ -24,8 +27,75 @@ def test_digits_splits():
 
 
 def test_mnist_missing_names_the_prepare_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download_and_prepare"):
+    with pytest.raises(FileNotFoundError, match=f"python -m latent_jax.data.mnist prepare --data_dir {tmp_path}$"):
         load_mnist(str(tmp_path))
+
+
+def _idx(path, arr: np.ndarray, gz: bool) -> None:
+    raw = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape) + arr.tobytes()
+    with open(str(path) + (".gz" if gz else ""), "wb") as f:
+        f.write(gzip.compress(raw) if gz else raw)
+
+
+def test_mnist_prepared_and_read_through_tfds_without_tensorflow(tmp_path):
+    """prepare (IDX files from disk, gzipped or not) writes tfds's mnist as array_record;
+    load_mnist reads it back with tfds.data_source, exactly, and TensorFlow is never imported."""
+    from latent_jax.data import mnist
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "idx"
+    src.mkdir()
+    want = {}
+    for split, n, gz in (("train", 12, True), ("test", 5, False)):
+        imgs, labels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+        img_name, lab_name = mnist.IDX_FILES[split]
+        _idx(src / img_name, imgs, gz)
+        _idx(src / lab_name, labels, gz)
+        want[split] = (imgs, labels)
+    data_dir = str(tmp_path / "tfds")
+    assert mnist.main(["prepare", "--data_dir", data_dir, "--source_dir", str(src)]) == 0
+    assert mnist.mnist_prepared(data_dir)
+    train, test = load_mnist(data_dir)
+    for got, (imgs, labels) in ((train, want["train"]), (test, want["test"])):
+        order = np.lexsort(got.images.reshape(len(got.images), -1).T)  # tfds shuffles on write
+        ref = np.lexsort(imgs.reshape(len(imgs), -1).T)
+        np.testing.assert_array_equal(got.images[order], imgs[ref])
+        np.testing.assert_array_equal(got.labels[order], labels[ref].astype(np.int32))
+        assert got.images.dtype == np.uint8 and got.labels.dtype == np.int32
+    assert "tensorflow" not in sys.modules
+    (src / mnist.IDX_FILES["test"][0]).write_bytes(b"garbage!")
+    with pytest.raises(ValueError, match="not an MNIST IDX file"):
+        mnist.read_idx(str(src / mnist.IDX_FILES["test"][0]))
+
+
+def test_mnist_prepare_downloads_without_tensorflow(tmp_path, monkeypatch):
+    """The download path of prepare (tfds's download manager, the .gz files read as they come),
+    served from a loopback HTTP server standing in for the MNIST mirror."""
+    import functools
+    import http.server
+    import threading
+
+    from latent_jax.data import mnist
+
+    rng = np.random.default_rng(1)
+    srv_dir = tmp_path / "srv"
+    srv_dir.mkdir()
+    n = {"train": 6, "test": 3}
+    for split, (img_name, lab_name) in mnist.IDX_FILES.items():
+        _idx(srv_dir / img_name, rng.integers(0, 256, (n[split], 28, 28), dtype=np.uint8), True)
+        _idx(srv_dir / lab_name, rng.integers(0, 10, n[split], dtype=np.uint8), True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(srv_dir))
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(mnist.MNISTWithoutTF, "URL", f"http://127.0.0.1:{srv.server_address[1]}/")
+        assert mnist.main(["prepare", "--data_dir", str(tmp_path / "tfds")]) == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    train, test = load_mnist(str(tmp_path / "tfds"))
+    assert (len(train), len(test)) == (6, 3) and train.images.shape[1:] == (28, 28)
+    assert "tensorflow" not in sys.modules
 
 
 def test_augment_identity_and_shift():

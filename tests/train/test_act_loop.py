@@ -38,4 +38,4 @@ def test_mnist_without_data_is_a_one_line_error(tmp_path):
     r = _main("configs/mnist_act.py:mnist,smoke", str(tmp_path / "m"), f"--config.data.data_dir={tmp_path}")
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()[-1]
-    assert err.startswith("error:") and "download_and_prepare" in err
+    assert err.startswith("error:") and f"python -m latent_jax.data.mnist prepare --data_dir {tmp_path}" in err
