@@ -44,6 +44,8 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.max_latent_stage = 6
     c.pad_latent_to_max = True
     c.uniform_prob = 0.0
+    c.supervision = "steps"  # steps (the original) | frontier: after s thoughts, name a depth-s+1 node (graph data)
+    c.latent_markers = True  # <|start-latent|> / <|end-latent|> around the thoughts (as the original)
     c.reset_optimizer = True  # fresh optimizer state when the curriculum stage changes
     c.load_model_path = ""  # start from this model (e.g. the CoT run's best_model)
     c.latent_init = "copy"  # new token rows: copy "<<" when it is one token (as the original), else mean
@@ -64,10 +66,14 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.model.tie_word_embeddings = False
 
     c.data = ConfigDict()
-    c.data.generate = ""  # "prosqa": write generated files into workdir/data
+    c.data.generate = ""  # "prosqa" (sentences) | "prosqa_graph" (graph tokens): write files into workdir/data
     c.data.generate_dir = ""
+    c.data.format = "text"  # text (question / steps / "### answer") | graph (graph tokens, "[A] answer")
+    # generator settings; concepts / branching / phrasing are the sentence generator's, min_nodes /
+    # max_nodes / edges_per_node / node_tokens the graph generator's (defaults: ProsQA's statistics)
     c.data.gen = ConfigDict(dict(train=4000, valid=300, test=300, seed=0, concepts=24, min_hops=3, max_hops=4,
-                                 branching=1, decoy=1.0, phrasing="sentences"))
+                                 branching=1, decoy=1.0, phrasing="sentences", min_nodes=20, max_nodes=26,
+                                 edges_per_node=1.57, node_tokens=32))
     c.data.train_path = ""
     c.data.val_path = ""
     c.data.test_path = ""

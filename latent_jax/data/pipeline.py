@@ -41,11 +41,13 @@ import numpy as np
 from latent_jax.data.coconut_json import CoconutExample, DataError
 from latent_jax.data.tokenizer import Tokenizer
 from latent_jax.latent.curriculum import (
+    FORMATS,
     IGNORE_INDEX,
     CurriculumConfig,
     CurriculumSample,
     EvalPrompt,
     LatentTokenIds,
+    ProblemFormat,
     TokenizedExample,
     eval_prompt,
     scheduled_stage,
@@ -57,15 +59,23 @@ STATE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- tokenize
-def tokenize_examples(examples: Sequence[CoconutExample], tok: Tokenizer) -> list[TokenizedExample]:
+def tokenize_examples(
+    examples: Sequence[CoconutExample], tok: Tokenizer, fmt: ProblemFormat = FORMATS["text"]
+) -> list[TokenizedExample]:
     """Tokenizes as the original Coconut: question + "\\n" with special tokens (BOS), each
-    step + "\\n" without, "### " + answer without, then EOS. The example's extra fields (graph,
-    image references, ...) and its question / answer / steps texts go to `extra`."""
+    step + "\\n" without, "### " + answer without, then EOS (the suffixes and prefix are the
+    format's; the graph format encodes its "[A]" apart, as `answer_lead` tokens). The example's
+    extra fields (graph, image references, ...) and its question / answer / steps texts go to
+    `extra`; rows with a `frontier` field (graph format) get `frontier_ids`, one token per node."""
     if not examples:
         return []
-    q = tok.encode_batch([e.question + "\n" for e in examples], add_special_tokens=True)
-    a = tok.encode_batch(["### " + e.answer for e in examples])
-    flat = [s + "\n" for e in examples for s in e.steps]
+    q = tok.encode_batch([e.question + fmt.question_suffix for e in examples], add_special_tokens=True)
+    if fmt.name == "text":  # one piece, as the original tokenizes it
+        a, lead = tok.encode_batch([fmt.answer_prefix + e.answer for e in examples]), 0
+    else:
+        lead_ids = tok.encode(fmt.answer_prefix)
+        a, lead = [lead_ids + x for x in tok.encode_batch([e.answer for e in examples])], len(lead_ids)
+    flat = [s + fmt.step_suffix for e in examples for s in e.steps]
     st = tok.encode_batch(flat)
     out, k = [], 0
     for i, e in enumerate(examples):
@@ -79,9 +89,27 @@ def tokenize_examples(examples: Sequence[CoconutExample], tok: Tokenizer) -> lis
                 answer_ids=tuple(a[i]) + (tok.eos_id,),
                 idx=e.idx,
                 extra={**e.extra, "question": e.question, "answer": e.answer, "steps": e.steps},
+                answer_lead=lead,
+                frontier_ids=_frontier_ids(e, tok),
             )
         )
     return out
+
+
+def _frontier_ids(e: CoconutExample, tok: Tokenizer) -> tuple[tuple[int, ...], ...]:
+    layers = e.extra.get("frontier")
+    if not layers:
+        return ()
+    out = []
+    for layer in layers:
+        ids = tok.encode_batch([str(v) for v in layer])
+        if any(len(x) != 1 for x in ids) or not layer:
+            raise DataError(
+                f"row {e.idx}: frontier nodes {layer} are not one token each; use the graph format's tokenizer "
+                "(data.tokenizer_kind='whitespace')"
+            )
+        out.append(tuple(x[0] for x in ids))
+    return tuple(out)
 
 
 def max_sequence_length(ex: TokenizedExample, cc: CurriculumConfig) -> int:
@@ -469,9 +497,10 @@ def load_split(
     max_length: int | None = None,
     on_bad_row: str = "error",
     max_rows: int | None = None,
+    fmt: ProblemFormat = FORMATS["text"],
 ) -> list[TokenizedExample]:
     """Coconut JSON file -> tokenized examples, length-filtered (never empty)."""
     from latent_jax.data.coconut_json import load_coconut_json
 
     rows = load_coconut_json(path, on_bad_row=on_bad_row, max_rows=max_rows)
-    return filter_by_length(tokenize_examples(rows, tok), cc, max_length, name=path)
+    return filter_by_length(tokenize_examples(rows, tok, fmt), cc, max_length, name=path)

@@ -28,6 +28,12 @@ branching 1, decoy 1) are harder, and --concepts 40 --min-hops 3 --max-hops 6 is
 paper-like range.
 
     python -m latent_jax.data.prosqa --out data/prosqa --train 4000 --valid 300 --test 300
+
+Graph tokens (latent_jax.data.prosqa_graph, the format of the embedded default): generate
+problems with ProsQA's statistics, or convert the real ProsQA files of the Coconut repo:
+
+    python -m latent_jax.data.prosqa graph --out data/graph --train 12000 --valid 300 --test 500
+    python -m latent_jax.data.prosqa convert --in prosqa_test.json --out data/prosqa_graph
 """
 
 from __future__ import annotations
@@ -261,7 +267,55 @@ def write_prosqa(
     return paths
 
 
+def graph_main(argv: list[str]) -> int:
+    """`graph`: generated graph-token splits; `convert`: real ProsQA files -> graph tokens."""
+    from latent_jax.data.coconut_json import DataError
+    from latent_jax.data import prosqa_graph as G
+
+    cmd, argv = argv[0], argv[1:]
+    ap = argparse.ArgumentParser(prog=f"python -m latent_jax.data.prosqa {cmd}")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--node-tokens", type=int, default=32, help="node ids per problem are drawn from 0 .. N-1")
+    ap.add_argument("--seed", type=int, default=0)
+    if cmd == "convert":
+        ap.description = "Convert ProsQA JSON files (question, steps, answer, idx_to_symbol, edges, root, target, neg_target) to graph tokens."
+        ap.add_argument("--in", dest="inputs", nargs="+", required=True, help="ProsQA JSON file(s)")
+        ap.add_argument("--on-bad-row", default="error", choices=("error", "skip"))
+    else:
+        ap.description = "Write generated graph-token ProsQA problems (train/valid/test)."
+        ap.add_argument("--train", type=int, default=14785)
+        ap.add_argument("--valid", type=int, default=257)
+        ap.add_argument("--test", type=int, default=419)
+        ap.add_argument("--min-nodes", type=int, default=20)
+        ap.add_argument("--max-nodes", type=int, default=26)
+        ap.add_argument("--edges-per-node", type=float, default=1.57)
+        ap.add_argument("--min-hops", type=int, default=3)
+        ap.add_argument("--max-hops", type=int, default=4)
+        ap.add_argument("--decoy", type=float, default=1.0, help="probability of the decoy branch from the root")
+    a = ap.parse_args(argv)
+    try:
+        if cmd == "convert":
+            for i, src in enumerate(a.inputs):
+                path, n, skipped = G.convert_file(src, a.out, node_tokens=a.node_tokens, seed=a.seed + i,
+                                                  on_bad_row=a.on_bad_row)
+                print(f"{src} -> {path}: {n} rows" + (f", {len(skipped)} skipped" if skipped else ""))
+        else:
+            paths = G.write_graph_splits(
+                a.out, {"train": a.train, "valid": a.valid, "test": a.test}, seed=a.seed, min_nodes=a.min_nodes,
+                max_nodes=a.max_nodes, edges_per_node=a.edges_per_node, min_hops=a.min_hops, max_hops=a.max_hops,
+                node_tokens=a.node_tokens, decoy=a.decoy)
+            for name, p in paths.items():
+                print(f"{name}: {p}")
+    except (ValueError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("convert", "graph"):
+        return graph_main(argv)
     ap = argparse.ArgumentParser(
         prog="python -m latent_jax.data.prosqa",
         description="Write ProsQA-style train/valid/test files in the Coconut JSON format.",

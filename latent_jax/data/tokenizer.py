@@ -1,17 +1,20 @@
 """Tokenizers: a local HF tokenizer directory, or one trained on the training texts.
 
     load_tokenizer(dir)                 a local HF tokenizer dir (tokenizer.json / tokenizer_config.json)
-    train_tokenizer(texts, out_dir, kind="bpe"|"word")
+    train_tokenizer(texts, out_dir, kind="bpe"|"word"|"whitespace")
                                         a small tokenizer for models trained from scratch,
                                         saved as an HF-loadable dir (bos/eos/pad set):
-                                        byte-level BPE, or word level (every word, with its
-                                        leading space, and every punctuation run one token)
+                                        byte-level BPE, word level (every word, with its
+                                        leading space, and every punctuation run one token),
+                                        or whitespace (every whitespace-separated symbol one
+                                        token, decoded joined by single spaces: the graph-token
+                                        format of latent_jax.data.prosqa_graph)
     add_coconut_tokens(tok)             adds <|start-latent|>, <|end-latent|>, <|latent|>
     resize_embeddings(params, config, new_vocab, ...)
                                         grows embed_tokens (and an untied lm_head) with rows
                                         initialised from an existing token's rows
 
-Both kinds split text with the byte-level pre-tokenizer and decode with the byte-level
+The bpe and word kinds split text with the byte-level pre-tokenizer and decode with the byte-level
 decoder, so they decode to exactly the text they encoded (words unseen in training become
 `<unk>` in the word-level kind) and answers extracted from generated text compare exactly
 with the gold answers. On generated data (a closed vocabulary of invented words) the
@@ -32,7 +35,7 @@ from latent_jax.models.config import ModelConfig
 
 COCONUT_TOKENS = (START_LATENT, END_LATENT, LATENT)
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
-TOKENIZER_KINDS = ("bpe", "word")
+TOKENIZER_KINDS = ("bpe", "word", "whitespace")
 
 
 class TokenizerError(ValueError):
@@ -147,7 +150,8 @@ def train_tokenizer(
     set; the Coconut tokens included when add_latent_tokens). `kind`: "bpe" (byte-level BPE
     of at most vocab_size ids, merges seen min_frequency times) or "word" (every pre-token
     of the training texts -- a word with its leading space, a punctuation run, a newline --
-    is one id, up to vocab_size ids, most frequent first; others map to `<unk>`). Saved to
+    is one id, up to vocab_size ids, most frequent first; others map to `<unk>`) or
+    "whitespace" (as "word", but split on whitespace only and decoded with single spaces). Saved to
     out_dir as an HF tokenizer dir when given."""
     from tokenizers import Tokenizer as TkTokenizer
     from tokenizers import decoders, models, pre_tokenizers, processors, trainers
@@ -156,7 +160,7 @@ def train_tokenizer(
     if kind not in TOKENIZER_KINDS:
         raise TokenizerError(f"tokenizer kind={kind!r}; use one of {', '.join(TOKENIZER_KINDS)}")
     specials = [PAD, BOS, EOS] + (list(COCONUT_TOKENS) if add_latent_tokens else [])
-    if kind == "word":
+    if kind in ("word", "whitespace"):
         specials.append(UNK)
         tk = TkTokenizer(models.WordLevel(unk_token=UNK))
         trainer = trainers.WordLevelTrainer(
@@ -172,8 +176,11 @@ def train_tokenizer(
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tk.decoder = decoders.ByteLevel()
+    if kind == "whitespace":  # no decoder: tokens are joined by single spaces
+        tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tk.decoder = decoders.ByteLevel()
     texts = list(texts)
     if not texts:
         raise TokenizerError("no training texts for the tokenizer; check the training data file")
@@ -182,7 +189,7 @@ def train_tokenizer(
     tk.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
-    extra = {"unk_token": UNK} if kind == "word" else {}
+    extra = {"unk_token": UNK} if kind != "bpe" else {}
     hf = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=BOS, eos_token=EOS, pad_token=PAD, **extra)
     tok = Tokenizer(hf, source="trained")
     if out_dir:
@@ -208,12 +215,14 @@ def coconut_init_token_id(tok: Tokenizer) -> int | None:
     return ids[0] if len(ids) == 1 and (unk is None or ids[0] != unk) else None
 
 
-def text_corpus(examples) -> list[str]:
-    """The training texts of Coconut examples (question, steps, '### ' + answer), for
-    tokenizer training."""
+def text_corpus(examples, fmt=None) -> list[str]:
+    """The training texts of Coconut examples (question, steps, '### ' + answer; the
+    separators of `fmt`, a curriculum.ProblemFormat, when given), for tokenizer training."""
+    q_sfx, s_sfx, a_pfx = ("\n", "\n", "### ") if fmt is None else (fmt.question_suffix, fmt.step_suffix, fmt.answer_prefix)
+    sep = "" if fmt is None or fmt.name == "text" else " "
     out = []
     for e in examples:
-        out.append(e.question + "\n" + "".join(s + "\n" for s in e.steps) + "### " + e.answer)
+        out.append(sep.join([e.question + q_sfx, *(s + s_sfx for s in e.steps), a_pfx + e.answer]))
     return out
 
 

@@ -27,6 +27,20 @@ Sequence layout (original text format), tokens per part:
 
 Labels are -100 on the question, the markers and the latents; the eval prompt is the
 question plus markers and latents, with no steps or answer.
+
+Frontier supervision (`supervision="frontier"`, the recipe of "Reasoning by Superposition",
+Zhu, Hao et al. 2025, arXiv 2505.12514), for examples that carry per-depth frontier labels
+(the graph-token format of latent_jax.data.prosqa_graph): at stage s < #steps the sequence is
+the question, s * c_thought latents and ONE label, a node at depth s + 1 on a shortest path
+to the target (drawn per (seed, epoch, idx)), so every fed-back thought is trained to name
+the next frontier; at stage s >= #steps all steps are dropped, the latents (one stage's worth
+per step, or max_latent_stage's with pad_latent_to_max) are followed by the answer delimiter
+as part of the prompt, and the label is the answer. Usually without markers
+(`latent_markers=False`), so the first label sits right after the last thought.
+
+Problem formats (`FORMATS`): "text" (the original: question + "\n", steps + "\n",
+"### " + answer, answers extracted after the last "#") and "graph" (symbols separated by
+spaces, "[A] " + answer, extracted after the last "[A]").
 """
 
 from __future__ import annotations
@@ -40,6 +54,31 @@ IGNORE_INDEX = -100
 START_LATENT, END_LATENT, LATENT = "<|start-latent|>", "<|end-latent|>", "<|latent|>"
 MODES = ("no_cot", "cot", "coconut")
 ABLATIONS = ("none", "no_curriculum", "no_thought", "pause_as_thought")
+SUPERVISIONS = ("steps", "frontier")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemFormat:
+    """How a problem's parts are written as text: what follows the question and each step,
+    what precedes the answer, and the delimiter an answer is extracted after."""
+
+    name: str
+    question_suffix: str
+    step_suffix: str
+    answer_prefix: str
+    answer_delimiter: str
+
+
+FORMATS = {
+    "text": ProblemFormat("text", "\n", "\n", "### ", "#"),
+    "graph": ProblemFormat("graph", "", "", "[A] ", "[A]"),
+}
+
+
+def problem_format(name: str) -> ProblemFormat:
+    if name not in FORMATS:
+        raise ValueError(f"data.format={name!r}; use one of {', '.join(FORMATS)}")
+    return FORMATS[name]
 
 
 class LatentTokenIds(NamedTuple):
@@ -62,6 +101,8 @@ class CurriculumConfig:
     pad_latent_to_max: bool = False
     uniform_prob: float = 0.0
     seed: int = 0
+    supervision: str = "steps"
+    latent_markers: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -78,6 +119,8 @@ class CurriculumConfig:
             raise ValueError(f"max_latent_stage={self.max_latent_stage}; use >= 0")
         if not 0.0 <= self.uniform_prob <= 1.0:
             raise ValueError(f"uniform_prob={self.uniform_prob}; use a probability in [0, 1]")
+        if self.supervision not in SUPERVISIONS:
+            raise ValueError(f"supervision={self.supervision!r}; use one of {', '.join(SUPERVISIONS)}")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "CurriculumConfig":
@@ -93,7 +136,12 @@ class CurriculumConfig:
     def markers(self) -> bool:
         """Whether sequences carry <|start-latent|> / <|end-latent|> (as the original: not for
         cot, no_cot or the no-thought ablation)."""
-        return self.mode == "coconut" and self.ablation != "no_thought"
+        return self.latent_markers and self.mode == "coconut" and self.ablation != "no_thought"
+
+    @property
+    def frontier(self) -> bool:
+        """Whether coconut stages are supervised by frontier labels (see the module docstring)."""
+        return self.supervision == "frontier" and self.mode == "coconut"
 
     @property
     def feedback(self) -> bool:
@@ -122,6 +170,8 @@ class TokenizedExample:
     answer_ids: tuple[int, ...]
     idx: int = 0
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+    answer_lead: int = 0  # leading answer_ids that are the delimiter ("[A]"): prompt-side under frontier supervision
+    frontier_ids: tuple[tuple[int, ...], ...] = ()  # per depth 1 .. #steps: token ids of the frontier labels
 
     @property
     def num_steps(self) -> int:
@@ -203,6 +253,11 @@ def stage_plan(stage: int, num_steps: int, cc: CurriculumConfig) -> StagePlan:
         return StagePlan(num_steps, 0)
     if cc.mode == "cot":
         return StagePlan(0, 0)
+    if cc.frontier:  # s < #steps: s thoughts and a frontier label; else every step becomes thoughts
+        if stage < num_steps:
+            return StagePlan(stage, stage * cc.thoughts_per_step)
+        k = cc.max_latent_stage if cc.pad_latent_to_max else min(num_steps, cc.max_latent_stage)
+        return StagePlan(num_steps, k * cc.thoughts_per_step)
     if stage > cc.max_latent_stage:
         n_skip = num_steps
         k = cc.max_latent_stage if cc.pad_latent_to_max else min(num_steps, cc.max_latent_stage)
@@ -215,18 +270,47 @@ def eval_latents(stage: int, num_steps: int, cc: CurriculumConfig) -> int:
     """Latents in the generation prompt at `stage` (as the original's question-latent set)."""
     if cc.mode != "coconut":
         return 0
+    if cc.frontier:
+        return stage_plan(stage, num_steps, cc).n_latent
     cap = cc.max_latent_stage if cc.pad_latent_to_max else min(cc.max_latent_stage, num_steps)
     return min(cap, stage) * cc.thoughts_per_step
 
 
+def frontier_choice(epoch: int, idx: int, cc: CurriculumConfig) -> int:
+    """Which frontier label a training example uses at `epoch` (an index to reduce modulo the
+    frontier's size; deterministic in (seed, epoch, idx), as the reference draws at random)."""
+    return int(np.random.default_rng((cc.seed, epoch, idx, 1)).integers(0, 1 << 30))
+
+
 # ----------------------------------------------------------------------------- sequences
-def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: LatentTokenIds) -> CurriculumSample:
-    """The training sequence and labels of `ex` at `stage`."""
+def _prompt(ex: TokenizedExample, plan: StagePlan, cc: CurriculumConfig, ids: LatentTokenIds) -> tuple[list[int], list[int]]:
+    """(head, prompt): the question (+ <|start-latent|>), then the latents (+ <|end-latent|>),
+    and, under frontier supervision once every step is dropped, the answer delimiter."""
+    head = list(ex.question_ids) + ([ids.start_id] if cc.markers else [])
+    prompt = head + [ids.latent_id] * plan.n_latent + ([ids.end_id] if cc.markers else [])
+    if cc.frontier and plan.n_skip >= ex.num_steps:
+        prompt += list(ex.answer_ids[: ex.answer_lead])
+    return head, prompt
+
+
+def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: LatentTokenIds,
+                 choice: int = 0) -> CurriculumSample:
+    """The training sequence and labels of `ex` at `stage` (`choice` picks the frontier label
+    under frontier supervision)."""
     plan = stage_plan(stage, ex.num_steps, cc)
-    q = list(ex.question_ids)
-    head = q + ([ids.start_id] if cc.markers else [])
-    prefix = head + [ids.latent_id] * plan.n_latent + ([ids.end_id] if cc.markers else [])
-    rest: list[int] = [t for s in ex.step_ids[plan.n_skip :] for t in s] + list(ex.answer_ids)
+    head, prefix = _prompt(ex, plan, cc, ids)
+    if cc.frontier and plan.n_skip < ex.num_steps:
+        if len(ex.frontier_ids) < ex.num_steps:
+            raise ValueError(
+                f"example {ex.idx} has no frontier labels for depth {plan.n_skip + 1}; frontier supervision needs "
+                "graph-token rows (convert ProsQA with `python -m latent_jax.data.prosqa convert`)"
+            )
+        layer = ex.frontier_ids[plan.n_skip]
+        rest = [layer[choice % len(layer)]]
+    elif cc.frontier:
+        rest = list(ex.answer_ids[ex.answer_lead :])
+    else:
+        rest = [t for s in ex.step_ids[plan.n_skip :] for t in s] + list(ex.answer_ids)
     return CurriculumSample(
         input_ids=tuple(prefix + rest),
         labels=tuple([IGNORE_INDEX] * len(prefix) + rest),
@@ -240,14 +324,16 @@ def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: La
 
 def train_sample(ex: TokenizedExample, epoch: int, cc: CurriculumConfig, ids: LatentTokenIds) -> CurriculumSample:
     """The training sequence of `ex` at `epoch` (uniform_prob mixing included)."""
-    return build_sample(ex, example_stage(epoch, ex.idx, ex.num_steps, cc), cc, ids)
+    choice = frontier_choice(epoch, ex.idx, cc) if cc.frontier else 0
+    return build_sample(ex, example_stage(epoch, ex.idx, ex.num_steps, cc), cc, ids, choice)
 
 
 def eval_prompt(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: LatentTokenIds) -> EvalPrompt:
-    """The generation prompt of `ex` at `stage`: question (+ markers and latents)."""
+    """The generation prompt of `ex` at `stage`: question (+ markers and latents; + the answer
+    delimiter under frontier supervision once every step is dropped)."""
     n = eval_latents(stage, ex.num_steps, cc)
-    head = list(ex.question_ids) + ([ids.start_id] if cc.markers else [])
-    toks = head + [ids.latent_id] * n + ([ids.end_id] if cc.markers else [])
+    n_skip = ex.num_steps if not cc.frontier else stage_plan(stage, ex.num_steps, cc).n_skip
+    head, toks = _prompt(ex, StagePlan(n_skip, n), cc, ids)
     return EvalPrompt(input_ids=tuple(toks), anchor=len(head), n_latent=n, idx=ex.idx, extra=ex.extra)
 
 
@@ -269,7 +355,7 @@ def render_text(
     return s + "### " + answer + eos
 
 
-def extract_answer(text: str) -> str:
-    """The answer in a generated text, as the original scores it: after the last '#',
-    commas removed, stripped."""
-    return text.split("#")[-1].replace(",", "").strip()
+def extract_answer(text: str, delimiter: str = "#") -> str:
+    """The answer in a generated text, as the original scores it: after the last
+    `delimiter` ('#' for the text format, '[A]' for graph tokens), commas removed, stripped."""
+    return text.split(delimiter)[-1].replace(",", "").strip()

@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +45,7 @@ from latent_jax.latent.coconut import check_thought_norm, coconut_generate, coco
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
     extract_answer,
+    problem_format,
     scheduled_stage,
     stage_boundaries,
     stage_changed,
@@ -177,6 +178,8 @@ def curriculum_config(config: ConfigDict) -> CurriculumConfig:
         pad_latent_to_max=bool(config.pad_latent_to_max),
         uniform_prob=float(config.uniform_prob),
         seed=int(config.seed),
+        supervision=str(config.get("supervision", "steps")),
+        latent_markers=bool(config.get("latent_markers", True)),
     )
 
 
@@ -185,14 +188,23 @@ def prepare_data(config: ConfigDict, workdir: str) -> dict[str, str]:
     config.data.generate == 'prosqa' (once; existing files are reused)."""
     d = config.data
     if d.get("generate", ""):
-        if d.generate != "prosqa":
-            raise ValueError(f"config.data.generate={d.generate!r}; use 'prosqa' or '' (read data.*_path)")
-        from latent_jax.data.prosqa import write_prosqa
-
+        if d.generate not in ("prosqa", "prosqa_graph"):
+            raise ValueError(f"config.data.generate={d.generate!r}; use 'prosqa', 'prosqa_graph' or '' (read data.*_path)")
         out = d.get("generate_dir", "") or os.path.join(workdir, "data")
         g = d.gen
-        paths = {s: os.path.join(out, f"prosqa_{s}.json") for s in ("train", "valid", "test")}
-        if not all(os.path.exists(p) for p in paths.values()):
+        paths = {s: os.path.join(out, f"{d.generate}_{s}.json") for s in ("train", "valid", "test")}
+        if all(os.path.exists(p) for p in paths.values()):
+            return paths
+        if d.generate == "prosqa_graph":
+            from latent_jax.data.prosqa_graph import write_graph_splits
+
+            write_graph_splits(out, {"train": g.train, "valid": g.valid, "test": g.test}, seed=g.seed,
+                               min_nodes=g.min_nodes, max_nodes=g.max_nodes, edges_per_node=g.edges_per_node,
+                               min_hops=g.min_hops, max_hops=g.max_hops, node_tokens=g.node_tokens,
+                               decoy=float(g.decoy))
+        else:
+            from latent_jax.data.prosqa import write_prosqa
+
             write_prosqa(out, train=g.train, valid=g.valid, test=g.test, seed=g.seed, concepts=g.concepts,
                          min_hops=g.min_hops, max_hops=g.max_hops, branching=g.branching,
                          decoy=float(g.get("decoy", 1.0)), phrasing=str(g.get("phrasing", "sentences")))
@@ -227,7 +239,8 @@ def build_tokenizer(config: ConfigDict, workdir: str, train_path: str):
         add_coconut_tokens(tok)
         return tok, tdir
     rows = load_coconut_json(train_path, on_bad_row=str(config.get("on_bad_row", "error")))
-    tok = train_tokenizer(text_corpus(rows), tdir, vocab_size=int(config.data.tokenizer_vocab_size),
+    fmt = problem_format(str(config.data.get("format", "text")))
+    tok = train_tokenizer(text_corpus(rows, fmt), tdir, vocab_size=int(config.data.tokenizer_vocab_size),
                           kind=str(config.data.get("tokenizer_kind", "bpe")))
     return tok, tdir
 
@@ -283,12 +296,26 @@ def _round_up(x: int, m: int) -> int:
     return -(-int(x) // m) * m
 
 
-def geometry(seqs, bucket: int = 8) -> tuple[int, int]:
-    """(latent_start, T) that fits every (anchor, length) pair: one compiled program per
-    curriculum stage instead of one per batch."""
-    start = _round_up(max(max(a for a, _ in seqs), 1), bucket)
-    suffix = _round_up(max(max(n - a for a, n in seqs), 1), bucket)
-    return start, start + suffix
+class Geometry(NamedTuple):
+    """One batch shape for a whole stage: latent column, length, and thought columns."""
+
+    start: int
+    T: int
+    num_latent: int = 0
+
+
+def geometry(seqs, bucket: int = 8) -> Geometry:
+    """The Geometry that fits every (anchor, length[, n_latent]) tuple: one compiled program
+    per curriculum stage instead of one per batch (with uniform_prob mixing the batches of a
+    stage hold different latent counts; thought columns past a row's latents hold its
+    ordinary tokens, so scanning the stage's maximum is exact)."""
+    start = _round_up(max(max(s[0] for s in seqs), 1), bucket)
+    suffix = _round_up(max(max(s[1] - s[0] for s in seqs), 1), bucket)
+    return Geometry(start, start + suffix, max((s[2] if len(s) > 2 else 0) for s in seqs))
+
+
+def _num_latent(batch, geom) -> int:
+    return max(batch.num_latent, geom.num_latent) if isinstance(geom, Geometry) else batch.num_latent
 
 
 def repad(arrays: dict, latent_start: int, start: int, T: int, pad_id: int) -> dict:
@@ -311,13 +338,15 @@ def repad(arrays: dict, latent_start: int, start: int, T: int, pad_id: int) -> d
 def train_geometry(examples, epoch: int, cc: CurriculumConfig, ids, bucket: int) -> tuple[int, int]:
     from latent_jax.latent.curriculum import train_sample
 
-    return geometry([(s.anchor, len(s.input_ids)) for s in (train_sample(e, epoch, cc, ids) for e in examples)], bucket)
+    return geometry([(s.anchor, len(s.input_ids), s.n_latent) for s in (train_sample(e, epoch, cc, ids) for e in examples)],
+                    bucket)
 
 
 def eval_geometry(examples, stage: int, cc: CurriculumConfig, ids, bucket: int) -> tuple[int, int]:
     from latent_jax.latent.curriculum import eval_prompt
 
-    return geometry([(p.anchor, len(p.input_ids)) for p in (eval_prompt(e, stage, cc, ids) for e in examples)], bucket)
+    return geometry([(p.anchor, len(p.input_ids), p.n_latent) for p in (eval_prompt(e, stage, cc, ids) for e in examples)],
+                    bucket)
 
 
 # ============================================================================ steps
@@ -368,7 +397,7 @@ class Trainer:
         arrays, start = batch.arrays, batch.latent_start
         if geom is not None:
             arrays, start = repad(arrays, start, geom[0], geom[1], pad_id), geom[0]
-        key = (start, batch.num_latent, bool(batch.feedback))
+        key = (start, _num_latent(batch, geom), bool(batch.feedback))
         # compiled steps are shared by runs in one process with the same model, optimizer and mesh
         ckey = (self.mcfg, self.tx_key, self.mesh, self.remat, self.thought_norm, key)
         fn = _STEP_CACHE.get(ckey)
@@ -408,7 +437,7 @@ class Trainer:
         a, start = _eval_arrays(eb, geom, pad_id)
         return coconut_generate(
             params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
-            rng, sp, stop_ids, config=self.mcfg, latent_start=start, num_latent=eb.num_latent,
+            rng, sp, stop_ids, config=self.mcfg, latent_start=start, num_latent=_num_latent(eb, geom),
             max_new_tokens=settings["max_new_tokens"], pad_id=pad_id, feedback=bool(eb.feedback),
             thought_norm=self.thought_norm,
         )
@@ -419,8 +448,8 @@ class Trainer:
         a, start = _eval_arrays(eb, geom, pad_id)
         ids, probs = thought_topk(
             params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
-            config=self.mcfg, latent_start=start, num_latent=eb.num_latent, k=k, thought_norm=self.thought_norm)
-        is_thought = np.asarray(a["latent_mask"])[:, start : start + eb.num_latent].astype(bool)
+            config=self.mcfg, latent_start=start, num_latent=_num_latent(eb, geom), k=k, thought_norm=self.thought_norm)
+        is_thought = np.asarray(a["latent_mask"])[:, start : start + _num_latent(eb, geom)].astype(bool)
         return np.asarray(ids), np.asarray(probs), is_thought
 
 
@@ -444,6 +473,7 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
     rows, n_tok = [], []
     max_new = int(settings["max_new_tokens"])
     k_th = int(trainer.config.get("decode_thoughts", 0))
+    delim = problem_format(str(trainer.config.data.get("format", "text"))).answer_delimiter
     ds = eval_data.dataset(stage)
     for bi in tqdm(range(len(ds)), desc=desc, leave=False, disable=not progress, file=sys.stderr):
         eb = ds[bi]
@@ -459,7 +489,7 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
             ids = toks[r, : lens[r]].tolist()
             body = ids[:-1] if ids and ids[-1] == tok.eos_id else ids
             text = tok.decode(body, skip_special_tokens=True)
-            pred = extract_answer(text)
+            pred = extract_answer(text, delim)
             gold = eb.answers[r].replace(",", "").strip()
             rows.append({
                 "idx": int(eb.example_idx[r]),
@@ -516,6 +546,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     d = config.data
     max_len = int(d.max_length) if d.get("max_length", 0) else None
     bucket = int(d.get("bucket", 16))
+    fmt = problem_format(str(d.get("format", "text")))
     bad_rows = str(config.get("on_bad_row", "error"))  # error | skip (count and skip corrupt rows)
     settings = _gen_settings(config, config.coconut_mode)
     mesh = make_mesh(dict(config.mesh))
@@ -525,7 +556,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     eval_bs = int(config.get("eval_batch_size", config.batch_size))
 
     def eval_set(path, name):
-        ex = load_split(path, tok, cc, max_length=max_len, max_rows=d.get("max_eval_rows", None) or None,
+        ex = load_split(path, tok, cc, max_length=max_len, max_rows=d.get("max_eval_rows", None) or None, fmt=fmt,
                         on_bad_row=bad_rows)
         return CoconutEvalData(ex, cc, ids, tok.pad_id, eval_bs, bucket=bucket, name=name)
 
@@ -540,7 +571,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
         print(format_table({config.coconut_mode: res}), flush=True)
         return {"test": res}
 
-    train_ex = load_split(paths["train"], tok, cc, max_length=max_len, max_rows=d.get("max_train_rows", None) or None,
+    train_ex = load_split(paths["train"], tok, cc, max_length=max_len, max_rows=d.get("max_train_rows", None) or None, fmt=fmt,
                           on_bad_row=bad_rows)
     train_data = CoconutTrainData(train_ex, cc, ids, tok.pad_id, int(config.batch_size), seed=int(config.seed),
                                   shuffle=True, drop_remainder=True, bucket=bucket)
@@ -623,14 +654,17 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
             save(epoch + 1, None)
             continue
         # ---------------------------------------------------------- validation
-        res = evaluate(trainer, state["params"], val_data, stage, tok, settings, int(config.seed) + epoch,
-                       desc="valid", progress=progress, geom=eval_geom(stage))
+        # frontier supervision: every epoch is scored on the final task (all thoughts, then the
+        # answer), since intermediate stages end in a frontier node rather than an answer
+        val_stage = final_stage if cc.frontier else stage
+        res = evaluate(trainer, state["params"], val_data, val_stage, tok, settings, int(config.seed) + epoch,
+                       desc="valid", progress=progress, geom=eval_geom(val_stage))
         history.append({"epoch": epoch, "stage": stage, "accuracy": res["accuracy"]})
         writer.write(int(state["step"]), {"accuracy": res["accuracy"], "mean_new_tokens": res["mean_new_tokens"],
                                           "epoch": epoch, "stage": stage}, prefix="val/")
         print(f"[{config.coconut_mode}] epoch {epoch + 1}/{num_epochs} stage {stage}: val accuracy "
               f"{100 * res['accuracy']:.1f}%  ({time.time() - t_start:.0f}s)", flush=True)
-        if stage == final_stage and res["accuracy"] > best_final:
+        if val_stage == final_stage and res["accuracy"] > best_final:
             best_final = res["accuracy"]
             save_model(os.path.join(workdir, "best_model"), jax.device_get(state["params"]), mcfg, tok_dir)
         save(epoch + 1, None, {"accuracy": res["accuracy"]})
