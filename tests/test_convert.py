@@ -115,7 +115,47 @@ def test_errors_are_one_line(tiny_hf_dir, tmp_path, capsys):
     d = variant("noconfig", drop="config.json")
     assert "no config.json" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
     assert "not a latent_jax checkpoint" in _err(capsys, ["orbax-to-hf", "--ckpt", src, "--out", out])
+    d = variant("truncated")
+    with open(os.path.join(d, "model.safetensors"), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(d, "model.safetensors")) // 2)
+    err = _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    assert f"{d}/model.safetensors is not a readable safetensors file" in err and "re-download" in err
+    d = variant("random")
+    with open(os.path.join(d, "model.safetensors"), "wb") as f:
+        f.write(np.random.default_rng(1).bytes(3000))
+    assert f"{d}/model.safetensors is not a readable safetensors file" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    d = variant("garbage_config")
+    with open(os.path.join(d, "config.json"), "w") as f:
+        f.write("\x00\x01 not json")
+    assert f"{d}/config.json is not valid JSON" in _err(capsys, ["hf-to-orbax", "--hf", d, "--out", out])
+    ck = str(tmp_path / "ck")
+    assert main(["hf-to-orbax", "--hf", src, "--out", ck]) == 0
+    capsys.readouterr()
+    with open(os.path.join(ck, "model_config.json"), "w") as f:
+        f.write('{"model_type": ')
+    err = _err(capsys, ["orbax-to-hf", "--ckpt", ck, "--out", out])
+    assert f"{ck}/model_config.json is not valid JSON" in err and "re-create" in err
     assert not os.path.exists(out)  # nothing written on failure
+
+
+def test_relative_paths(tiny_hf_dir, tmp_path, monkeypatch, capsys):
+    """--hf / --out / --ckpt relative to the current directory (Orbax itself wants absolute)."""
+    shutil.copytree(tiny_hf_dir("llama"), tmp_path / "hf")
+    monkeypatch.chdir(tmp_path)
+    assert main(["hf-to-orbax", "--hf", "hf", "--out", "ck"]) == 0
+    assert main(["orbax-to-hf", "--ckpt", "ck", "--out", "back"]) == 0
+    assert f"wrote {tmp_path / 'back'}" in capsys.readouterr().out
+    assert (tmp_path / "ck" / "model_config.json").exists() and (tmp_path / "back" / "model.safetensors").exists()
+
+
+def test_vlm_dir_without_config_json_is_one_line(tmp_path):
+    from latent_jax.models.config import ConfigError
+    from latent_jax.models.hf_vlm import load_vlm
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError) as e:
+        load_vlm(str(tmp_path))
+    assert str(e.value).startswith(f"{tmp_path} has no config.json; pass a Hugging Face model directory")
 
 
 def test_subprocess_entry_point(tiny_hf_dir, tmp_path):

@@ -47,3 +47,128 @@ def test_unknown_config_key_lists_valid_keys(monkeypatch):
     msg = str(e.value.code)
     assert "unknown config key 'c_thougth'" in msg and "c_thought" in msg
     check_override_keys(["main", "--config=configs/prosqa_coconut.py:smoke", "--config.c_thought=2"])  # valid: no exit
+
+
+def _main(args, cwd, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "latent_jax.main", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_relative_workdir_from_another_directory(tmp_path):
+    """The README's first command in its smoke form, from a directory that is not the
+    checkout, with a relative --workdir (Orbax refuses relative paths unless resolved).
+    The chain is cut to its no-CoT run to keep the suite fast: it trains, saves best_model,
+    reloads it and writes results.json, which is the path that failed."""
+    out = _main([f"--config={ROOT}/configs/prosqa_coconut.py:smoke", "--workdir", "runs/smoke",
+                 "--config.chain=no_cot"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.load(open(tmp_path / "runs" / "smoke" / "results.json"))
+    assert "no_cot" in json.dumps(res)
+    assert (tmp_path / "runs" / "smoke" / "no_cot" / "best_model" / "model_config.json").exists()
+    # nothing a user cannot act on: no transformers PyTorch notice, no Orbax chatter
+    import re
+
+    noise = [l for l in out.stderr.splitlines() if re.match(r"[IWEF]\d{4} |WARNING:|\[transformers\]", l)]
+    assert not noise and "PyTorch was not found" not in out.stderr, noise
+
+
+def test_bad_config_arguments_are_one_line_and_write_nothing(tmp_path):
+    cases = [
+        (["--config=configs/nope.py"], "--config file configs/nope.py does not exist"),
+        ([f"--config={ROOT}/configs/mnist_act.py:bogus"], "unknown preset 'bogus'"),
+        ([f"--config={ROOT}/configs/prosqa_coconut.py:smoke", "--config.c_thougth=2"], "unknown config key 'c_thougth'"),
+    ]
+    for args, want in cases:
+        out = _main([*args, "--workdir", "w"], cwd=tmp_path, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], (
+            args, out.stderr[-2000:])
+    assert not (tmp_path / "w").exists()
+
+
+def test_paths_in_the_config_are_resolved_and_uris_kept(tmp_path, monkeypatch):
+    from ml_collections import ConfigDict
+
+    from latent_jax.paths import resolve_config_paths, resolve_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local").mkdir()
+    c = ConfigDict(dict(workdir="runs/x", model=dict(path="local", hidden_size=8), data=dict(
+        path="owner/dataset", train_path="d/train.json", clips_dir="gs://bucket/clips", generate="prosqa"),
+        load_model_path="", chain_overrides=dict(coconut=dict(load_model_path="cot/best_model"))))
+    changed = resolve_config_paths(c)
+    assert c.workdir == str(tmp_path / "runs" / "x") and c.model.path == str(tmp_path / "local")
+    assert c.data.train_path == str(tmp_path / "d" / "train.json")
+    assert c.chain_overrides.coconut.load_model_path == str(tmp_path / "cot" / "best_model")
+    assert c.data.path == "owner/dataset"  # a Hub name, not a local path
+    assert c.data.clips_dir == "gs://bucket/clips" and c.data.generate == "prosqa" and c.load_model_path == ""
+    assert "data.path" not in changed and "model.path" in changed
+    assert resolve_path("file:///tmp/x") == "file:///tmp/x" and resolve_path("gs://b/c") == "gs://b/c"
+
+
+def test_on_bad_row_is_reachable_from_the_config(tmp_path):
+    """A corrupt Coconut row stops the run naming file, row and the config key; with
+    --config.on_bad_row=skip the run goes on."""
+    rows = [{"question": f"q{i}?", "steps": ["s"], "answer": "a"} for i in range(8)]
+    rows[3] = {"question": "broken", "answer": "a"}
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.json").write_text(json.dumps(rows))
+    common = [f"--config={ROOT}/configs/prosqa_coconut.py:smoke", "--config.chain=", "--config.coconut_mode=no_cot",
+              "--config.data.generate=", f"--config.data.train_path={tmp_path}/train.json",
+              f"--config.data.val_path={tmp_path}/valid.json", f"--config.data.test_path={tmp_path}/test.json",
+              "--config.batch_size=4", "--config.num_epochs=1", "--config.max_steps=1"]
+    out = _main([*common, "--workdir", "a"], cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert "train.json: row 3" in lines[0] and "--config.on_bad_row=skip" in lines[0]
+    out = _main([*common, "--workdir", "b", "--config.on_bad_row=skip"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipped 1 of 8 rows" in out.stderr
+
+
+def test_missing_model_hint_names_the_configs_model(tmp_path):
+    sys.path.insert(0, ROOT)
+    from configs.aokvqa_cot import get_config as aokvqa
+    from configs.cinepile_coconut import get_config as cinepile
+    from latent_jax.train.mm_loop import run
+
+    for get, want, other in ((cinepile, "microsoft/Phi-4-multimodal-instruct", "InternVL3"),
+                             (aokvqa, "OpenGVLab/InternVL3-1B-hf", "Phi-4")):
+        with pytest.raises(FileNotFoundError) as e:
+            run(get(), str(tmp_path))
+        assert "config.model.path=''" in str(e.value) and want in str(e.value) and other not in str(e.value)
+
+
+_HIDE_TORCH = '''
+import importlib.util, sys
+_find = importlib.util.find_spec
+def _find_spec(name, package=None):
+    return None if name == "torch" or name.startswith("torch.") else _find(name, package)
+importlib.util.find_spec = _find_spec
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NoTorch())
+'''
+
+
+def test_no_pytorch_notice_without_torch(tmp_path):
+    """requirements.txt has no torch: transformers then announces 'PyTorch was not found' at
+    import, which latent_jax (tokenizers and configs only) keeps quiet. torch is hidden here
+    with a sitecustomize; the first run shows the notice does appear without latent_jax."""
+    (tmp_path / "sitecustomize.py").write_text(_HIDE_TORCH)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", JAX_PLATFORMS="cpu")
+
+    def stderr(code):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stderr
+
+    assert "PyTorch was not found" in stderr("import transformers")
+    err = stderr("import latent_jax.generate, transformers\n"
+                 "from transformers.utils import is_torch_available\n"
+                 "assert not is_torch_available()\n"
+                 "transformers.utils.logging.get_logger('transformers').warning('a real warning')")
+    assert "PyTorch was not found" not in err and "a real warning" in err

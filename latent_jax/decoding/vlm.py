@@ -118,6 +118,8 @@ slots and sample the first token; returns the DecodeState that sampling.decode c
 
 
 def _check_length(cfg: VLMConfig, total: int) -> None:
+    """`total`: the longest real prompt (not its padded width) + max_new_tokens; left padding
+    takes no positions, so a padded prompt reaches the same positions as its real tokens."""
     if _needs_long_switch(cfg.text, total):
         raise ValueError(
             f"prompt + --max-new-tokens = {total} crosses rope_original_max_position_embeddings="
@@ -125,13 +127,23 @@ def _check_length(cfg: VLMConfig, total: int) -> None:
             "its image features; lower --max-new-tokens or --num-frames / --max-tiles")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "pad_id"))
 def generate_vlm(params: dict, input_ids: Array, attention_mask: Array, features: Array, rng: Array,
                  sp: SamplingParams, stop_ids: Array, *, cfg: VLMConfig, max_new_tokens: int, top_k: int = 0,
                  pad_id: int = 0) -> GenerateOutput:
     """Batched KV-cached generation for left-padded prompts whose image tokens take `features`
     rows in row-major order (features from `media_features` / VisionLanguageModel)."""
-    _check_length(cfg, input_ids.shape[1] + max_new_tokens)
+    try:  # the longest real prompt; under an outer jit only the padded width is known
+        longest = int(np.asarray(attention_mask).sum(-1).max())
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        longest = input_ids.shape[1]
+    _check_length(cfg, longest + max_new_tokens)
+    return _generate_vlm(params, input_ids, attention_mask, features, rng, sp, stop_ids, cfg=cfg,
+                         max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "pad_id"))
+def _generate_vlm(params, input_ids, attention_mask, features, rng, sp, stop_ids, *, cfg, max_new_tokens, top_k,
+                  pad_id) -> GenerateOutput:
     emb = embed_prompt(params, cfg, input_ids, features)
     static = dict(config=cfg.text, max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id)
     state = _prefill_embeds(params["language_model"], emb, input_ids, attention_mask, rng, sp, stop_ids, **static)
@@ -180,7 +192,7 @@ def run_cli(args, cfg: VLMConfig, params: dict, tokenizer) -> list[dict[str, Any
     stop_arr = jnp.asarray(stops, jnp.int32)
     max_new = int(args.max_new_tokens)
     ids_np, mask_np = left_pad([ids], pad_id, bucket=bucket_length(len(ids)))
-    _check_length(cfg, ids_np.shape[1] + max_new)
+    _check_length(cfg, len(ids) + max_new)
     x, m = jnp.asarray(ids_np), jnp.asarray(mask_np)
     static = dict(config=t, max_new_tokens=max_new, top_k=top_k, pad_id=pad_id)
     rng = jax.random.PRNGKey(int(args.seed))

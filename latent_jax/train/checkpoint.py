@@ -216,8 +216,9 @@ def _restore_params(src: str, config: ModelConfig, dtype: str | None, shardings:
         ckptr.close()
         logger.removeFilter(hold)
     if failure is not None:
-        # the failed read leaves asyncio reads behind; finish them now, not at interpreter exit
-        # (where each prints an "Event loop is closed" traceback)
+        # the failed read leaves reads in flight: finish their coroutines now, not at interpreter
+        # exit, and keep the completions that land on Orbax's closed event loop quiet
+        _silence_closed_loop_callbacks()
         gc.collect()
         raise CheckpointError(f"{pdir} cannot be read ({failure}); {CHECKPOINT_FIX}")
     for record in hold.held:
@@ -227,6 +228,40 @@ def _restore_params(src: str, config: ModelConfig, dtype: str | None, shardings:
         params = _cast(params, dtype)
         config = config.replace(param_dtype=str(dtype))
     return config, params
+
+
+def _silence_closed_loop_callbacks() -> None:
+    """After a failed restore, the reads still in flight complete on other threads and report
+    'Event loop is closed' through sys.excepthook, and their abandoned coroutines report through
+    sys.unraisablehook when collected: one traceback each, at random moments (up to interpreter
+    exit), about an error already reported. Drop exactly those; every other report reaches the
+    previous hook. Self-contained closures, as they may run while the interpreter shuts down."""
+    import sys
+
+    prev_except, prev_unraisable = sys.excepthook, sys.unraisablehook
+    if getattr(prev_except, "_latent_jax", False):
+        return
+    needle = f"{os.sep}orbax{os.sep}"
+
+    def closed_loop(exc_type, exc, tb) -> bool:  # raised by asyncio's BaseEventLoop._check_closed
+        if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
+            return False
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+
+    def excepthook(exc_type, exc, tb):
+        if not closed_loop(exc_type, exc, tb):
+            prev_except(exc_type, exc, tb)
+
+    def unraisablehook(u):
+        code = getattr(u.object, "cr_code", None)  # an abandoned Orbax read coroutine
+        if not ((code is not None and needle in code.co_filename)
+                or closed_loop(u.exc_type, u.exc_value, u.exc_traceback)):
+            prev_unraisable(u)
+
+    excepthook._latent_jax = unraisablehook._latent_jax = True
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 def _to_dict(tree):

@@ -78,6 +78,15 @@ class MMItem:
 
 
 # ------------------------------------------------------------------------ setup
+# what config.model.path should hold, by config.model.family (the configs' model)
+MODEL_HINTS = {
+    "internvl": "a local InternVL3 HF directory, e.g. huggingface-cli download OpenGVLab/InternVL3-1B-hf --local-dir DIR",
+    "phi4mm": "a local Phi-4-multimodal HF directory in the transformers layout, e.g. huggingface-cli download "
+              "microsoft/Phi-4-multimodal-instruct --local-dir DIR, converted with transformers' "
+              "convert_phi4_multimodal_weights_to_hf.py",
+}
+
+
 def _require(path: str, key: str, hint: str) -> str:
     if not path or not os.path.exists(path):
         raise FileNotFoundError(f"config.{key}={path!r} does not exist; set --config.{key}=DIR ({hint})")
@@ -356,9 +365,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         from latent_jax.data.cinepile import check_scorer
 
         check_scorer(config.eval.get("scorer", "official"))
-    _require(config.model.path, "model.path",
-             "a local InternVL3 / Phi-4-multimodal HF directory, e.g. huggingface-cli download "
-             "OpenGVLab/InternVL3-1B-hf --local-dir DIR")
+    _require(config.model.path, "model.path", MODEL_HINTS.get(config.model.get("family", ""), MODEL_HINTS["internvl"]))
     if not is_hub_name(d.path):
         _require(d.path, "data.path", "python -m latent_jax.data.cinepile prepare --root DIR"
                  if d.dataset == "cinepile" else "the A-OKVQA v1p0 JSON directory")
