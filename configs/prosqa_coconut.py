@@ -39,6 +39,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.ablation = "none"  # none | no_curriculum | no_thought | pause_as_thought
     c.chain = ""  # e.g. "no_cot,cot,coconut": separate runs in workdir/<mode>/, one table
     c.chain_overrides = ConfigDict()
+    c.coconut_from_cot = True  # chained Coconut starts from the CoT run's best model (as the paper)
     c.c_thought = 1
     c.epochs_per_stage = 5
     c.max_latent_stage = 6
@@ -46,6 +47,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.uniform_prob = 0.0
     c.supervision = "steps"  # steps (the original) | frontier: after s thoughts, name a depth-s+1 node (graph data)
     c.latent_markers = True  # <|start-latent|> / <|end-latent|> around the thoughts (as the original)
+    c.frontier_targets = "newest"  # newest (the reference: only the newest thought) | all: every thought, every stage
     c.reset_optimizer = True  # fresh optimizer state when the curriculum stage changes
     c.load_model_path = ""  # start from this model (e.g. the CoT run's best_model)
     c.latent_init = "copy"  # new token rows: copy "<<" when it is one token (as the original), else mean
@@ -92,21 +94,116 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     return c
 
 
+def graph_recipe(c: ConfigDict) -> ConfigDict:
+    """The superposition recipe (Zhu, Hao et al. 2025, arXiv 2505.12514) on graph-token ProsQA:
+    every run from scratch, tied embeddings, frontier supervision, no markers, the answer right
+    after the thoughts, stage mixing, constant lr, no optimizer reset."""
+    c.data.generate = "prosqa_graph"
+    c.data.format = "graph"
+    c.data.tokenizer_kind = "whitespace"
+    c.model.tie_word_embeddings = True
+    c.coconut_from_cot = False
+    c.supervision = "frontier"
+    c.latent_markers = False
+    c.pad_latent_to_max = False  # as many thoughts as hops, as the reference
+    c.c_thought = 1
+    c.uniform_prob = 0.1
+    c.reset_optimizer = False
+    c.optim.schedule = "constant"
+    c.optim.weight_decay = 0.01
+    return c
+
+
 def get_config(arg: str = "") -> ConfigDict:
-    c = coconut_fields(get_base())
+    c = graph_recipe(coconut_fields(get_base()))
     c.chain = "no_cot,cot,coconut"
     c.seed = 0
 
-    # a small llama-style model trained from scratch
+    # a 2-layer, 128-wide llama-style model trained from scratch (the paper's is GPT-2 style,
+    # 2 layers of 768)
     c.model.model_type = "llama"
     c.model.hidden_size = 128
-    c.model.intermediate_size = 256
+    c.model.intermediate_size = 512
     c.model.num_hidden_layers = 2
     c.model.num_attention_heads = 8
     c.model.num_key_value_heads = 8
     c.model.head_dim = 16
-    c.model.max_position_embeddings = 512
+    c.model.max_position_embeddings = 256
 
+    # ProsQA-style graphs scaled to a CPU: 10-11 nodes, 1.4 edges per node, exactly 3 hops (a
+    # 2-layer model cannot chain 3 lookups in one pass), a decoy branch from the root, node ids
+    # drawn from 12 tokens
+    g = c.data.gen
+    g.train, g.valid, g.test = 9600, 100, 300
+    g.min_nodes, g.max_nodes, g.edges_per_node, g.node_tokens = 10, 11, 1.4, 12
+    g.min_hops, g.max_hops, g.decoy = 3, 3, 1.0
+    c.data.bucket = 8
+
+    c.max_latent_stage = 3  # stages 0-2 name the frontier after 0-2 thoughts; stage 3+ answers after 3
+    c.epochs_per_stage = 2
+    c.num_epochs = 8
+    c.batch_size = 64
+    c.eval_batch_size = 100
+    c.optim.learning_rate = 3e-3
+    c.optim.warmup_steps = 20
+    c.optim.grad_clip = 1.0
+    c.log_every = 25
+    c.keep_best = 1
+    c.decode_thoughts = 16  # the probe ranks every node token of each thought
+    c.generation.no_cot = generation(3)
+    c.generation.cot = generation(8)
+    c.generation.coconut = generation(2)
+    c.chain_overrides = ConfigDict()
+
+    if arg == "smoke":
+        c.model.hidden_size = 32
+        c.model.intermediate_size = 64
+        c.model.num_attention_heads = 2
+        c.model.num_key_value_heads = 1
+        c.data.gen.train, c.data.gen.valid, c.data.gen.test = 32, 8, 8
+        c.batch_size = 16
+        c.eval_batch_size = 8
+        c.epochs_per_stage = 1
+        c.num_epochs = 2
+        c.max_latent_stage = 1
+        c.optim.warmup_steps = 0
+        c.log_every = 1
+        c.progress = False
+    elif arg == "coconut_only":
+        c.chain = ""
+        c.coconut_mode = "coconut"
+    elif arg == "paper":
+        # the superposition paper's settings (args/prosqa_coconut_2l_8h_768d.yaml of
+        # Ber666/reasoning-by-superposition) on ProsQA-sized graphs, for accelerators
+        c.model.hidden_size, c.model.intermediate_size, c.model.head_dim = 768, 3072, 96
+        c.model.max_position_embeddings = 512
+        g.train, g.valid, g.test = 14785, 257, 419
+        g.min_nodes, g.max_nodes, g.edges_per_node, g.node_tokens = 20, 26, 1.57, 32
+        g.min_hops, g.max_hops = 3, 4
+        c.max_latent_stage, c.epochs_per_stage, c.num_epochs = 4, 25, 300
+        c.batch_size, c.optim.learning_rate, c.optim.warmup_steps, c.optim.grad_clip = 256, 1e-4, 0, 0.0
+        c.decode_thoughts = 40
+        c.model.dtype = "bfloat16"
+    elif arg in ("text", "paper_text"):
+        c = text_config(c, arg)
+    elif arg:
+        raise ValueError(f"unknown preset {arg!r} for prosqa_coconut.py; use smoke, coconut_only, paper, text or paper_text")
+    return c
+
+
+def text_config(c: ConfigDict, arg: str) -> ConfigDict:
+    """The earlier default: ProsQA written as sentences / pairs, Coconut started from the CoT
+    model with the original step-replacing curriculum (docs/coconut.md, "Text ProsQA")."""
+    base = coconut_fields(get_base())
+    for k in ("data", "generation"):
+        c[k] = base[k]
+    for k in ("supervision", "latent_markers", "pad_latent_to_max", "uniform_prob", "coconut_from_cot",
+              "decode_thoughts"):
+        c[k] = base[k]
+    c.model.tie_word_embeddings = False
+    c.model.intermediate_size = 256
+    c.model.max_position_embeddings = 512
+    c.reset_optimizer = True
     c.data.generate = "prosqa"
     # 1-3 hops (2-4 steps, one in-context lookup each: the person's membership, then the
     # fact out of the current concept), 16 concepts (one token each with the word
@@ -148,33 +245,7 @@ def get_config(arg: str = "") -> ConfigDict:
     c.chain_overrides.cot = ConfigDict(dict(num_epochs=4))
     c.chain_overrides.coconut = ConfigDict(dict(num_epochs=5, start_epoch=1, data=ConfigDict(dict(max_train_rows=8000))))
 
-    if arg == "smoke":
-        c.model.hidden_size = 32
-        c.model.intermediate_size = 64
-        c.model.num_hidden_layers = 2
-        c.model.num_attention_heads = 2
-        c.model.num_key_value_heads = 1
-        c.model.head_dim = 16
-        c.data.gen.train, c.data.gen.valid, c.data.gen.test = 32, 8, 8
-        c.batch_size = 16
-        c.eval_batch_size = 8
-        c.epochs_per_stage = 1
-        c.max_latent_stage = 1
-        c.optim.warmup_steps = 0
-        c.log_every = 1
-        c.chain_overrides.no_cot.num_epochs = 1
-        c.chain_overrides.cot.num_epochs = 1
-        c.chain_overrides.coconut.num_epochs = 2
-        c.chain_overrides.coconut.start_epoch = 1
-        c.generation.no_cot = generation(8)
-        c.generation.cot = generation(16)
-        c.generation.coconut = generation(8)
-        c.chain_overrides.coconut.data.max_train_rows = 0
-        c.progress = False
-    elif arg == "coconut_only":
-        c.chain = ""
-        c.coconut_mode = "coconut"
-    elif arg == "paper":
+    if arg == "paper_text":
         c.chain = ""
         c.c_thought, c.epochs_per_stage, c.max_latent_stage = 1, 5, 6
         c.num_epochs, c.batch_size = 50, 32
@@ -186,6 +257,4 @@ def get_config(arg: str = "") -> ConfigDict:
         c.data.gen.phrasing = "sentences"
         c.optim.schedule = "constant"
         c.generation.no_cot, c.generation.cot, c.generation.coconut = generation(24), generation(96), generation(24)
-    elif arg:
-        raise ValueError(f"unknown preset {arg!r} for prosqa_coconut.py; use smoke, coconut_only or paper")
     return c

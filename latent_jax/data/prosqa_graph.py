@@ -99,10 +99,11 @@ def generate_graph(
     nodes 0 .. num_nodes - 1 (see the module docstring). The target is at distance exactly
     `hops`; the negative target is unreachable from the root."""
     d = int(hops)
-    d_neg = int(rng.integers(max(1, d - 1), d + 2))
-    need = 1 + d + (d_neg + 1) + ((d - 1) + 1 if decoy else 0)
-    if num_nodes < need:
-        raise ValueError(f"num_nodes={num_nodes} is too few for hops={d}; use {need} or more")
+    fixed = 1 + d + (d if decoy else 0)  # root, path, decoy branch
+    room = num_nodes - fixed - 1  # longest negative chain that fits (d_neg + 1 nodes)
+    if room < 1:
+        raise ValueError(f"num_nodes={num_nodes} is too few for hops={d}; use {fixed + 2} or more")
+    d_neg = int(rng.integers(max(1, min(d - 1, room)), min(d + 1, room) + 1))
     level: list[int] = []
     side: list[str] = []  # "p": may be reached from the root, "n": ancestors of the negative target
 

@@ -36,7 +36,11 @@ to the target (drawn per (seed, epoch, idx)), so every fed-back thought is train
 the next frontier; at stage s >= #steps all steps are dropped, the latents (one stage's worth
 per step, or max_latent_stage's with pad_latent_to_max) are followed by the answer delimiter
 as part of the prompt, and the label is the answer. Usually without markers
-(`latent_markers=False`), so the first label sits right after the last thought.
+(`latent_markers=False`), so the first label sits right after the last thought. With
+`frontier_targets="all"` (not in the reference, which labels the newest thought only) every
+fed-back state is labelled at every stage: the state fed into thought i (the root's for i = 1)
+names a depth-i node, so a stage-s example carries s + 1 labels instead of one (with
+c_thought > 1, the last thought of each step's group).
 
 Problem formats (`FORMATS`): "text" (the original: question + "\n", steps + "\n",
 "### " + answer, answers extracted after the last "#") and "graph" (symbols separated by
@@ -103,6 +107,7 @@ class CurriculumConfig:
     seed: int = 0
     supervision: str = "steps"
     latent_markers: bool = True
+    frontier_targets: str = "newest"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -121,6 +126,8 @@ class CurriculumConfig:
             raise ValueError(f"uniform_prob={self.uniform_prob}; use a probability in [0, 1]")
         if self.supervision not in SUPERVISIONS:
             raise ValueError(f"supervision={self.supervision!r}; use one of {', '.join(SUPERVISIONS)}")
+        if self.frontier_targets not in ("newest", "all"):
+            raise ValueError(f"frontier_targets={self.frontier_targets!r}; use 'newest' or 'all'")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "CurriculumConfig":
@@ -299,6 +306,12 @@ def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: La
     under frontier supervision)."""
     plan = stage_plan(stage, ex.num_steps, cc)
     head, prefix = _prompt(ex, plan, cc, ids)
+    pre_labels = [IGNORE_INDEX] * len(prefix)
+    if cc.frontier and cc.frontier_targets == "all":  # label the thought slots with the frontier of their depth
+        tps = cc.thoughts_per_step
+        for i in range(min(plan.n_skip, plan.n_latent // max(tps, 1))):
+            layer = ex.frontier_ids[i]
+            pre_labels[len(head) + (i + 1) * tps - 1] = layer[(choice + i) % len(layer)]
     if cc.frontier and plan.n_skip < ex.num_steps:
         if len(ex.frontier_ids) < ex.num_steps:
             raise ValueError(
@@ -313,7 +326,7 @@ def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: La
         rest = [t for s in ex.step_ids[plan.n_skip :] for t in s] + list(ex.answer_ids)
     return CurriculumSample(
         input_ids=tuple(prefix + rest),
-        labels=tuple([IGNORE_INDEX] * len(prefix) + rest),
+        labels=tuple(pre_labels + rest),
         anchor=len(head),
         n_latent=plan.n_latent,
         stage=stage,

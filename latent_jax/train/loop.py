@@ -42,6 +42,7 @@ from ml_collections import ConfigDict
 
 from latent_jax.decoding.sampling import SamplingParams
 from latent_jax.latent.coconut import check_thought_norm, coconut_generate, coconut_loss, thought_topk
+from latent_jax.latent.probe import frontier_probe
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
     extract_answer,
@@ -112,19 +113,26 @@ def run_chain(config: ConfigDict, workdir: str, modes: list[str]) -> dict:
             raise ValueError(f"config.chain has {m!r}; use a comma list of {', '.join(MODES)}")
     t0 = time.time()
     results: dict[str, dict] = {}
-    cot_dir = os.path.join(workdir, "cot") if "cot" in modes else None
+    # the paper starts Coconut from the CoT model; the from-scratch recipe (frontier supervision,
+    # whose stage 0 is its own first-hop training) sets coconut_from_cot=False
+    from_cot = "cot" in modes and bool(config.get("coconut_from_cot", True))
+    cot_dir = os.path.join(workdir, "cot") if from_cot else None
     for m in modes:
         sub = _sub_config(config, m, workdir, cot_dir)
         print(f"== {MODE_TITLES[m]} run -> {os.path.join(workdir, m)}", flush=True)
         results[m] = run_single(sub, os.path.join(workdir, m))
     plot = _plot_chain(workdir, modes, config)
     table = format_table({m: results[m].get("test", {}) for m in modes})
+    probe = results.get("coconut", {}).get("test", {}).get("probe")
+    if probe:
+        table += "\n\n" + format_probe(probe)
     print(table, flush=True)
     summary = {
         "modes": modes,
         "test": {m: results[m].get("test", {}) for m in modes},
         "wall_time_s": time.time() - t0,
         "plot": plot,
+        "probe": probe,
     }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -141,6 +149,28 @@ def format_table(test: dict[str, dict]) -> str:
             continue
         lines.append(f"{MODE_TITLES.get(m, m):<10} {100 * r['accuracy']:>8.1f}% {r['mean_new_tokens']:>9.1f} {r['num_examples']:>9d}")
     return "\n".join(lines)
+
+
+def format_probe(probe: dict) -> str:
+    """The thought probe as a table (one row per continuous thought)."""
+    lines = ["thought probe (test): per thought, its top-ranked nodes through the LM head vs the BFS frontier",
+             f"{'thought':>7} {'in frontier':>12} {'chance':>7} {'top-1 reach':>12} {'top-1 path':>11} {'n':>5}"]
+    for t in probe["by_thought"]:
+        lines.append(f"{t['thought']:>7} {100 * t['frontier_share']:>11.1f}% {100 * t['chance_share']:>6.1f}% "
+                     f"{100 * t['top1_in_reach']:>11.1f}% {100 * t['top1_on_path']:>10.1f}% {t['n']:>5}")
+    return "\n".join(lines)
+
+
+def plot_probe(path: str, probe: dict) -> str | None:
+    """thought_probe.png: per thought, the share of its top-|frontier| nodes in the BFS frontier
+    of its depth, against chance."""
+    by = probe["by_thought"]
+    xs = [t["thought"] for t in by]
+    return plot_series(path, {
+        "top-|frontier| nodes in the frontier": (xs, [t["frontier_share"] for t in by]),
+        "top-1 node on a shortest path": (xs, [t["top1_on_path"] for t in by]),
+        "chance (frontier / nodes)": (xs, [t["chance_share"] for t in by]),
+    }, "continuous thought (= depth)", "share", title="what each continuous thought encodes")
 
 
 def _plot_chain(workdir: str, modes: list[str], config: ConfigDict) -> str | None:
@@ -180,6 +210,7 @@ def curriculum_config(config: ConfigDict) -> CurriculumConfig:
         seed=int(config.seed),
         supervision=str(config.get("supervision", "steps")),
         latent_markers=bool(config.get("latent_markers", True)),
+        frontier_targets=str(config.get("frontier_targets", "newest")),
     )
 
 
@@ -515,6 +546,10 @@ def evaluate(trainer: Trainer, params: dict, eval_data, stage: int, tok, setting
     res = {"accuracy": acc, "mean_new_tokens": float(np.mean(n_tok)) if n_tok else 0.0,
            "num_examples": len(rows), "truncated": int(n_trunc), "stage": int(stage),
            **{f"generation_{k}": v for k, v in settings.items()}}
+    graphs = {e.idx: e.extra for e in eval_data.examples}
+    probed = [(r["thoughts"], graphs[r["idx"]]) for r in rows if "thoughts" in r and "reach" in graphs.get(r["idx"], {})]
+    if probed:  # graph problems: do the thoughts hold the BFS frontier of their depth?
+        res["probe"] = frontier_probe(probed)
     if n_trunc:
         print(f"[{desc}] warning: {n_trunc} of {len(rows)} generations stopped at max_new_tokens={max_new} "
               "before EOS (answers may be cut off); raise config.generation.<mode>.max_new_tokens", flush=True)
@@ -694,6 +729,9 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
                    os.path.join(workdir, "test"), desc="test", progress=progress, geom=eval_geom(test_stage))
     writer.write(int(state["step"]), {"accuracy": res["accuracy"], "mean_new_tokens": res["mean_new_tokens"]},
                  prefix="test/")
+    if "probe" in res:
+        res["probe"]["plot"] = plot_probe(os.path.join(workdir, "thought_probe.png"), res["probe"])
+        print(format_probe(res["probe"]), flush=True)
     writer.close()
     print(f"[{config.coconut_mode}] test accuracy {100 * res['accuracy']:.1f}% "
           f"({res['num_examples']} examples, {res['mean_new_tokens']:.1f} new tokens)", flush=True)

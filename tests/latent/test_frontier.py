@@ -53,6 +53,20 @@ def test_stage_layouts_name_the_next_frontier_then_the_answer():
     assert list(s.input_ids) == q + [START, LAT, END, 21, 22, A, 22, EOS]
 
 
+def test_all_targets_label_every_fed_back_state_with_its_depth():
+    ex, cc = example(), cfg(frontier_targets="all")
+    q = list(ex.question_ids)
+    s = C.build_sample(ex, 2, cc, IDS, choice=1)
+    # slot i's label is read off the state fed into thought i (depth i), the last label names depth 3
+    assert list(s.input_ids) == q + [LAT, LAT, 22]
+    assert list(s.labels) == [-100] * 4 + [23, 21, 22]
+    s = C.build_sample(ex, 3, cc, IDS, choice=0)
+    assert list(s.labels) == [-100] * 4 + [20, 21, 22, -100, 22, EOS]  # "[A]" stays unlabelled
+    assert list(C.build_sample(ex, 0, cc, IDS, 0).labels) == [-100] * 4 + [20]
+    with pytest.raises(ValueError, match="frontier_targets"):
+        cfg(frontier_targets="some")
+
+
 def test_frontier_choice_is_drawn_per_epoch_and_modes_other_than_coconut_ignore_it():
     ex, cc = example(), cfg(epochs_per_stage=100)
     seen = {C.train_sample(ex, e, cc, IDS).input_ids[-1] for e in range(30)}
@@ -87,10 +101,10 @@ def model():
     return mc, params
 
 
-@pytest.mark.parametrize("stage", [1, 2, 4])
-def test_scan_equals_naive_on_frontier_batches(model, stage):
+@pytest.mark.parametrize("stage,targets", [(1, "newest"), (2, "all"), (4, "all")])
+def test_scan_equals_naive_on_frontier_batches(model, stage, targets):
     mc, params = model
-    cc = cfg(max_latent_stage=4)
+    cc = cfg(max_latent_stage=4, frontier_targets=targets)
     samples = [C.build_sample(e, stage, cc, IDS) for e in EXAMPLES]
     b = collate_train(samples, 4, PAD, bucket=4)
     assert b.num_latent == min(stage, 4)
@@ -130,3 +144,19 @@ def test_no_marker_generation_equals_the_uncached_reference(model):
     for r, p in enumerate(prompts):
         ref = naive_generate_one(params, list(p.input_ids), LAT, config=mc, max_new_tokens=new)
         assert toks[r].tolist() == ref
+
+
+def test_frontier_probe_on_hand_computed_values():
+    from latent_jax.latent.probe import frontier_probe, probe_row
+
+    graph = {"edges": [[0, 1], [0, 2], [1, 3], [2, 3], [2, 4], [3, 5], [4, 6], [7, 8], [7, 4]], "root": 0,
+             "reach": [["1", "2"], ["3", "4"], ["5", "6"]], "frontier": [["1", "2"], ["3"], ["5"]]}
+    t1 = [["1", 0.5], ["[A]", 0.2], ["7", 0.1], ["2", 0.1]]  # nodes ranked 1, 7, 2: one of the top two in reach
+    t2 = [["4", 0.6], ["3", 0.3]]  # both in reach; the top one is off the shortest path
+    v = probe_row([t1, t2], graph)
+    assert v[0] == {"frontier_share": 0.5, "chance_share": 0.25, "top1_in_reach": 1.0, "top1_on_path": 1.0}
+    assert v[1] == {"frontier_share": 1.0, "chance_share": 0.25, "top1_in_reach": 1.0, "top1_on_path": 0.0}
+    agg = frontier_probe([([t1, t2], graph), ([t2], graph)])  # the second problem's first thought reads 4, 3
+    assert [t["n"] for t in agg["by_thought"]] == [2, 1]
+    assert agg["by_thought"][0]["frontier_share"] == pytest.approx(0.25)  # (0.5 + 0.0) / 2
+    assert agg["by_thought"][0]["top1_on_path"] == pytest.approx(0.5)
