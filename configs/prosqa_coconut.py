@@ -47,7 +47,7 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.uniform_prob = 0.0
     c.supervision = "steps"  # steps (the original) | frontier: after s thoughts, name a depth-s+1 node (graph data)
     c.latent_markers = True  # <|start-latent|> / <|end-latent|> around the thoughts (as the original)
-    c.frontier_targets = "newest"  # newest (the reference: only the newest thought) | all: every thought, every stage
+    c.thought_labels = "none"  # none (as both references) | frontier: label every thought slot with its depth's frontier
     c.reset_optimizer = True  # fresh optimizer state when the curriculum stage changes
     c.load_model_path = ""  # start from this model (e.g. the CoT run's best_model)
     c.latent_init = "copy"  # new token rows: copy "<<" when it is one token (as the original), else mean

@@ -36,11 +36,16 @@ to the target (drawn per (seed, epoch, idx)), so every fed-back thought is train
 the next frontier; at stage s >= #steps all steps are dropped, the latents (one stage's worth
 per step, or max_latent_stage's with pad_latent_to_max) are followed by the answer delimiter
 as part of the prompt, and the label is the answer. Usually without markers
-(`latent_markers=False`), so the first label sits right after the last thought. With
-`frontier_targets="all"` (not in the reference, which labels the newest thought only) every
-fed-back state is labelled at every stage: the state fed into thought i (the root's for i = 1)
-names a depth-i node, so a stage-s example carries s + 1 labels instead of one (with
-c_thought > 1, the last thought of each step's group).
+(`latent_markers=False`), so the first label sits right after the last thought.
+
+Thought labels (`thought_labels="frontier"`, either supervision; not in either reference,
+which label no thought slot): every fed-back state is labelled at every stage, the state fed
+into thought i (the question's last state for i = 1) with a node at depth i on a shortest
+path, so every thought is trained to be readable as its frontier through the LM head (with
+c_thought > 1, the state fed into the last thought of each step's group). With
+`supervision="steps"` and no markers this is the original curriculum (stage 0 = CoT, stage s
+replaces s steps with thoughts, the remaining steps and the answer follow) with labelled
+thoughts.
 
 Problem formats (`FORMATS`): "text" (the original: question + "\n", steps + "\n",
 "### " + answer, answers extracted after the last "#") and "graph" (symbols separated by
@@ -107,7 +112,7 @@ class CurriculumConfig:
     seed: int = 0
     supervision: str = "steps"
     latent_markers: bool = True
-    frontier_targets: str = "newest"
+    thought_labels: str = "none"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -126,8 +131,8 @@ class CurriculumConfig:
             raise ValueError(f"uniform_prob={self.uniform_prob}; use a probability in [0, 1]")
         if self.supervision not in SUPERVISIONS:
             raise ValueError(f"supervision={self.supervision!r}; use one of {', '.join(SUPERVISIONS)}")
-        if self.frontier_targets not in ("newest", "all"):
-            raise ValueError(f"frontier_targets={self.frontier_targets!r}; use 'newest' or 'all'")
+        if self.thought_labels not in ("none", "frontier"):
+            raise ValueError(f"thought_labels={self.thought_labels!r}; use 'none' or 'frontier'")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "CurriculumConfig":
@@ -307,9 +312,15 @@ def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: La
     plan = stage_plan(stage, ex.num_steps, cc)
     head, prefix = _prompt(ex, plan, cc, ids)
     pre_labels = [IGNORE_INDEX] * len(prefix)
-    if cc.frontier and cc.frontier_targets == "all":  # label the thought slots with the frontier of their depth
+    if cc.mode == "coconut" and cc.thought_labels == "frontier":  # label each thought slot with its depth's frontier
         tps = cc.thoughts_per_step
-        for i in range(min(plan.n_skip, plan.n_latent // max(tps, 1))):
+        n_lab = min(plan.n_skip, plan.n_latent // max(tps, 1))
+        if len(ex.frontier_ids) < n_lab:
+            raise ValueError(
+                f"example {ex.idx} has no frontier labels; thought_labels='frontier' needs graph-token rows "
+                "(convert ProsQA with `python -m latent_jax.data.prosqa convert`)"
+            )
+        for i in range(n_lab):
             layer = ex.frontier_ids[i]
             pre_labels[len(head) + (i + 1) * tps - 1] = layer[(choice + i) % len(layer)]
     if cc.frontier and plan.n_skip < ex.num_steps:

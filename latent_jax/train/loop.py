@@ -210,7 +210,7 @@ def curriculum_config(config: ConfigDict) -> CurriculumConfig:
         seed=int(config.seed),
         supervision=str(config.get("supervision", "steps")),
         latent_markers=bool(config.get("latent_markers", True)),
-        frontier_targets=str(config.get("frontier_targets", "newest")),
+        thought_labels=str(config.get("thought_labels", "none")),
     )
 
 

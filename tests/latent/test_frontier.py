@@ -53,8 +53,8 @@ def test_stage_layouts_name_the_next_frontier_then_the_answer():
     assert list(s.input_ids) == q + [START, LAT, END, 21, 22, A, 22, EOS]
 
 
-def test_all_targets_label_every_fed_back_state_with_its_depth():
-    ex, cc = example(), cfg(frontier_targets="all")
+def test_thought_labels_name_every_fed_back_state_with_its_depth():
+    ex, cc = example(), cfg(thought_labels="frontier")
     q = list(ex.question_ids)
     s = C.build_sample(ex, 2, cc, IDS, choice=1)
     # slot i's label is read off the state fed into thought i (depth i), the last label names depth 3
@@ -63,8 +63,15 @@ def test_all_targets_label_every_fed_back_state_with_its_depth():
     s = C.build_sample(ex, 3, cc, IDS, choice=0)
     assert list(s.labels) == [-100] * 4 + [20, 21, 22, -100, 22, EOS]  # "[A]" stays unlabelled
     assert list(C.build_sample(ex, 0, cc, IDS, 0).labels) == [-100] * 4 + [20]
-    with pytest.raises(ValueError, match="frontier_targets"):
-        cfg(frontier_targets="some")
+    with pytest.raises(ValueError, match="thought_labels"):
+        cfg(thought_labels="some")
+    # with the original (steps) supervision: stage 0 is CoT, later stages label the thoughts and
+    # teacher-force the remaining path
+    st = cfg(supervision="steps", thought_labels="frontier")
+    assert list(C.build_sample(ex, 0, st, IDS).labels) == [-100] * 4 + [20, 21, 22, A, 22, EOS]
+    s = C.build_sample(ex, 2, st, IDS, choice=1)
+    assert list(s.input_ids) == q + [LAT, LAT, 22, A, 22, EOS]
+    assert list(s.labels) == [-100] * 4 + [23, 21, 22, A, 22, EOS]
 
 
 def test_frontier_choice_is_drawn_per_epoch_and_modes_other_than_coconut_ignore_it():
@@ -101,10 +108,10 @@ def model():
     return mc, params
 
 
-@pytest.mark.parametrize("stage,targets", [(1, "newest"), (2, "all"), (4, "all")])
+@pytest.mark.parametrize("stage,targets", [(1, "none"), (2, "frontier"), (4, "frontier")])
 def test_scan_equals_naive_on_frontier_batches(model, stage, targets):
     mc, params = model
-    cc = cfg(max_latent_stage=4, frontier_targets=targets)
+    cc = cfg(max_latent_stage=4, thought_labels=targets)
     samples = [C.build_sample(e, stage, cc, IDS) for e in EXAMPLES]
     b = collate_train(samples, 4, PAD, bucket=4)
     assert b.num_latent == min(stage, 4)
