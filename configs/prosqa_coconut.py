@@ -1,19 +1,22 @@
-"""The embedded default: Coconut on generated ProsQA-style data, from scratch, on a CPU.
+"""The embedded default: Coconut against CoT and no-CoT on graph search, from scratch, on a CPU.
 
     python -m latent_jax.main --workdir runs/prosqa              (this file is configs/default.py)
-    python -m latent_jax.main --config=configs/prosqa_coconut.py:smoke --workdir /tmp/smoke
+    python -m latent_jax.main --config=configs/prosqa_coconut.py:smoke --workdir runs/smoke
 
-Writes ProsQA-style train/valid/test files (latent_jax.data.prosqa) into workdir/data,
-trains a word-level tokenizer on them (one id per invented word), then chains three runs as the paper does
-(Hao et al. 2024, arXiv 2412.06769, section 4): a vanilla no-CoT model, a CoT model, and
-Coconut started from the best CoT model (stage k replaces the first k steps with
-k * c_thought continuous thoughts), and prints test accuracy for all three. The paper's
-ProsQA numbers with GPT-2 are Coconut 97.0, CoT 77.5, no-CoT 76.7.
+Writes ProsQA-style problems as graph tokens (latent_jax.data.prosqa_graph: one token per
+node, edges as pairs, the two candidates, the root) into workdir/data, then trains three
+models from scratch on the same data and the same number of updates (no-CoT, CoT, Coconut),
+evaluates each on the held-out test split, probes what each continuous thought encodes, and
+prints the table. The recipe follows "Reasoning by Superposition" (Zhu, Hao et al. 2025,
+arXiv 2505.12514), which trains a 2-layer model from scratch this way; its Coconut is
+near-perfect where 2-layer CoT stays near 75%. The Coconut paper's ProsQA numbers with a
+pretrained GPT-2 are Coconut 97.0, CoT 77.5, no-CoT 76.7 (Hao et al. 2024, arXiv 2412.06769).
 
-Presets: "smoke" (under a minute on CPU), "coconut_only" (one Coconut run; set
-load_model_path to a CoT best_model), "paper" (the published GPT-2 hyperparameters of
-args/prosqa_coconut.yaml: c_thought 1, 5 epochs per stage, max_latent_stage 6, 50 epochs,
-batch 32 (4 GPUs x 32 = 128 global in the original), lr 1e-4, weight decay 0.01).
+Presets: "smoke" (the same chain at toy size), "coconut_only" (one Coconut run), "paper"
+(the superposition paper's settings: 2 layers of 768, ProsQA-sized graphs, batch 256, lr 1e-4,
+25 epochs per stage, 300 epochs, frontier supervision; for accelerators), "text" (the earlier
+default: ProsQA as text, Coconut from the CoT model), "paper_text" (the Coconut paper's GPT-2
+hyperparameters of args/prosqa_coconut.yaml on text ProsQA).
 """
 
 import os
@@ -123,23 +126,30 @@ def get_config(arg: str = "") -> ConfigDict:
     # 2 layers of 768)
     c.model.model_type = "llama"
     c.model.hidden_size = 128
-    c.model.intermediate_size = 512
+    c.model.intermediate_size = 256
     c.model.num_hidden_layers = 2
     c.model.num_attention_heads = 8
     c.model.num_key_value_heads = 8
     c.model.head_dim = 16
     c.model.max_position_embeddings = 256
 
-    # ProsQA-style graphs scaled to a CPU: 10-11 nodes, 1.4 edges per node, exactly 3 hops (a
-    # 2-layer model cannot chain 3 lookups in one pass), a decoy branch from the root, node ids
-    # drawn from 12 tokens
+    # ProsQA-style graphs scaled to a CPU: 7-8 nodes, 1.4 edges per node, 2 hops (a 2-layer
+    # model cannot chain two lookups in one pass), a decoy branch from the root beside the
+    # path, node ids drawn from 10 tokens (docs/coconut.md: with 3 hops and 10-11 nodes the
+    # lookup had not formed after 250-400 updates on this budget)
     g = c.data.gen
     g.train, g.valid, g.test = 9600, 100, 300
-    g.min_nodes, g.max_nodes, g.edges_per_node, g.node_tokens = 10, 11, 1.4, 12
-    g.min_hops, g.max_hops, g.decoy = 3, 3, 1.0
+    g.min_nodes, g.max_nodes, g.edges_per_node, g.node_tokens = 7, 8, 1.4, 10
+    g.min_hops, g.max_hops, g.decoy = 2, 2, 1.0
     c.data.bucket = 8
 
-    c.max_latent_stage = 3  # stages 0-2 name the frontier after 0-2 thoughts; stage 3+ answers after 3
+    # the original curriculum (stage 0 = CoT, stage s = s hops as thoughts, then the rest of
+    # the path and the answer) with every thought labelled by its depth's frontier: the
+    # densest signal per example, which is what a CPU budget needs; supervision="frontier"
+    # with thought_labels="none" is the paper's exact recipe
+    c.supervision = "steps"
+    c.thought_labels = "frontier"
+    c.max_latent_stage = 2
     c.epochs_per_stage = 2
     c.num_epochs = 8
     c.batch_size = 64
@@ -152,7 +162,7 @@ def get_config(arg: str = "") -> ConfigDict:
     c.decode_thoughts = 16  # the probe ranks every node token of each thought
     c.generation.no_cot = generation(3)
     c.generation.cot = generation(8)
-    c.generation.coconut = generation(2)
+    c.generation.coconut = generation(8)  # stages 0-1 still write the rest of the path
     c.chain_overrides = ConfigDict()
 
     if arg == "smoke":
@@ -184,6 +194,8 @@ def get_config(arg: str = "") -> ConfigDict:
         c.batch_size, c.optim.learning_rate, c.optim.warmup_steps, c.optim.grad_clip = 256, 1e-4, 0, 0.0
         c.decode_thoughts = 40
         c.model.dtype = "bfloat16"
+        c.supervision, c.thought_labels = "frontier", "none"  # the paper's exact recipe
+        c.generation.coconut = generation(2)
     elif arg in ("text", "paper_text"):
         c = text_config(c, arg)
     elif arg:
@@ -197,7 +209,7 @@ def text_config(c: ConfigDict, arg: str) -> ConfigDict:
     base = coconut_fields(get_base())
     for k in ("data", "generation"):
         c[k] = base[k]
-    for k in ("supervision", "latent_markers", "pad_latent_to_max", "uniform_prob", "coconut_from_cot",
+    for k in ("supervision", "latent_markers", "thought_labels", "pad_latent_to_max", "uniform_prob", "coconut_from_cot",
               "decode_thoughts"):
         c[k] = base[k]
     c.model.tie_word_embeddings = False

@@ -223,6 +223,10 @@ def text_corpus(examples, fmt=None) -> list[str]:
     out = []
     for e in examples:
         out.append(sep.join([e.question + q_sfx, *(s + s_sfx for s in e.steps), a_pfx + e.answer]))
+    if fmt is not None and fmt.name == "graph":  # every node id of the vocabulary, seen in training or not
+        n = max((len(e.extra.get("idx_to_symbol", ())) for e in examples), default=0)
+        if n:
+            out.append(" ".join(str(i) for i in range(n)))
     return out
 
 

@@ -167,3 +167,31 @@ def test_checkpoint_every_step_killed_at_the_epoch_end_resumes(uninterrupted, tm
     a, b = uninterrupted, train_losses(tmp_path)
     assert sorted(b) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
+
+
+def test_converted_prosqa_files_train_and_evaluate(tmp_path):
+    """Real ProsQA files (here rows written by hand in their schema) converted to graph tokens
+    are what training and evaluation read: no code change, only data paths."""
+    from latent_jax.data.prosqa import main as prosqa_main
+    from latent_jax.train.loop import run
+
+    sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
+    from test_prosqa_graph import PROSQA_ROWS
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for split in ("train", "valid", "test"):
+        (src / f"prosqa_{split}.json").write_text(json.dumps(PROSQA_ROWS * (4 if split == "train" else 1)))
+    files = [str(src / f"prosqa_{s}.json") for s in ("train", "valid", "test")]
+    assert prosqa_main(["convert", "--in", *files, "--out", str(tmp_path / "graph"), "--node-tokens", "16"]) == 0
+    c = tiny_config(0)
+    c.data.generate = ""
+    for k, s in (("train_path", "train"), ("val_path", "valid"), ("test_path", "test")):
+        c.data[k] = str(tmp_path / "graph" / f"prosqa_{s}.json")
+    c.max_latent_stage, c.num_epochs, c.eval_every_epochs = 3, 2, 1
+    out = run(c, str(tmp_path / "run"))
+    assert out["test"]["num_examples"] == 2 and "probe" in out["test"]
+    tok = json.load(open(tmp_path / "run" / "tokenizer" / "tokenizer.json"))["model"]["vocab"]
+    assert all(str(i) in tok for i in range(16))  # the whole node vocabulary, not only the ids seen
+    rows = [json.loads(x) for x in open(tmp_path / "run" / "test" / "predictions.jsonl")]
+    assert [r["answer"] for r in rows] == [str(json.load(open(c.data.test_path))[i]["target"]) for i in range(2)]
