@@ -161,16 +161,32 @@ def format_probe(probe: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_probe(path: str, probe: dict) -> str | None:
-    """thought_probe.png: per thought, the share of its top-|frontier| nodes in the BFS frontier
-    of its depth, against chance."""
+def plot_probe(path: str, probe: dict) -> str:
+    """thought_probe.png: per continuous thought (= depth), grouped bars of the share of its
+    top-|frontier| nodes in the BFS frontier, its top-1 node on a shortest path, and chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     by = probe["by_thought"]
-    xs = [t["thought"] for t in by]
-    return plot_series(path, {
-        "top-|frontier| nodes in the frontier": (xs, [t["frontier_share"] for t in by]),
-        "top-1 node on a shortest path": (xs, [t["top1_on_path"] for t in by]),
-        "chance (frontier / nodes)": (xs, [t["chance_share"] for t in by]),
-    }, "continuous thought (= depth)", "share", title="what each continuous thought encodes")
+    xs = np.arange(len(by))
+    bars = (("top-|frontier| nodes in the BFS frontier", "frontier_share"),
+            ("top-1 node on a shortest path", "top1_on_path"), ("chance (frontier / nodes)", "chance_share"))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    w = 0.8 / len(bars)
+    for i, (label, key) in enumerate(bars):
+        ax.bar(xs + (i - 1) * w, [t[key] for t in by], w, label=label)
+    ax.set_xticks(xs, [str(t["thought"]) for t in by])
+    ax.set_xlabel("continuous thought (= depth in the graph)")
+    ax.set_ylabel("share of test problems")
+    ax.set_ylim(0, 1)
+    ax.set_title("what each continuous thought encodes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _plot_chain(workdir: str, modes: list[str], config: ConfigDict) -> str | None:

@@ -191,6 +191,8 @@ def test_converted_prosqa_files_train_and_evaluate(tmp_path):
     c.max_latent_stage, c.num_epochs, c.eval_every_epochs = 3, 2, 1
     out = run(c, str(tmp_path / "run"))
     assert out["test"]["num_examples"] == 2 and "probe" in out["test"]
+    assert out["test"]["probe"]["plot"] == str(tmp_path / "run" / "thought_probe.png")
+    assert os.path.getsize(out["test"]["probe"]["plot"]) > 1000
     tok = json.load(open(tmp_path / "run" / "tokenizer" / "tokenizer.json"))["model"]["vocab"]
     assert all(str(i) in tok for i in range(16))  # the whole node vocabulary, not only the ids seen
     rows = [json.loads(x) for x in open(tmp_path / "run" / "test" / "predictions.jsonl")]
