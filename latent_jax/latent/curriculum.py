@@ -348,7 +348,8 @@ def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: La
 
 def train_sample(ex: TokenizedExample, epoch: int, cc: CurriculumConfig, ids: LatentTokenIds) -> CurriculumSample:
     """The training sequence of `ex` at `epoch` (uniform_prob mixing included)."""
-    choice = frontier_choice(epoch, ex.idx, cc) if cc.frontier else 0
+    labelled = cc.frontier or (cc.mode == "coconut" and cc.thought_labels == "frontier")
+    choice = frontier_choice(epoch, ex.idx, cc) if labelled else 0
     return build_sample(ex, example_stage(epoch, ex.idx, ex.num_steps, cc), cc, ids, choice)
 
 

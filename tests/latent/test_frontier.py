@@ -69,6 +69,9 @@ def test_thought_labels_name_every_fed_back_state_with_its_depth():
     # teacher-force the remaining path
     st = cfg(supervision="steps", thought_labels="frontier")
     assert list(C.build_sample(ex, 0, st, IDS).labels) == [-100] * 4 + [20, 21, 22, A, 22, EOS]
+    st_long = cfg(supervision="steps", thought_labels="frontier", epochs_per_stage=1, max_latent_stage=3)
+    drawn = {C.train_sample(ex, e, st_long, IDS).labels[4] for e in range(3, 40)}  # stage 3: every hop a thought
+    assert drawn == {20, 23}  # the depth-1 label is drawn per epoch, as under frontier supervision
     s = C.build_sample(ex, 2, st, IDS, choice=1)
     assert list(s.input_ids) == q + [LAT, LAT, 22, A, 22, EOS]
     assert list(s.labels) == [-100] * 4 + [23, 21, 22, A, 22, EOS]
