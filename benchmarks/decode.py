@@ -24,21 +24,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from threads import pin_xla_threads  # noqa: E402  (benchmarks/threads.py, before jax)
 
-def _threads_from_argv(argv) -> int:
-    """--threads N must act before jax / torch start their thread pools."""
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return 0
-
-
-_THREADS = _threads_from_argv(sys.argv[1:])
-if _THREADS:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
-                               f"intra_op_parallelism_threads={_THREADS}").strip()
+_THREADS = pin_xla_threads()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -74,9 +74,12 @@ def frontiers(edges: Sequence[Sequence[int]], root: int, target: int) -> tuple[l
     return frontier, reach
 
 
-def shortest_path(edges: Sequence[Sequence[int]], root: int, target: int) -> list[int]:
-    """One shortest path root -> target (root excluded; the smallest id at each choice)."""
-    frontier, _ = frontiers(edges, root, target)
+def shortest_path(edges: Sequence[Sequence[int]], root: int, target: int,
+                  frontier: list[list[int]] | None = None) -> list[int]:
+    """One shortest path root -> target (root excluded; the smallest id at each choice);
+    `frontier` from `frontiers` when the caller has it."""
+    if frontier is None:
+        frontier, _ = frontiers(edges, root, target)
     adj: dict[int, set[int]] = {}
     for u, v in edges:
         adj.setdefault(int(u), set()).add(int(v))
@@ -192,7 +195,7 @@ def graph_row(
         sym = [symbols[inv[i]] if i in inv else "" for i in range(node_tokens)]
     return {
         "question": question,
-        "steps": [str(v) for v in shortest_path(e, r, t)],
+        "steps": [str(v) for v in shortest_path(e, r, t, frontier)],
         "answer": str(t),
         "idx_to_symbol": sym,
         "edges": e,
