@@ -1,0 +1,163 @@
+"""Rewards for reinforcement learning on answers, as pure functions.
+
+Correctness comes from each task's own scorer, so a reward of 1 means exactly what the
+task's evaluation counts as correct:
+
+    prosqa_reward      Coconut / ProsQA exact match: the text after the last answer
+                       delimiter ("#" text format, "[A]" graph tokens) equals the gold answer
+                       (latent.curriculum.extract_answer, as the Coconut evaluation scores it)
+    cinepile_reward    CinePile's official answer parsing (data.cinepile.score_response:
+                       "official", the lmms-eval rules, or "lenient"); +1 correct, 0 otherwise,
+                       as the Phi-4-MM CinePile RL seed
+    aokvqa_mc_reward   A-OKVQA multiple choice (data.aokvqa.mc_correct)
+    aokvqa_da_reward   A-OKVQA direct answer, min(1, matches / 3) (data.aokvqa.direct_answer_accuracy)
+
+Format rewards check only the shape of an answer: `delimiter_format_reward` (exactly one
+answer delimiter followed by a non-empty answer) and `cinepile_format_reward` (the official
+parser finds an option letter).
+
+The length penalty (the Phi-4-MM seed's "Length Penalty for Reinforcement Learning"): no
+penalty up to `threshold` generated tokens; past it, with x = length - threshold,
+
+    linear       factor * x
+    quadratic    factor * x ** 2
+    exponential  exp(factor * x) - 1
+
+(the three agree to first order for small factor * x: the exponential starts like the linear
+one and grows without bound). `apply_length_penalty` subtracts it from the reward; with
+`preserve_accuracy` the penalty only eats into the part of the reward that is not the
+accuracy component (a format bonus, say), never below it: a correct answer keeps its
+accuracy reward however long it is. Seed defaults: threshold 1000 tokens, factor 0.001.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from latent_jax.data import aokvqa, cinepile
+from latent_jax.latent.curriculum import extract_answer
+
+PENALTY_SHAPES = ("linear", "quadratic", "exponential")
+TASKS = ("prosqa", "cinepile", "aokvqa_mc", "aokvqa_da")
+
+
+# ----------------------------------------------------------------------------- correctness
+def prosqa_reward(text: str, answer: str, delimiter: str = "#") -> float:
+    """1.0 when the answer extracted after the last `delimiter` equals `answer` (commas removed,
+    stripped, as the Coconut evaluation), else 0.0."""
+    gold = str(answer).replace(",", "").strip()
+    return float(extract_answer(text, delimiter) == gold)
+
+
+def cinepile_reward(text: str, row: dict, scorer: str = "official") -> float:
+    """1.0 when the response answers the CinePile row correctly under `scorer` ("official" or
+    "lenient"), else 0.0. `row` holds answer_key_position and answer_key."""
+    return float(cinepile.score_response(text, int(row["answer_key_position"]), str(row.get("answer_key", "")), scorer))
+
+
+def aokvqa_mc_reward(text: str, row: dict) -> float:
+    """1.0 when the response names the A-OKVQA row's correct choice, else 0.0."""
+    return float(aokvqa.mc_correct(text, row))
+
+
+def aokvqa_da_reward(text: str, row: dict) -> float:
+    """A-OKVQA direct-answer accuracy of the response: min(1, matching direct answers / 3)."""
+    return float(aokvqa.direct_answer_accuracy(text, row))
+
+
+# ----------------------------------------------------------------------------- format
+def delimiter_format_reward(text: str, delimiter: str = "#") -> float:
+    """1.0 when `text` holds exactly one answer delimiter and a non-empty answer after it
+    (e.g. "3 5 [A] 5" for graph tokens, "... ### 7" for text), else 0.0."""
+    if delimiter == "#":  # the text format writes "### "; count the marker, not each '#'
+        parts = text.split("###")
+    else:
+        parts = text.split(delimiter)
+    return float(len(parts) == 2 and parts[1].replace(",", "").strip() != "")
+
+
+def cinepile_format_reward(text: str) -> float:
+    """1.0 when CinePile's official parser finds an option letter in the response, else 0.0."""
+    return float(cinepile.parse_official(text)[0] is not None)
+
+
+# ----------------------------------------------------------------------------- length penalty
+def check_shape(shape: str, key: str = "rl.length_penalty.shape") -> str:
+    if shape not in PENALTY_SHAPES:
+        raise ValueError(f"config.{key}={shape!r}; use one of {', '.join(PENALTY_SHAPES)}")
+    return shape
+
+
+def length_penalty(length, threshold: float = 1000, factor: float = 0.001, shape: str = "quadratic"):
+    """The penalty (>= 0) for `length` generated tokens (a number or an array): 0 up to
+    `threshold`, then linear / quadratic / exponential in the excess (module docstring)."""
+    check_shape(shape)
+    if factor < 0:
+        raise ValueError(f"length penalty factor={factor}; use a factor >= 0 (0 turns the penalty off)")
+    x = np.maximum(np.asarray(length, np.float64) - float(threshold), 0.0)
+    if shape == "linear":
+        p = factor * x
+    elif shape == "quadratic":
+        p = factor * x * x
+    else:
+        p = np.expm1(factor * x)
+    return float(p) if np.ndim(p) == 0 else p
+
+
+def apply_length_penalty(reward, length, accuracy=None, threshold: float = 1000, factor: float = 0.001,
+                         shape: str = "quadratic", preserve_accuracy: bool = False):
+    """`reward` minus the length penalty of `length`. With `preserve_accuracy`, `accuracy` (the
+    correctness part of `reward`) is kept intact: the penalty is taken only from the positive
+    rest, reward - accuracy, and never past it. Numbers or arrays of one shape."""
+    pen = np.asarray(length_penalty(length, threshold, factor, shape), np.float64)
+    r = np.asarray(reward, np.float64)
+    if preserve_accuracy:
+        if accuracy is None:
+            raise ValueError("preserve_accuracy needs the accuracy component of the reward; pass accuracy=")
+        rest = r - np.asarray(accuracy, np.float64)
+        out = r - np.minimum(pen, np.maximum(rest, 0.0))
+    else:
+        out = r - pen
+    return float(out) if np.ndim(out) == 0 else out
+
+
+# ----------------------------------------------------------------------------- combined
+def answer_rewards(texts: Sequence[str], refs: Sequence, lengths: Sequence[int], *, task: str = "prosqa",
+                   delimiter: str = "#", scorer: str = "official", format_weight: float = 0.0,
+                   penalty: dict | None = None) -> dict[str, np.ndarray]:
+    """Rewards of a batch of completions: {"reward", "accuracy", "format", "penalty"}, each (N,).
+
+    reward = accuracy + format_weight * format - length penalty. `refs` are the gold answers
+    (task "prosqa") or the data rows (cinepile, aokvqa_mc, aokvqa_da). `penalty`: None (off) or
+    {threshold, factor, shape, preserve_accuracy}."""
+    if task not in TASKS:
+        raise ValueError(f"config.rl.task={task!r}; use one of {', '.join(TASKS)}")
+    if not (len(texts) == len(refs) == len(lengths)):
+        raise ValueError(f"{len(texts)} texts, {len(refs)} references and {len(lengths)} lengths; pass one of each per completion")
+    if task == "prosqa":
+        acc = [prosqa_reward(t, a, delimiter) for t, a in zip(texts, refs)]
+        fmt = [delimiter_format_reward(t, delimiter) for t in texts]
+    elif task == "cinepile":
+        acc = [cinepile_reward(t, r, scorer) for t, r in zip(texts, refs)]
+        fmt = [cinepile_format_reward(t) for t in texts]
+    elif task == "aokvqa_mc":
+        acc = [aokvqa_mc_reward(t, r) for t, r in zip(texts, refs)]
+        fmt = [float(aokvqa.predicted_choice(t, r["choices"]) is not None) for t, r in zip(texts, refs)]
+    else:
+        acc = [aokvqa_da_reward(t, r) for t, r in zip(texts, refs)]
+        fmt = [float(t.strip() != "") for t in texts]
+    acc_a, fmt_a = np.asarray(acc, np.float64), np.asarray(fmt, np.float64)
+    base = acc_a + float(format_weight) * fmt_a
+    lens = np.asarray(lengths, np.float64)
+    if penalty:
+        pen_kw = dict(threshold=float(penalty.get("threshold", 1000)), factor=float(penalty.get("factor", 0.001)),
+                      shape=str(penalty.get("shape", "quadratic")))
+        reward = apply_length_penalty(base, lens, acc_a, preserve_accuracy=bool(penalty.get("preserve_accuracy", False)),
+                                      **pen_kw)
+        pen = base - reward
+    else:
+        reward, pen = base, np.zeros_like(base)
+    return {"reward": np.asarray(reward, np.float64), "accuracy": acc_a, "format": fmt_a, "penalty": np.asarray(pen)}
+

@@ -1,0 +1,88 @@
+"""Rewards and the length penalty on hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from latent_jax.rl import rewards as R
+
+
+@pytest.mark.parametrize("length", [0, 500, 999, 1000])
+@pytest.mark.parametrize("shape", R.PENALTY_SHAPES)
+def test_no_penalty_up_to_threshold(shape, length):
+    assert R.length_penalty(length, 1000, 0.001, shape) == 0.0
+    assert R.apply_length_penalty(1.0, length, 1.0, shape=shape) == 1.0
+
+
+def test_penalty_shapes_above_threshold():
+    # seed defaults: threshold 1000, factor 0.001; 1500 tokens = 500 past the threshold
+    assert R.length_penalty(1500, 1000, 0.001, "linear") == pytest.approx(0.5)
+    assert R.length_penalty(1500, 1000, 0.001, "quadratic") == pytest.approx(250.0)
+    assert R.length_penalty(1500, 1000, 0.001, "exponential") == pytest.approx(math.e ** 0.5 - 1)
+    assert R.length_penalty(15, 10, 0.01, "quadratic") == pytest.approx(0.25)
+    assert R.length_penalty(20, 10, 0.1, "exponential") == pytest.approx(1.718281828459045)
+    arr = R.length_penalty(np.array([5, 12, 14]), 10, 0.5, "linear")
+    np.testing.assert_allclose(arr, [0.0, 1.0, 2.0])
+
+
+def test_apply_length_penalty_with_and_without_preserving_accuracy():
+    # reward 1.5 = accuracy 1 + format bonus 0.5; 15 tokens, threshold 10, quadratic 0.01 -> 0.25
+    assert R.apply_length_penalty(1.5, 15, 1.0, 10, 0.01, "quadratic") == pytest.approx(1.25)
+    assert R.apply_length_penalty(1.5, 15, 1.0, 10, 0.01, "quadratic", preserve_accuracy=True) == pytest.approx(1.25)
+    # 20 tokens -> penalty 1.0: without preservation it eats the accuracy too, with it only the bonus
+    assert R.apply_length_penalty(1.5, 20, 1.0, 10, 0.01, "quadratic") == pytest.approx(0.5)
+    assert R.apply_length_penalty(1.5, 20, 1.0, 10, 0.01, "quadratic", preserve_accuracy=True) == pytest.approx(1.0)
+    # a pure correctness reward is never cut when accuracy is preserved
+    assert R.apply_length_penalty(1.0, 200, 1.0, 10, 0.01, "exponential", preserve_accuracy=True) == 1.0
+    assert R.apply_length_penalty(0.0, 11, 0.0, 10, 0.1, "linear") == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="accuracy="):
+        R.apply_length_penalty(1.0, 20, None, 10, 0.01, preserve_accuracy=True)
+    with pytest.raises(ValueError, match="linear, quadratic, exponential"):
+        R.length_penalty(20, 10, 0.01, "cubic")
+
+
+def test_prosqa_and_format_rewards():
+    assert R.prosqa_reward("3 5 [A] 5", "5", "[A]") == 1.0
+    assert R.prosqa_reward("3 5 [A] 4", "5", "[A]") == 0.0
+    assert R.prosqa_reward("step one\n### 1,000", "1000", "#") == 1.0
+    assert R.delimiter_format_reward("3 5 [A] 5", "[A]") == 1.0
+    assert R.delimiter_format_reward("3 5", "[A]") == 0.0
+    assert R.delimiter_format_reward("[A] 5 [A] 3", "[A]") == 0.0
+    assert R.delimiter_format_reward("3 [A] ", "[A]") == 0.0
+    assert R.delimiter_format_reward("a\n### 7", "#") == 1.0
+
+
+def test_cinepile_rewards_follow_the_official_parser():
+    row = {"answer_key_position": 1, "answer_key": "The man"}
+    assert R.cinepile_reward("Answer: B) The man", row) == 1.0
+    assert R.cinepile_reward("B", row) == 1.0
+    assert R.cinepile_reward("Answer: A) The man", row) == 0.0
+    assert R.cinepile_reward("Answer: B) the woman", row) == 0.0
+    # "the man." is not "The man" officially, but is under the lenient scorer
+    assert R.cinepile_reward("Answer: B) the man.", row) == 0.0
+    assert R.cinepile_reward("Answer: B) the man.", row, "lenient") == 1.0
+    assert R.cinepile_format_reward("Answer: C) x") == 1.0
+    assert R.cinepile_format_reward("I think so") == 0.0
+
+
+def test_aokvqa_rewards():
+    row = {"choices": ["cat", "dog", "bird", "fish"], "correct_choice_idx": 1,
+           "direct_answers": ["dog"] * 2 + ["puppy"] * 8}
+    assert R.aokvqa_mc_reward("dog", row) == 1.0
+    assert R.aokvqa_mc_reward("B", row) == 1.0
+    assert R.aokvqa_mc_reward("cat", row) == 0.0
+    assert R.aokvqa_da_reward("dog", row) == pytest.approx(2 / 3)
+    assert R.aokvqa_da_reward("puppy", row) == 1.0
+
+
+def test_answer_rewards_combines_accuracy_format_and_penalty():
+    out = R.answer_rewards(["1 [A] 5", "1 2 3 [A] 4", "9 9"], ["5", "4", "5"], [3, 6, 2], task="prosqa",
+                           delimiter="[A]", format_weight=0.5,
+                           penalty={"threshold": 3, "factor": 0.1, "shape": "linear", "preserve_accuracy": False})
+    np.testing.assert_allclose(out["accuracy"], [1, 1, 0])
+    np.testing.assert_allclose(out["format"], [1, 1, 0])
+    np.testing.assert_allclose(out["penalty"], [0, 0.3, 0])
+    np.testing.assert_allclose(out["reward"], [1.5, 1.2, 0.0])
+    with pytest.raises(ValueError, match="rl.task"):
+        R.answer_rewards(["x"], ["y"], [1], task="gsm")
