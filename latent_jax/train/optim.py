@@ -21,8 +21,9 @@ Steps count optimizer updates (with grad_accum > 1, one update per grad_accum ca
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -58,8 +59,15 @@ def make_schedule(optim_config: Any, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), body], [warm])
 
 
-def make_optimizer(params: Any, optim_config: Any, total_steps: int) -> optax.GradientTransformation:
-    """The optax transformation described by `optim_config` (see the module docstring)."""
+def param_path(path) -> str:
+    """A parameter's tree path as 'a/b/c' (the names frozen masks match)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def make_optimizer(params: Any, optim_config: Any, total_steps: int,
+                   frozen: Callable[[str], bool] | None = None) -> optax.GradientTransformation:
+    """The optax transformation described by `optim_config` (see the module docstring);
+    params whose '/'-joined path satisfies `frozen` get no updates."""
     name = str(_get(optim_config, "name", "adamw"))
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name={name!r}; use one of {', '.join(OPTIMIZERS)}")
@@ -87,6 +95,9 @@ def make_optimizer(params: Any, optim_config: Any, total_steps: int) -> optax.Gr
         raise ValueError(f"optim.grad_accum={accum}; use >= 1")
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
+    if frozen is not None:
+        labels = jax.tree_util.tree_map_with_path(lambda p, _: "frozen" if frozen(param_path(p)) else "train", params)
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     return tx
 
 

@@ -1,0 +1,302 @@
+"""The one Trainer every workflow runs on, and the Task protocol a workflow implements.
+
+The Trainer owns what every training run needs, written once: the device mesh, the sharded
+train state {params, opt_state, step}, the optimizer (config.optim, with frozen-parameter
+masks), one process-wide compile cache of jitted train steps, process-local batch placement
+(jax.make_array_from_process_local_data), Orbax checkpoints with exact resume (step, epoch,
+data-iterator position, history, best score), the eval cadence (config.eval_every_epochs),
+keep-best-N by the task's metric, metrics.jsonl / TensorBoard / W&B, a progress bar, and an
+atomic results.json.
+
+A workflow is a Task: a small object with the pieces that differ. Subclass `Task` (its
+defaults make every hook optional but `loss_fn`, `train_batches` and `steps_per_epoch`):
+
+    name            label for logs and the progress bar
+    best_metric     the key of evaluate()'s metrics that ranks checkpoints ("accuracy")
+    best_mode       "max" | "min"
+    compile_key()   hashable: everything loss_fn closes over (model config, flags); jitted
+                    steps are shared by runs in one process with equal keys
+    loss_fn(params, batch, static) -> (loss, metrics)
+                    pure and jittable; `batch` a dict of arrays, `static` the hashable
+                    shape key the batch was built with (one compile per distinct key)
+    steps_per_epoch()
+    train_batches(epoch, data_state) -> iterator of Batch(static, arrays)
+                    with __len__ and get_state() (a JSON dict; passed back as data_state
+                    to resume mid-epoch, None at an epoch start); arrays are this process's
+                    rows (the Trainer places them on the mesh)
+    on_epoch_start(trainer, state, epoch, resumed) -> state
+                    stage hooks (e.g. trainer.reset_optimizer at a curriculum stage change)
+    log_fields(epoch) -> dict   extra scalars logged with every train row (stage, ...)
+    evaluate(trainer, params, epoch) -> (metrics, score)
+                    validation; `score` ranks the model for export (None: this epoch cannot
+                    be the best, e.g. an intermediate curriculum stage)
+    export(trainer, params)     save the model of a new best score (e.g. workdir/best_model)
+    finish(trainer, state, out) -> dict
+                    after the last epoch (test split, plots); returns the run's results
+
+A worked example is in docs/architecture.md. Use:
+
+    trainer = Trainer(config, task, workdir)
+    state = trainer.init_state(params, total_updates, frozen=None)
+    results = trainer.fit(state)          # resumes from workdir/checkpoints when present
+
+config keys read here (defaults in configs/base.py): num_epochs, max_steps (stop and save,
+no evaluation; 0 = off), checkpoint_every_steps, log_every, eval_every_epochs, keep_best,
+progress, wandb_project, mesh, optim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Hashable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from ml_collections import ConfigDict
+
+from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated
+from latent_jax.train.checkpoint import TrainCheckpointer
+from latent_jax.train.metrics import MetricsWriter
+from latent_jax.train.optim import make_optimizer
+
+
+class Batch(NamedTuple):
+    """One training batch: `static` (hashable shape key, passed to loss_fn) and its arrays."""
+
+    static: Hashable
+    arrays: dict
+
+
+class Task:
+    """The workflow-specific half of a training run (see the module docstring)."""
+
+    name: str = "task"
+    best_metric: str = "accuracy"
+    best_mode: str = "max"
+
+    def compile_key(self) -> Hashable:
+        return id(self)
+
+    def loss_fn(self, params: Any, batch: dict, static: Hashable) -> tuple[jax.Array, dict]:
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def train_batches(self, epoch: int, data_state: dict | None):
+        raise NotImplementedError
+
+    def on_epoch_start(self, trainer: "Trainer", state: dict, epoch: int, resumed: bool) -> dict:
+        return state
+
+    def log_fields(self, epoch: int) -> dict:
+        return {}
+
+    def evaluate(self, trainer: "Trainer", params: Any, epoch: int) -> tuple[dict, float | None]:
+        return {}, None
+
+    def export(self, trainer: "Trainer", params: Any) -> None:
+        pass
+
+    def finish(self, trainer: "Trainer", state: dict, out: dict) -> dict:
+        return out
+
+
+class IndexedBatches:
+    """A resumable epoch iterator over `n` batches built by `make(i)` (i = 0..n-1); its
+    state is {"next_index": i}. For tasks whose batch i of an epoch is a pure function of
+    (seed, epoch, i)."""
+
+    def __init__(self, n: int, make: Callable[[int], Batch], data_state: dict | None = None):
+        self.n, self.make = int(n), make
+        self.i = int((data_state or {}).get("next_index", 0))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Batch]:
+        while self.i < self.n:
+            b = self.make(self.i)
+            self.i += 1
+            yield b
+
+    def get_state(self) -> dict:
+        return {"next_index": self.i}
+
+
+def write_json(path: str, obj: Any) -> str:
+    """Write JSON atomically (a temporary file renamed over `path`)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+_STEP_CACHE: dict[tuple, Any] = {}  # jitted train steps shared by runs in one process
+
+
+class Trainer:
+    """Runs a Task: state, optimizer, compiled steps, batches, checkpoints, eval, metrics."""
+
+    def __init__(self, config: ConfigDict, task: Task, workdir: str, mesh=None):
+        self.config, self.task, self.workdir = config, task, workdir
+        self.mesh = mesh if mesh is not None else make_mesh(dict(config.mesh))
+        self.tx: optax.GradientTransformation | None = None
+        self.tx_key = ""
+        self._sh = None
+        os.makedirs(workdir, exist_ok=True)
+
+    # ------------------------------------------------------------------ state
+    def init_state(self, params: Any, total_updates: int, frozen: Callable[[str], bool] | None = None,
+                   tx: optax.GradientTransformation | None = None) -> dict:
+        """The sharded train state for `params` with config.optim over `total_updates`
+        optimizer updates (params whose '/'-joined path satisfies `frozen` are not updated);
+        or with the given `tx`."""
+        if tx is None:
+            tx = make_optimizer(params, self.config.optim, total_updates, frozen=frozen)
+            self.tx_key = json.dumps([self.config.optim.to_dict(), int(total_updates),
+                                      _frozen_labels(params, frozen)], sort_keys=True, default=str)
+        else:
+            self.tx_key = str(id(tx))
+        self.tx = tx
+        params = jax.device_put(params, param_shardings(params, self.mesh))
+        opt_sh = param_shardings(jax.eval_shape(tx.init, params), self.mesh)
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+        self._sh = param_shardings(state, self.mesh)
+        return jax.device_put(state, self._sh)
+
+    def reset_optimizer(self, state: dict) -> dict:
+        """`state` with a freshly initialised optimizer state (same shardings)."""
+        state = dict(state)
+        state["opt_state"] = jax.jit(self.tx.init, out_shardings=self._sh["opt_state"])(state["params"])
+        return state
+
+    # ------------------------------------------------------------------ steps
+    def place(self, arrays: dict) -> dict:
+        """This process's rows of each array, as global arrays sharded over the batch axes."""
+        return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, np.ndim(a)), np.asarray(a))
+                for k, a in arrays.items()}
+
+    def train_step(self, state: dict, batch: Batch) -> tuple[dict, dict]:
+        """One optimizer update on `batch` (compiled once per task, optimizer, mesh and static key)."""
+        arrays = batch.arrays
+        sig = tuple(sorted((k, np.ndim(a)) for k, a in arrays.items()))
+        key = (self.task.compile_key(), self.tx_key, self.mesh, batch.static, sig)
+        fn = _STEP_CACHE.get(key)
+        if fn is None:
+            fn = _STEP_CACHE[key] = self._compile(batch.static, sig)
+        return fn(state, self.place(arrays))
+
+    def _compile(self, static: Hashable, sig: tuple):
+        task, tx = self.task, self.tx
+
+        def step(state, batch):
+            (loss, aux), grads = jax.value_and_grad(lambda p: task.loss_fn(p, batch, static), has_aux=True)(
+                state["params"])
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+            metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+            return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+        bsh = {k: batch_sharding(self.mesh, nd) for k, nd in sig}
+        return jax.jit(step, in_shardings=(self._sh, bsh), out_shardings=(self._sh, replicated(self.mesh)),
+                       donate_argnums=0)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, state: dict) -> dict:
+        """Train config.num_epochs epochs (resuming from workdir/checkpoints), evaluating every
+        config.eval_every_epochs and at the end; returns task.finish's results, or
+        {stopped: True, ...} when config.max_steps stopped the run (resumable)."""
+        from tqdm import tqdm
+
+        c, task = self.config, self.task
+        num_epochs = int(c.num_epochs)
+        ckpt = TrainCheckpointer(os.path.join(self.workdir, "checkpoints"), keep_best=int(c.keep_best),
+                                 best_metric=task.best_metric, mode=task.best_mode)
+        writer = MetricsWriter(self.workdir, c.get("wandb_project", ""), c.to_dict())
+        self.writer = writer
+        start_epoch, data_state, history, best = 0, None, [], None
+        if ckpt.latest_step() is not None:
+            template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+            state, extra = ckpt.restore_latest(template)
+            start_epoch, data_state = int(extra["next_epoch"]), extra.get("data_state")
+            history, best = list(extra.get("history", [])), extra.get("best")
+            print(f"resumed from step {int(state['step'])} (epoch {start_epoch})", flush=True)
+
+        def save(next_epoch: int, dstate, metrics=None):
+            ckpt.save(int(state["step"]), state, metrics,
+                      {"next_epoch": next_epoch, "data_state": dstate, "history": history, "best": best})
+            ckpt.wait()
+
+        progress = bool(c.get("progress", True))
+        log_every = max(1, int(c.log_every))
+        max_steps = int(c.get("max_steps", 0) or 0)
+        ckpt_every = int(c.get("checkpoint_every_steps", 0) or 0)
+        eval_every = max(1, int(c.get("eval_every_epochs", 1) or 1))
+        stopped, t0 = False, time.time()
+        step = int(state["step"])  # counted on the host: reading state["step"] would block every step
+        for epoch in range(start_epoch, num_epochs):
+            fields = task.log_fields(epoch)
+            state = task.on_epoch_start(self, state, epoch, data_state is not None)
+            it = task.train_batches(epoch, data_state)
+            data_state = None
+            tag = " ".join(f"{k} {v}" for k, v in fields.items())
+            bar = tqdm(total=len(it), initial=int(it.get_state().get("next_index", 0)),
+                       desc=f"{task.name} epoch {epoch + 1}/{num_epochs} {tag}".strip(), disable=not progress,
+                       file=sys.stderr, dynamic_ncols=True)
+            for batch in it:
+                state, m = self.train_step(state, batch)
+                step += 1
+                bar.update(1)
+                if step % log_every == 0:
+                    m = {k: float(v) for k, v in m.items()}
+                    bar.set_postfix(loss=f"{m['loss']:.4f}")
+                    writer.write(step, {**m, "epoch": epoch, **fields}, prefix="train/")
+                if ckpt_every and step % ckpt_every == 0:
+                    save(epoch, it.get_state())
+                if max_steps and step >= max_steps:
+                    save(epoch, it.get_state())
+                    stopped = True
+                    break
+            bar.close()
+            if stopped:
+                break
+            if (epoch + 1) % eval_every and epoch + 1 < num_epochs:
+                save(epoch + 1, None)
+                continue
+            metrics, score = task.evaluate(self, state["params"], epoch)
+            if metrics:
+                history.append({"epoch": epoch, **fields, **metrics})
+                writer.write(step, {**metrics, "epoch": epoch, **fields}, prefix="val/")
+                print(f"[{task.name}] epoch {epoch + 1}/{num_epochs} {tag}: "
+                      + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+                      + f"  ({time.time() - t0:.0f}s)", flush=True)
+            if score is not None and (best is None or _better(score, best, task.best_mode)):
+                best = float(score)
+                task.export(self, state["params"])
+            save(epoch + 1, None, {task.best_metric: metrics[task.best_metric]} if task.best_metric in metrics else None)
+        ckpt.close()
+        out: dict[str, Any] = {"history": history, "step": step, "stopped": stopped, "best": best}
+        if not stopped:
+            out = task.finish(self, state, out)
+        writer.close()
+        return out
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def _frozen_labels(params: Any, frozen: Callable[[str], bool] | None) -> list[str]:
+    if frozen is None:
+        return []
+    from latent_jax.train.optim import param_path
+
+    return sorted(param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0] if frozen(param_path(p)))
