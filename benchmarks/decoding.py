@@ -52,7 +52,7 @@ def _temp_bytes(jitted, *args, **kw) -> int | None:
 
 
 def bench_tova(args) -> dict:
-    from latent_jax.decoding.tova import TovaOptions, _tova_generate, tova_generate
+    from latent_jax.decoding.tova import TovaOptions, tova_generate, tova_generate_jit
 
     cfg = tiny_config("llama", vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                       num_attention_heads=8, num_key_value_heads=4, head_dim=32, max_position_embeddings=8192)
@@ -70,7 +70,7 @@ def bench_tova(args) -> dict:
     tova_cache = tova.cache.nbytes()
     hw = jnp.full((B, cfg.num_hidden_layers, cfg.num_attention_heads), 1.0 / cfg.num_attention_heads)
     mem_full = _temp_bytes(generate, params, ids, mask, rng, sp, NO_STOP, config=cfg, max_new_tokens=N)
-    mem_tova = _temp_bytes(_tova_generate, params, ids, mask, rng, sp, jnp.asarray(NO_STOP), hw, config=cfg,
+    mem_tova = _temp_bytes(tova_generate_jit, params, ids, mask, rng, sp, jnp.asarray(NO_STOP), hw, config=cfg,
                            max_new_tokens=N, opts=opts, top_k=0, pad_id=0, cache_size=C)
     same = int(np.sum(np.asarray(full.tokens) == np.asarray(tova.tokens)))
     r = {

@@ -75,7 +75,8 @@ class GenerateOutput:
     steps: Array
 
 
-def _is_stop(tok: Array, stop_ids: Array) -> Array:
+def is_stop(tok: Array, stop_ids: Array) -> Array:
+    """Boolean (B,): whether each token of tok (B,) is one of stop_ids (S,) (none when S == 0)."""
     if stop_ids.shape[0] == 0:
         return jnp.zeros(tok.shape, bool)
     return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
@@ -90,7 +91,7 @@ def emit_token(logits: Array, rng: Array, sp: SamplingParams, top_k: int, i: Arr
     nxt = jnp.where(done, pad_id, sample_logits(logits, sub, sp, top_k))
     tokens = tokens.at[:, i].set(nxt)
     lengths = lengths + (~done).astype(jnp.int32)
-    return nxt, tokens, lengths, done | _is_stop(nxt, stop_ids), rng
+    return nxt, tokens, lengths, done | is_stop(nxt, stop_ids), rng
 
 
 @flax.struct.dataclass
@@ -115,13 +116,15 @@ class DecodeState:
     attention_mask: Array
 
 
-def _needs_long_switch(config: ModelConfig, total_len: int) -> bool:
+def needs_long_switch(config: ModelConfig, total_len: int) -> bool:
     """Whether a longrope model may cross original_max_position_embeddings within total_len."""
     return config.rope_type == "longrope" and total_len > (config.rope_original_max_position_embeddings or 0)
 
 
-def _prefill(params, input_ids, attention_mask, rng, sp, stop_ids, *, config, max_new_tokens, top_k,
-             pad_id, cache_dtype) -> DecodeState:
+def prefill_state(params, input_ids, attention_mask, rng, sp, stop_ids, *, config, max_new_tokens, top_k,
+                  pad_id, cache_dtype) -> DecodeState:
+    """Traceable prefill (call inside jit; `prefill` is its jitted form): encode left-padded
+    prompts (B, T) into a cache of T + max_new_tokens slots and sample the first new token."""
     model = Decoder(config)
     B, T = input_ids.shape
     cache = KVCache.init(config, B, T + max_new_tokens, cache_dtype and jnp.dtype(cache_dtype))
@@ -136,7 +139,7 @@ def _prefill(params, input_ids, attention_mask, rng, sp, stop_ids, *, config, ma
         tok=tok,
         cache=out.cache,
         pos=last_pos,
-        done=_is_stop(tok, stop_ids),
+        done=is_stop(tok, stop_ids),
         tokens=tokens,
         lengths=jnp.ones((B,), jnp.int32),
         rng=rng,
@@ -146,10 +149,13 @@ def _prefill(params, input_ids, attention_mask, rng, sp, stop_ids, *, config, ma
     )
 
 
-def _decode(params, state: DecodeState, sp, stop_ids, *, config, max_new_tokens, top_k, pad_id) -> GenerateOutput:
+def decode_loop(params, state: DecodeState, sp, stop_ids, *, config, max_new_tokens, top_k, pad_id) -> GenerateOutput:
+    """Traceable decode while_loop from a DecodeState (call inside jit; `decode` is its jitted
+    form). Every caller that builds its own DecodeState (Coconut after its thoughts, VLM after
+    its media prefill) continues with this loop, longrope's one-time recompute included."""
     model = Decoder(config)
     B, T = state.input_ids.shape
-    switch = _needs_long_switch(config, T + max_new_tokens)
+    switch = needs_long_switch(config, T + max_new_tokens)
     orig = config.rope_original_max_position_embeddings or 0
 
     def step_logits(s: DecodeState, pos: Array) -> tuple[Array, KVCache]:
@@ -189,11 +195,11 @@ def _decode(params, state: DecodeState, sp, stop_ids, *, config, max_new_tokens,
     return GenerateOutput(tokens=s.tokens, lengths=s.lengths, steps=s.step - 1)
 
 
-prefill = jax.jit(_prefill, static_argnames=("config", "max_new_tokens", "top_k", "pad_id", "cache_dtype"))
+prefill = jax.jit(prefill_state, static_argnames=("config", "max_new_tokens", "top_k", "pad_id", "cache_dtype"))
 prefill.__doc__ = """Prefill left-padded prompts (B, T) into a KV cache of T + max_new_tokens slots and
 sample the first new token; returns the DecodeState that `decode` continues from."""
 
-decode = jax.jit(_decode, static_argnames=("config", "max_new_tokens", "top_k", "pad_id"))
+decode = jax.jit(decode_loop, static_argnames=("config", "max_new_tokens", "top_k", "pad_id"))
 decode.__doc__ = """Run the decode while_loop from a DecodeState; returns the GenerateOutput."""
 
 
@@ -219,9 +225,9 @@ def generate(
     (Phi-3) the step that first crosses original_max_position_embeddings re-encodes the
     whole sequence with the long factors, as transformers does.
     """
-    state = _prefill(params, input_ids, attention_mask, rng, sp, stop_ids, config=config,
+    state = prefill_state(params, input_ids, attention_mask, rng, sp, stop_ids, config=config,
                      max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id, cache_dtype=cache_dtype)
-    return _decode(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
+    return decode_loop(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
                    pad_id=pad_id)
 
 

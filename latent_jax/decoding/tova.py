@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.decoding.sampling import SamplingParams, _is_stop, emit_token, sample_logits
+from latent_jax.decoding.sampling import SamplingParams, emit_token, is_stop, sample_logits
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -135,8 +135,10 @@ def _momentum_update(w: Array, vel: Array, attn: Array, pos: Array, opts: TovaOp
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "opts", "top_k", "cache_size"))
-def _tova_generate(params, input_ids, attention_mask, rng, sp, stop_ids, head_weights, *, config, max_new_tokens,
-                   opts, top_k, pad_id, cache_size):
+def tova_generate_jit(params, input_ids, attention_mask, rng, sp, stop_ids, head_weights, *, config, max_new_tokens,
+                      opts, top_k, pad_id, cache_size):
+    """The jitted TOVA loop for a fixed budget `cache_size` and normalised head_weights (B, L, H);
+    `tova_generate` computes both and calls it (benchmarks lower it for memory analysis)."""
     model = Decoder(config)
     B, T = input_ids.shape
     C = cache_size
@@ -151,7 +153,7 @@ def _tova_generate(params, input_ids, attention_mask, rng, sp, stop_ids, head_we
     rng, sub = jax.random.split(rng)
     tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
     tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
-    done = _is_stop(tok, stop_ids)
+    done = is_stop(tok, stop_ids)
     lengths = jnp.ones((B,), jnp.int32)
     vel = jnp.zeros_like(head_weights)
 
@@ -208,9 +210,9 @@ def tova_generate(
         hw = jnp.broadcast_to(hw, (B, L, H))
         hw = hw / jnp.maximum(jnp.sum(hw, axis=-1, keepdims=True), 1e-9)
     C = opts.budget(T + max_new_tokens)
-    return _tova_generate(params, jnp.asarray(input_ids), jnp.asarray(attention_mask), rng, sp,
-                          jnp.asarray(stop_ids, jnp.int32), hw, config=config, max_new_tokens=max_new_tokens,
-                          opts=opts, top_k=top_k, pad_id=pad_id, cache_size=C)
+    return tova_generate_jit(params, jnp.asarray(input_ids), jnp.asarray(attention_mask), rng, sp,
+                             jnp.asarray(stop_ids, jnp.int32), hw, config=config, max_new_tokens=max_new_tokens,
+                             opts=opts, top_k=top_k, pad_id=pad_id, cache_size=C)
 
 
 # --------------------------------------------------------------------------------- CLI

@@ -26,15 +26,15 @@ from latent_jax.decoding.sampling import (
     DecodeState,
     GenerateOutput,
     SamplingParams,
-    _decode,
-    _is_stop,
-    _needs_long_switch,
     decode,
+    decode_loop,
+    is_stop,
+    needs_long_switch,
     sample_logits,
 )
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
-from latent_jax.models.multimodal import VLMConfig, VisionLanguageModel
+from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
 
 Array = jax.Array
 PLACEHOLDERS = ("<image>", "<video>")
@@ -105,7 +105,7 @@ def _prefill_embeds(lm_params, inputs_embeds, input_ids, attention_mask, rng, sp
     rng, sub = jax.random.split(rng)
     tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
     return DecodeState(
-        step=jnp.int32(1), tok=tok, cache=out.cache, pos=last_pos, done=_is_stop(tok, stop_ids),
+        step=jnp.int32(1), tok=tok, cache=out.cache, pos=last_pos, done=is_stop(tok, stop_ids),
         tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
         lengths=jnp.ones((B,), jnp.int32), rng=rng, long=jnp.asarray(False), input_ids=input_ids,
         attention_mask=attention_mask,
@@ -120,7 +120,7 @@ slots and sample the first token; returns the DecodeState that sampling.decode c
 def _check_length(cfg: VLMConfig, total: int) -> None:
     """`total`: the longest real prompt (not its padded width) + max_new_tokens; left padding
     takes no positions, so a padded prompt reaches the same positions as its real tokens."""
-    if _needs_long_switch(cfg.text, total):
+    if needs_long_switch(cfg.text, total):
         raise ValueError(
             f"prompt + --max-new-tokens = {total} crosses rope_original_max_position_embeddings="
             f"{cfg.text.rope_original_max_position_embeddings}, where longrope re-encodes the prompt without "
@@ -147,7 +147,7 @@ def _generate_vlm(params, input_ids, attention_mask, features, rng, sp, stop_ids
     emb = embed_prompt(params, cfg, input_ids, features)
     static = dict(config=cfg.text, max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id)
     state = _prefill_embeds(params["language_model"], emb, input_ids, attention_mask, rng, sp, stop_ids, **static)
-    return _decode(params["language_model"], state, sp, stop_ids, **static)
+    return decode_loop(params["language_model"], state, sp, stop_ids, **static)
 
 
 # ------------------------------------------------------------------------------ CLI

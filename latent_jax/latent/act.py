@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from latent_jax.decoding.sampling import SamplingParams, _is_stop, emit_token, sample_logits
+from latent_jax.decoding.sampling import SamplingParams, emit_token, is_stop, sample_logits
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder, default_positions
 from latent_jax.models.decoder import init_params as init_decoder_params
@@ -576,7 +576,7 @@ def act_generate(
     tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
     tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
     inner = jnp.zeros((max_new_tokens,), jnp.int32).at[0].set(out.inner_steps)
-    done = _is_stop(tok, stop_ids)
+    done = is_stop(tok, stop_ids)
     lengths = jnp.ones((B,), jnp.int32)
 
     def cond_fn(s):

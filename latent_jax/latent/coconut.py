@@ -40,19 +40,18 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from latent_jax.decoding.sampling import (
     DecodeState,
     GenerateOutput,
     SamplingParams,
-    _decode,
-    _is_stop,
-    _needs_long_switch,
+    decode_loop,
+    is_stop,
+    needs_long_switch,
     sample_logits,
 )
 from latent_jax.models.config import ModelConfig
@@ -396,7 +395,7 @@ def coconut_generate(
     """
     del cache_dtype  # the cache uses the compute dtype
     B, T = input_ids.shape
-    if _needs_long_switch(config, T + max_new_tokens):
+    if needs_long_switch(config, T + max_new_tokens):
         raise ValueError(
             "Coconut generation past rope_original_max_position_embeddings of a longrope (Phi-3) model is not "
             "supported; lower max_new_tokens or the prompt length"
@@ -429,7 +428,7 @@ def coconut_generate(
         tok=tok,
         cache=out.cache,
         pos=last_pos,
-        done=_is_stop(tok, stop_ids),
+        done=is_stop(tok, stop_ids),
         tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
         lengths=jnp.ones((B,), jnp.int32),
         rng=rng,
@@ -437,8 +436,8 @@ def coconut_generate(
         input_ids=input_ids,
         attention_mask=attention_mask,
     )
-    return _decode(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
-                   pad_id=pad_id)
+    return decode_loop(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
+                       pad_id=pad_id)
 
 
 def naive_generate_one(

@@ -107,7 +107,7 @@ def test_phi3_generate_across_longrope_switch(tiny_hf_dir):
     # without the recompute the continuation differs, so the test above is sensitive to it
     import unittest.mock
 
-    with unittest.mock.patch.object(S, "_needs_long_switch", lambda *a: False):
+    with unittest.mock.patch.object(S, "needs_long_switch", lambda *a: False):
         plain = jax.jit(lambda *a, **k: S.generate.__wrapped__(*a, **k), static_argnames=("config", "max_new_tokens", "top_k", "cache_dtype"))
         naive = np.asarray(plain(*args, config=cfg, max_new_tokens=12).tokens)
     assert not np.array_equal(naive, ref)
