@@ -15,7 +15,8 @@ columns (a row with fewer latents has ordinary tokens there, `latent_mask` False
     loss:     mean next-token cross entropy over labels != -100 (labels aligned with
               input_ids, shifted inside, as transformers and the original code do).
     generate: the same prefill + thought scan, then a lax.while_loop decode (batched, KV
-              cached) with latent_jax.decoding.sampling.sample_logits.
+              cached) with latent_jax.decoding.sampling.sample_logits; or (`coconut_diffusion_
+              generate`) the answer decoded by masked diffusion reading the same cache.
 
 `thought_norm="embed"` (off by default; the original feeds the hidden state back as is)
 rescales every fed-back thought to the mean L2 norm of the token embedding rows. A final-
@@ -45,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_jax.decoding.diffusion import DiffusionOptions, DiffusionOutput, diffusion_generate_after_prefix
 from latent_jax.decoding.sampling import (
     DecodeState,
     GenerateOutput,
@@ -438,6 +440,79 @@ def coconut_generate(
     )
     return decode_loop(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
                        pad_id=pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "latent_start", "num_latent", "feedback", "thought_norm"))
+def coconut_prefill(
+    params: dict,
+    input_ids: Array,
+    attention_mask: Array,
+    latent_mask: Array,
+    *,
+    config: ModelConfig,
+    latent_start: int,
+    num_latent: int,
+    feedback: bool = True,
+    thought_norm: str = "none",
+    embeds_override: Array | None = None,
+    embeds_override_mask: Array | None = None,
+) -> tuple[KVCache, Array, Array]:
+    """The prompt and its continuous thoughts run autoregressively into a KV cache, for an answer
+    decoded by another method (masked diffusion). Returns (cache, next_pos, last_logits): the
+    cache holds the T prompt columns (slots [0, T), pos -1 on padding, end = T); next_pos (B,)
+    is each row's rotary position for its first answer token; last_logits (B, V) are the
+    logits of each row's last real prompt token (the greedy first answer token)."""
+    attention_mask = attention_mask.astype(jnp.int32)
+    positions = positions_from_mask(attention_mask)
+    out = coconut_forward(
+        params, input_ids, attention_mask, latent_mask, positions, config=config, latent_start=latent_start,
+        num_latent=num_latent, feedback=feedback, extra_slots=0, remat_thoughts=False, thought_norm=thought_norm,
+        embeds_override=embeds_override, embeds_override_mask=embeds_override_mask,
+    )
+    T = input_ids.shape[1]
+    last_idx = (T - 1 - jnp.argmax(attention_mask[:, ::-1], axis=-1)).astype(jnp.int32)
+    last_logits = jnp.take_along_axis(out.logits, last_idx[:, None, None], axis=1)[:, 0]
+    last_pos = jnp.take_along_axis(positions, last_idx[:, None], axis=1)[:, 0]
+    return out.cache, last_pos + 1, last_logits
+
+
+def coconut_diffusion_generate(
+    params: dict,
+    input_ids: Array,
+    attention_mask: Array,
+    latent_mask: Array,
+    rng: Array,
+    *,
+    config: ModelConfig,
+    latent_start: int,
+    num_latent: int,
+    opts: DiffusionOptions,
+    feedback: bool = True,
+    thought_norm: str = "none",
+    embeds_override: Array | None = None,
+    embeds_override_mask: Array | None = None,
+) -> DiffusionOutput:
+    """Continuous thoughts autoregressively, then the answer by masked diffusion (the seed's
+    two-stage pipeline). The prompt (laid out as for `coconut_generate`) and its thoughts are
+    prefilled into a KV cache once (`coconut_prefill`); opts.gen_length answer tokens are then
+    decoded by `diffusion_generate_after_prefix` reading that cache (low-confidence or
+    threshold unmasking, blocks of opts.block_length, opts.steps in all). With causal=True,
+    shift_logits=True, block_length=1 and one step per token this is greedy decoding.
+    Returns the DiffusionOutput (tokens (B, gen_length); forward_passes counts the answer's
+    model calls, add 1 for the prompt-and-thoughts prefill)."""
+    if needs_long_switch(config, input_ids.shape[1] + opts.gen_length):
+        raise ValueError(
+            "Coconut diffusion answers past rope_original_max_position_embeddings of a longrope (Phi-3) model are "
+            "not supported (the cached prompt would need re-encoding with the long factors); lower gen_length or "
+            "the prompt length"
+        )
+    cache, next_pos, last_logits = coconut_prefill(
+        params, jnp.asarray(input_ids), jnp.asarray(attention_mask), jnp.asarray(latent_mask), config=config,
+        latent_start=latent_start, num_latent=num_latent, feedback=feedback, thought_norm=thought_norm,
+        embeds_override=embeds_override, embeds_override_mask=embeds_override_mask,
+    )
+    return diffusion_generate_after_prefix(params, cache, next_pos, rng, config=config, opts=opts,
+                                           first_logits=last_logits)
 
 
 def naive_generate_one(
