@@ -83,7 +83,7 @@ class Decoder(nn.Module):
         if cfg.scan_layers:
             self.layers = nn.scan(
                 _ScanBody,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_hidden_layers,

@@ -301,7 +301,11 @@ class MLP(nn.Module):
         else:
             gate = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "gate_proj")(x)
             up = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "up_proj")(x)
-        return _dense(cfg.hidden_size, cfg.mlp_bias, cfg, "down_proj")(act(gate) * up)
+        h = act(gate) * up
+        # the hidden units' activations, for continual backprop (train/continual.py); a no-op
+        # unless apply() is called with mutable=['intermediates']
+        self.sow("intermediates", "hidden", h)
+        return _dense(cfg.hidden_size, cfg.mlp_bias, cfg, "down_proj")(h)
 
 
 class DecoderLayer(nn.Module):
