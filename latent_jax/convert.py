@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, scan_layers: bool = False) -> str:
     """Convert an HF directory to a latent_jax checkpoint; returns the checkpoint path."""
     from latent_jax.models.hf import load_hf
-    from latent_jax.train.checkpoint import _cast, save_model
+    from latent_jax.models.io import cast_params, save_model
 
     if not os.path.isdir(hf_dir):
         raise FileNotFoundError(f"--hf {hf_dir} is not a directory; pass a local Hugging Face model directory")
@@ -56,7 +56,7 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, scan_layers: bo
     if dtype:
         over["param_dtype"] = dtype
     cfg, params = load_hf(hf_dir, **over)
-    params = _cast(params, dtype)
+    params = cast_params(params, dtype)
     return save_model(out, params, cfg, tokenizer_dir=hf_dir)
 
 
@@ -64,26 +64,26 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None) -> str:
     """Convert a latent_jax checkpoint to an HF directory; returns the directory."""
     from latent_jax.models.hf import save_hf
     from latent_jax.models.hf_vlm import is_vlm_checkpoint, load_vlm_checkpoint, save_vlm
-    from latent_jax.train.checkpoint import _resolve, load_model
+    from latent_jax.models.io import load_model, resolve_checkpoint
 
     if is_vlm_checkpoint(ckpt):
         vcfg, vparams, unused = load_vlm_checkpoint(ckpt)
-        save_vlm(vparams, vcfg, out, unused=unused, tokenizer_dir=_resolve(ckpt), dtype=dtype or "float32")
+        save_vlm(vparams, vcfg, out, unused=unused, tokenizer_dir=resolve_checkpoint(ckpt), dtype=dtype or "float32")
         return os.path.abspath(out)
     cfg, params = load_model(ckpt)
-    save_hf(params, cfg, out, tokenizer_dir=_resolve(ckpt), dtype=dtype)
+    save_hf(params, cfg, out, tokenizer_dir=resolve_checkpoint(ckpt), dtype=dtype)
     return os.path.abspath(out)
 
 
 def _vlm_hf_to_orbax(hf_dir: str, out: str, dtype: str | None, scan_layers: bool) -> str:
     from latent_jax.models.hf_vlm import load_vlm, save_vlm_checkpoint
-    from latent_jax.train.checkpoint import _cast
+    from latent_jax.models.io import cast_params
 
     if scan_layers:
         raise ValueError("--scan-layers is for text decoders; vision-language checkpoints keep per-layer params")
     cfg, params, unused = load_vlm(hf_dir, return_unused=True)
     if dtype:
-        params = _cast(params, dtype)
+        params = cast_params(params, dtype)
         cfg = cfg.replace(text=cfg.text.replace(param_dtype=dtype))
     return save_vlm_checkpoint(out, params, cfg, unused=unused, tokenizer_dir=hf_dir)
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, name, resolve_path(getattr(args, name)))
     from latent_jax.models.config import ConfigError
     from latent_jax.models.hf import WeightsError
-    from latent_jax.train.checkpoint import CheckpointError
+    from latent_jax.models.io import CheckpointError
 
     t0 = time.perf_counter()
     try:

@@ -163,8 +163,9 @@ def _index_tree(tree, i):
 # ------------------------------------------------------------------------- files
 def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
     """All tensors of an HF directory: model.safetensors, or shards listed in
-    model.safetensors.index.json. bf16 tensors come back as float32."""
-    from safetensors import SafetensorError, safe_open
+    model.safetensors.index.json, as numpy arrays in their stored dtype (bf16 stays bf16, as
+    ml_dtypes.bfloat16). Read with numpy alone: torch is not needed."""
+    from latent_jax.models.safetensors_np import SafetensorsError, load_file
 
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
@@ -188,17 +189,8 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
         if not os.path.exists(fp):
             raise WeightsError(f"shard {fn} listed in the index is missing from {path}")
         try:
-            try:
-                with safe_open(fp, framework="numpy") as f:
-                    for k in f.keys():
-                        state[k] = f.get_tensor(k)
-            except TypeError:  # bf16 has no numpy dtype in safetensors' numpy backend
-                import torch
-                from safetensors.torch import load_file
-
-                for k, v in load_file(fp).items():
-                    state[k] = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-        except (SafetensorError, OSError) as e:  # truncated, random bytes, not safetensors at all
+            state.update(load_file(fp))
+        except (SafetensorsError, OSError) as e:  # truncated, random bytes, not safetensors at all
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WeightsError(f"{fp} is not a readable safetensors file ({why}); re-download it or re-save the "
                                "model with save_pretrained(dir, safe_serialization=True)") from None
@@ -224,19 +216,16 @@ def save_hf(
 ) -> None:
     """Write safetensors (sharded with an index past max_shard_bytes) + config.json (+ tokenizer
     and generation_config) that transformers' AutoModelForCausalLM.from_pretrained loads."""
-    import torch
-    from safetensors.torch import save_file
+    from latent_jax.models.safetensors_np import cast_for_save, save_file
 
     os.makedirs(out_dir, exist_ok=True)
     state = params_to_hf(params, cfg)
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        dtype or ("float32" if cfg.param_dtype == "float32" else cfg.param_dtype)
-    ]
-    tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)).to(tdtype).contiguous() for k, v in state.items()}
+    dtype_name = dtype or ("float32" if cfg.param_dtype == "float32" else cfg.param_dtype)
+    tensors = {k: cast_for_save(v, dtype_name) for k, v in state.items()}
     shards: list[dict] = [{}]
     size = 0
     for k, t in tensors.items():
-        nb = t.numel() * t.element_size()
+        nb = t.nbytes
         if shards[-1] and size + nb > max_shard_bytes:
             shards.append({})
             size = 0
@@ -254,11 +243,11 @@ def save_hf(
             fn = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
             save_file(sh, os.path.join(tmp, fn), metadata={"format": "pt"})
             wmap.update({k: fn for k in sh})
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        total = sum(t.nbytes for t in tensors.values())
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": wmap}, f, indent=1)
     hf_cfg = cfg.to_hf()
-    hf_cfg["torch_dtype"] = str(tdtype).replace("torch.", "")
+    hf_cfg["torch_dtype"] = dtype_name
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_cfg, f, indent=1)
     if tokenizer_dir:

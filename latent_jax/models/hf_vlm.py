@@ -391,7 +391,7 @@ def merge_lora(state: dict[str, np.ndarray], hf_cfg: dict, adapter_dir: str | No
             raise WeightsError(f"{adapter_dir} is not a PEFT adapter (needs adapter_config.json + adapter_model.safetensors)")
         with open(cpath) as f:
             ac = json.load(f)
-        from safetensors.numpy import load_file
+        from latent_jax.models.safetensors_np import load_file
 
         ad = load_file(wpath)
         scale = float(ac.get("lora_alpha", ac["r"])) / float(ac["r"])
@@ -446,14 +446,12 @@ def save_vlm(
 ) -> None:
     """Write model.safetensors + config.json (+ tokenizer and processor files) that
     transformers loads as InternVLForConditionalGeneration / Phi4MultimodalForCausalLM."""
-    import torch
-    from safetensors.torch import save_file
+    from latent_jax.models.safetensors_np import cast_for_save, save_file
 
     state = vlm_params_to_hf(params, cfg)
     for k, x in (unused or {}).items():
         state.setdefault(k, x)
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    tensors = {k: torch.from_numpy(np.array(x, dtype=np.float32)).to(tdtype).contiguous() for k, x in state.items()}
+    tensors = {k: cast_for_save(x, dtype) for k, x in state.items()}
     tmp = out_dir.rstrip("/") + ".tmp-write"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -494,9 +492,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 def is_vlm_checkpoint(path: str) -> bool:
     """True when path is a latent_jax checkpoint (save_vlm_checkpoint) of a vision-language model."""
-    from latent_jax.train.checkpoint import MODEL_CONFIG_FILE, _resolve, is_model_checkpoint
+    from latent_jax.models.io import MODEL_CONFIG_FILE, is_model_checkpoint, resolve_checkpoint
 
-    src = _resolve(path)
+    src = resolve_checkpoint(path)
     if not is_model_checkpoint(src):
         return False
     d = read_json_object(os.path.join(src, MODEL_CONFIG_FILE), CHECKPOINT_FIX)
@@ -507,7 +505,7 @@ def save_vlm_checkpoint(path: str, params: dict, cfg: VLMConfig, unused: dict[st
                         tokenizer_dir: str | None = None) -> str:
     """Write an Orbax checkpoint (params + model_config.json = VLMConfig.to_json, tokenizer and
     processor files). `unused` HF tensors (Phi-4-MM audio) are kept so an export is complete."""
-    from latent_jax.train.checkpoint import save_model
+    from latent_jax.models.io import save_model
 
     tree = dict(params)
     if unused:
@@ -521,19 +519,20 @@ def save_vlm_checkpoint(path: str, params: dict, cfg: VLMConfig, unused: dict[st
 
 def load_vlm_checkpoint(path: str, dtype: str | None = None) -> tuple[VLMConfig, dict, dict[str, np.ndarray]]:
     """(config, params, unused HF tensors) from a save_vlm_checkpoint directory."""
-    from latent_jax.train.checkpoint import CheckpointError, _cast, _quiet, _resolve, _restore_params, read_model_config
+    from latent_jax.models.io import (CheckpointError, cast_params, quiet_orbax, read_model_config,
+                                      resolve_checkpoint, restore_params)
 
-    src = _resolve(path)
+    src = resolve_checkpoint(path)
     if not is_vlm_checkpoint(src):
         raise CheckpointError(f"{path} is not a latent_jax vision-language checkpoint; create one with "
                               "`python -m latent_jax.convert hf-to-orbax --hf DIR --out CKPT`")
     cfg = read_model_config(src, VLMConfig)
-    with _quiet():
-        _, tree = _restore_params(src, cfg.text, None, None)
+    with quiet_orbax():
+        _, tree = restore_params(src, cfg.text, None, None)
     unused = _flatten(tree.pop(_UNUSED_KEY, {}))
     tree = {k: v for k, v in tree.items()}
     if dtype is not None:
-        tree = _cast(tree, dtype)
+        tree = cast_params(tree, dtype)
         cfg = cfg.replace(text=cfg.text.replace(param_dtype=str(dtype)))
     return cfg, tree, unused
 
@@ -545,7 +544,7 @@ def load_vlm_any(path: str, dtype: str | None = None) -> tuple[VLMConfig, dict, 
     over = {"param_dtype": str(dtype)} if dtype else {}
     cfg, params, unused = load_vlm(path, return_unused=True, **over)
     if dtype is not None:
-        from latent_jax.train.checkpoint import _cast
+        from latent_jax.models.io import cast_params
 
-        params = _cast(params, dtype)
+        params = cast_params(params, dtype)
     return cfg, params, unused

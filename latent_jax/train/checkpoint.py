@@ -1,318 +1,51 @@
-"""Orbax checkpoints: model weights (save_model / load_model / load_any) and training state
-(TrainCheckpointer: best N by a metric plus the latest, with JSON side data).
+"""Training-state checkpoints (TrainCheckpointer: best N by a metric plus the latest, with JSON
+side data) on Orbax, locally or under a URI (gs://...: the string reaches Orbax unchanged).
 
-A model checkpoint directory holds
-
-    params/             Orbax PyTree checkpoint of the decoder params
-    model_config.json   ModelConfig.to_json()
-    tokenizer files     copied from the source HF directory, when given
-
-Every write goes to a temporary sibling directory first and is renamed into place, so a
-write that is interrupted never destroys an existing good checkpoint.
+Model weights (save_model / load_model / load_any) live in latent_jax.models.io; they are
+re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import json
-import logging
 import os
 import shutil
-import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from latent_jax.models.config import CHECKPOINT_FIX, ModelConfig, read_json_object
-from latent_jax.paths import is_uri, resolve_path
+from latent_jax.models.io import (  # noqa: F401 - re-exported
+    MODEL_CONFIG_FILE,
+    PARAMS_DIR,
+    PREVIOUS_SUFFIX,
+    CheckpointError,
+    cast_params,
+    first_line,
+    is_hf_dir,
+    is_model_checkpoint,
+    load_any,
+    load_model,
+    quiet_orbax,
+    read_model_config,
+    resolve_checkpoint,
+    restack_layers,
+    restore_params,
+    save_model,
+)
+from latent_jax.paths import is_uri, orbax_path, resolve_path
 
-MODEL_CONFIG_FILE = "model_config.json"
-PARAMS_DIR = "params"
-_PREVIOUS_SUFFIX = ".previous"
 _REPLACED_SUFFIX = ".replaced"  # a training step being re-saved (TrainCheckpointer.save of an existing step)
 
-# Orbax lines that say nothing a user can act on: a step saved without metrics (mid-epoch
-# saves have none; the best-N policy ranks only the steps that have them)
-_NOISE = ("Requested `tracked_metric`; did not provide metrics.",)
-
-
-class CheckpointError(ValueError):
-    """A path that is neither a usable HF directory nor a latent_jax checkpoint."""
+# transitional names for callers that still import the model-checkpoint helpers from here
+_resolve, _cast, _quiet, _restore_params, _first_line = (
+    resolve_checkpoint, cast_params, quiet_orbax, restore_params, first_line)
+_PREVIOUS_SUFFIX = PREVIOUS_SUFFIX
 
 
 def _ocp():
     import orbax.checkpoint as ocp
 
     return ocp
-
-
-class _DropNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(n in str(record.msg) for n in _NOISE)
-
-
-class _Hold(logging.Filter):
-    """Holds back the records of a call that may fail; they are dropped when it fails (its
-    one-line error says what happened) and passed on when it succeeds."""
-
-    def __init__(self):
-        super().__init__()
-        self.held: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.held.append(record)
-        return False
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keep Orbax's per-call INFO lines and known noise out of the console (warnings and
-    errors still show)."""
-    from absl import logging as absl_logging
-
-    old = absl_logging.get_verbosity()
-    if old > absl_logging.WARNING:  # absl: higher = more verbose (INFO=0 > WARNING=-1)
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    noise = _DropNoise()
-    logger = logging.getLogger("absl")
-    logger.addFilter(noise)
-    try:
-        yield
-    finally:
-        logger.removeFilter(noise)
-        absl_logging.set_verbosity(old)
-
-
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------- model weights
-def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None = None) -> str:
-    """Write params (Orbax PyTree) + model_config.json (+ tokenizer files) to `path`, atomically.
-
-    An existing checkpoint at `path` is replaced only once the new one is complete.
-    Returns the absolute path.
-    """
-    from latent_jax.models.hf import copy_tokenizer_files
-
-    path = resolve_path(path)
-    if is_uri(path):
-        raise CheckpointError(f"save_model writes local directories; got {path}")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        with _quiet():
-            ckptr = _ocp().StandardCheckpointer()
-            ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
-            ckptr.wait_until_finished()
-            ckptr.close()
-        with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
-            f.write(config.to_json())
-        if tokenizer_dir and os.path.isdir(tokenizer_dir):
-            copy_tokenizer_files(tokenizer_dir, tmp)
-        prev = path + _PREVIOUS_SUFFIX
-        if os.path.exists(path):
-            shutil.rmtree(prev, ignore_errors=True)
-            os.replace(path, prev)
-        os.replace(tmp, path)
-        shutil.rmtree(prev, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def is_model_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)) and os.path.isdir(os.path.join(path, PARAMS_DIR))
-
-
-def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and (
-        os.path.isfile(os.path.join(path, "model.safetensors"))
-        or os.path.isfile(os.path.join(path, "model.safetensors.index.json"))
-        or any(n.endswith((".bin", ".pt", ".pth")) for n in os.listdir(path))  # load_hf names the fix
-    )
-
-
-def _resolve(path: str) -> str:
-    """`path` made absolute (Orbax needs that; URIs are kept), or its `.previous` twin left by
-    a replace that was interrupted mid-swap."""
-    path = resolve_path(path)
-    if not os.path.exists(path) and is_model_checkpoint(path + _PREVIOUS_SUFFIX):
-        return path + _PREVIOUS_SUFFIX
-    return path
-
-
-def _cast(params, dtype: str | None):
-    if dtype is None:
-        return params
-    import jax.numpy as jnp
-
-    dt = jnp.dtype(dtype)
-    return jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-
-
-def load_model(path: str, dtype: str | None = None, shardings: Any = None) -> tuple[ModelConfig, dict]:
-    """(config, params) from a save_model checkpoint. `dtype` casts the float params (and sets
-    config.param_dtype); `shardings` (a pytree of jax.sharding.Sharding matching the params)
-    restores each array directly onto its devices."""
-    src = _resolve(path)
-    if not is_model_checkpoint(src):
-        raise CheckpointError(
-            f"{path} is not a latent_jax checkpoint (needs {MODEL_CONFIG_FILE} and {PARAMS_DIR}/); "
-            "create one with `python -m latent_jax.convert hf-to-orbax --hf DIR --out CKPT`"
-        )
-    config = read_model_config(src)
-    with _quiet():
-        return _restore_params(src, config, dtype, shardings)
-
-
-def read_model_config(src: str, cls=ModelConfig):
-    """`cls.from_json` of src/model_config.json; CheckpointError naming the file when it is
-    missing, not JSON or not a config of `cls`."""
-    path = os.path.join(src, MODEL_CONFIG_FILE)
-    d = read_json_object(path, CHECKPOINT_FIX)
-    try:
-        return cls.from_json(json.dumps(d))
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise CheckpointError(f"{path} is not a {cls.__name__} ({_first_line(e)}); {CHECKPOINT_FIX}") from None
-
-
-def _restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: Any) -> tuple[ModelConfig, dict]:
-    """Restore src/params. Damaged array or metadata files end in one CheckpointError naming
-    the directory (Orbax's and tensorstore's own messages run to kilobytes)."""
-    ocp = _ocp()
-    pdir = os.path.join(src, PARAMS_DIR)
-    hold, logger = _Hold(), logging.getLogger("absl")
-    logger.addFilter(hold)
-    failure = None
-    ckptr = ocp.StandardCheckpointer()
-    try:
-        meta = ckptr.metadata(pdir)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-
-        def abstract(m, s=None):
-            sh = s if s is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh)
-
-        if shardings is None:
-            target = jax.tree.map(abstract, tree)
-        else:
-            target = jax.tree.map(abstract, tree, shardings)
-        params = ckptr.restore(pdir, target)
-    except Exception as e:  # noqa: BLE001 - any failure to read the files is a damaged checkpoint
-        while e.__cause__ is not None:  # the innermost error names the file and what is wrong
-            e = e.__cause__
-        failure = _first_line(e)
-    finally:
-        ckptr.close()
-        logger.removeFilter(hold)
-    if failure is not None:
-        # the failed read leaves reads in flight: finish their coroutines now, not at interpreter
-        # exit, and keep the completions that land on Orbax's closed event loop quiet
-        _silence_closed_loop_callbacks()
-        gc.collect()
-        raise CheckpointError(f"{pdir} cannot be read ({failure}); {CHECKPOINT_FIX}")
-    for record in hold.held:
-        logger.handle(record)
-    params = _to_dict(params)
-    if dtype is not None:
-        params = _cast(params, dtype)
-        config = config.replace(param_dtype=str(dtype))
-    return config, params
-
-
-def _silence_closed_loop_callbacks() -> None:
-    """After a failed restore, the reads still in flight complete on other threads and report
-    'Event loop is closed' through sys.excepthook, and their abandoned coroutines report through
-    sys.unraisablehook when collected: one traceback each, at random moments (up to interpreter
-    exit), about an error already reported. Drop exactly those; every other report reaches the
-    previous hook. Self-contained closures, as they may run while the interpreter shuts down."""
-    import sys
-
-    prev_except, prev_unraisable = sys.excepthook, sys.unraisablehook
-    if getattr(prev_except, "_latent_jax", False):
-        return
-    needle = f"{os.sep}orbax{os.sep}"
-
-    def closed_loop(exc_type, exc, tb) -> bool:  # raised by asyncio's BaseEventLoop._check_closed
-        if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
-            return False
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
-
-    def excepthook(exc_type, exc, tb):
-        if not closed_loop(exc_type, exc, tb):
-            prev_except(exc_type, exc, tb)
-
-    def unraisablehook(u):
-        code = getattr(u.object, "cr_code", None)  # an abandoned Orbax read coroutine
-        if not ((code is not None and needle in code.co_filename)
-                or closed_loop(u.exc_type, u.exc_value, u.exc_traceback)):
-            prev_unraisable(u)
-
-    excepthook._latent_jax = unraisablehook._latent_jax = True
-    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
-
-
-def _to_dict(tree):
-    if hasattr(tree, "items"):
-        return {k: _to_dict(v) for k, v in tree.items()}
-    return tree
-
-
-def load_any(path: str, dtype: str | None = None, **config_overrides) -> tuple[ModelConfig, dict]:
-    """(config, params) from an HF directory (config.json + safetensors) or a save_model
-    checkpoint. `config_overrides` (e.g. scan_layers=True, dtype='bfloat16') apply to HF loads
-    and, for Orbax checkpoints, to fields that do not change the param layout."""
-    path = os.fspath(path)
-    if not os.path.exists(path) and not os.path.exists(path + _PREVIOUS_SUFFIX):
-        raise CheckpointError(f"{path} does not exist; pass an HF model directory or a latent_jax checkpoint")
-    src = _resolve(path)
-    if os.path.isdir(src) and is_model_checkpoint(src):
-        config, params = load_model(src, dtype=dtype)
-        if config_overrides:
-            want_scan = config_overrides.pop("scan_layers", config.scan_layers)
-            if want_scan != config.scan_layers:
-                params = restack_layers(params, config, want_scan)
-                config = config.replace(scan_layers=want_scan)
-            config = config.replace(**config_overrides)
-        return config, params
-    if os.path.isdir(src) and is_hf_dir(src):
-        from latent_jax.models.hf import load_hf
-
-        if dtype is not None:
-            config_overrides["param_dtype"] = str(dtype)
-        return load_hf(src, **config_overrides)
-    if os.path.isdir(src) and os.path.isfile(os.path.join(src, "config.json")):
-        raise CheckpointError(f"{path} has config.json but no model.safetensors (or index); only safetensors weights are read")
-    raise CheckpointError(
-        f"{path} is neither an HF model directory (config.json + model.safetensors) nor a latent_jax "
-        f"checkpoint ({MODEL_CONFIG_FILE} + {PARAMS_DIR}/)"
-    )
-
-
-def restack_layers(params: dict, config: ModelConfig, scan: bool) -> dict:
-    """Convert params between per-layer (`layers_i`) and stacked (`layers/layer`) layouts."""
-    params = dict(params)
-    n = config.num_hidden_layers
-    if scan and "layers" not in params:
-        layers = [params.pop(f"layers_{i}") for i in range(n)]
-        params["layers"] = {"layer": jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *layers)}
-    elif not scan and "layers" in params:
-        stacked = params.pop("layers")["layer"]
-        for i in range(n):
-            params[f"layers_{i}"] = jax.tree.map(lambda x: np.asarray(x)[i], stacked)
-    return params
 
 
 # --------------------------------------------------------------------------- training state
@@ -382,7 +115,7 @@ class TrainCheckpointer:
             cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "extra"))
+        self._mgr = ocp.CheckpointManager(orbax_path(self.directory), options=options, item_names=("state", "extra"))
 
     # ------------------------------------------------------------------ writing
     def save(self, step: int, state: Any, metrics: dict | None = None, extra: dict | None = None) -> bool:
@@ -400,7 +133,7 @@ class TrainCheckpointer:
                     f"metrics lack {self.best_metric!r} (have {sorted(m)}); pass it or set best_metric"
                 )
         step = int(step)
-        with _quiet():
+        with quiet_orbax():
             if step in self._mgr.all_steps():
                 ok = self._replace(step, state, m, extra)
             else:
@@ -415,7 +148,7 @@ class TrainCheckpointer:
         if m is None:
             m = self._mgr.metrics(step)
         src = self._step_dir(step)
-        if is_uri(self.directory) or not os.path.isdir(src):  # not the default local layout
+        if self._in_place_only() or not os.path.isdir(src):  # not the default local layout
             self._mgr.delete(step)
             return self._save(step, state, m, extra)
         aside = src + _REPLACED_SUFFIX
@@ -427,9 +160,14 @@ class TrainCheckpointer:
         shutil.rmtree(aside, ignore_errors=True)
         return ok
 
+    def _in_place_only(self) -> bool:
+        """URIs (no rename on object stores) and multi-process runs (every process would rename
+        the same directory) replace a step through Orbax alone: delete, then save."""
+        return is_uri(self.directory) or jax.process_count() > 1
+
     def _recover_replaced(self) -> None:
         """Put back a step set aside by a re-save that was killed before the new copy was complete."""
-        if is_uri(self.directory) or not os.path.isdir(self.directory):
+        if self._in_place_only() or not os.path.isdir(self.directory):
             return
         for name in os.listdir(self.directory):
             if not name.endswith(_REPLACED_SUFFIX):
@@ -488,7 +226,7 @@ class TrainCheckpointer:
             template = jax.tree.map(
                 lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else ocp.utils.to_shape_dtype_struct(x), template
             )
-        with _quiet():
+        with quiet_orbax():
             out = self._mgr.restore(
                 step,
                 args=ocp.args.Composite(
