@@ -49,10 +49,32 @@ def get_base() -> ConfigDict:
     c.optim.adamw_learning_rate = 3e-4  # for muon: the AdamW group's learning rate
     c.optim.reset_on_stage_change = False
 
+    # the Trainer (latent_jax.train.trainer)
     c.batch_size = 8
     c.num_epochs = 1
+    c.start_epoch = 0  # first epoch of a fresh run (skips earlier curriculum stages, as Coconut's `resume`)
+    c.max_steps = 0  # stop (after checkpointing, before evaluation; resumable) at this step; 0 = run all epochs
+    c.checkpoint_every_steps = 0  # 0 = checkpoint at epoch ends only
     c.log_every = 10
     c.eval_every_epochs = 1
-    c.keep_best = 2
+    c.keep_best = 2  # training checkpoints kept by the task's best metric (plus the latest)
+    c.progress = True
     c.wandb_project = ""
     return c
+
+
+def coconut_settings() -> ConfigDict:
+    """config.coconut: the Coconut curriculum of every Coconut workflow (text and multimodal;
+    latent_jax.latent.curriculum.CurriculumConfig). The optimizer reset at a stage change is
+    optim.reset_on_stage_change."""
+    return ConfigDict(dict(
+        c_thought=1,  # thoughts per replaced reasoning step
+        epochs_per_stage=5,
+        max_latent_stage=6,
+        pad_latent_to_max=True,
+        uniform_prob=0.0,  # probability of mixing an earlier stage into a batch row
+        ablation="none",  # none | no_curriculum | no_thought | pause_as_thought
+        supervision="steps",  # steps (the original) | frontier: after s thoughts, name a depth-s+1 node (graph data)
+        latent_markers=True,  # <|start-latent|> / <|end-latent|> around the thoughts (as the original)
+        thought_labels="none",  # none (as both references) | frontier: label every thought slot with its depth's frontier
+    ))

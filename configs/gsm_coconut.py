@@ -26,7 +26,7 @@ def get_config(arg: str = ""):
         c = _prosqa("smoke")
         c.chain = ""
         c.coconut_mode = "coconut"
-        c.c_thought = 2
+        c.coconut.c_thought = 2
         c.num_epochs = 2
         return c
     if arg:
@@ -39,11 +39,11 @@ def get_config(arg: str = ""):
     c.data.generate = ""
     c.data.train_path, c.data.val_path, c.data.test_path = (
         "data/gsm_train.json", "data/gsm_valid.json", "data/gsm_test.json")
-    c.c_thought, c.epochs_per_stage, c.max_latent_stage, c.pad_latent_to_max = 2, 3, 3, True
+    c.coconut.c_thought, c.coconut.epochs_per_stage, c.coconut.max_latent_stage, c.coconut.pad_latent_to_max = 2, 3, 3, True
     c.num_epochs, c.batch_size, c.start_epoch = 25, 32, 3
     c.optim.learning_rate, c.optim.weight_decay = 1e-4, 0.01
     c.optim.warmup_steps, c.optim.grad_clip = 0, 0.0
-    c.reset_optimizer = True
+    c.optim.reset_on_stage_change = True
     c.generation.coconut.max_new_tokens = 64
     c.generation.cot.max_new_tokens = 64
     c.generation.no_cot.max_new_tokens = 64

@@ -1,5 +1,5 @@
 """Fields shared by the multimodal Coconut configs (CinePile, A-OKVQA): the
-`multimodal_coconut` workflow (latent_jax.train.mm_loop)."""
+`multimodal_coconut` workflow (latent_jax.tasks.coconut_mm)."""
 
 import os
 import sys
@@ -8,7 +8,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.base import get_base  # noqa: E402
+from configs.base import coconut_settings, get_base  # noqa: E402
 
 
 def mm_base(family: str, dataset: str) -> ConfigDict:
@@ -18,9 +18,12 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     c.fixtures_dir = ""  # default: workdir/fixtures
     c.model.family = family  # internvl | phi4mm (read from config.json; used by :smoke)
     c.coconut_mode = "coconut"  # no_cot (vanilla) | cot | coconut
-    c.coconut = ConfigDict(dict(c_thought=1, epochs_per_stage=5, max_latent_stage=6, pad_latent_to_max=True))
-    # none | no_curriculum | no_thought | pause_as_thought (latent_jax.latent.curriculum)
-    c.coconut.ablation = "none"
+    c.coconut = coconut_settings()  # the curriculum, as the text Coconut configs
+    c.chain = ""  # e.g. "no_cot,cot,coconut": runs in workdir/<mode>/, Coconut from the CoT best model
+    c.chain_overrides = ConfigDict()
+    c.coconut_from_cot = True
+    c.load_model_path = ""  # start from this model (HF directory or Orbax VLM checkpoint, e.g. a best_model)
+    c.remat_thoughts = True
     c.thought_norm = "none"  # none (as the original) | embed: rescale thoughts to the mean embedding norm
     c.data = ConfigDict()
     c.data.dataset = dataset
@@ -29,6 +32,8 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     c.data.eval_split = "val" if dataset == "aokvqa" else "test"
     c.data.max_train = 0
     c.data.max_eval = 0
+    c.data.val_holdout = 0  # validation: this many training items held out (0 = the eval split)
+    c.data.bucket = 16
     # CinePile / video
     c.data.clips_dir = ""  # default: data.path/clips
     c.data.num_frames = 16
@@ -49,8 +54,7 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     # CinePile answer scoring: official (the official evaluation's rules, comparable with
     # published results) | lenient (looser; not comparable). results.json records it.
     c.eval.scorer = "official"
-    c.bucket = 16
-    c.save_model = True
+    c.save_model = True  # also export best_model as an HF directory (final_model/; needs torch)
     c.optim.weight_decay = 0.0
     return c
 
@@ -75,5 +79,6 @@ def smoke(c: ConfigDict) -> ConfigDict:
     c.eval.max_new_tokens = 8
     c.eval.temperature = 0.0
     c.optim.learning_rate = 1e-3
-    c.bucket = 8
+    c.data.bucket = 8
+    c.progress = False
     return c

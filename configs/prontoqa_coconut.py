@@ -35,10 +35,10 @@ def get_config(arg: str = ""):
     c.data.generate = ""
     c.data.train_path, c.data.val_path, c.data.test_path = (
         "data/prontoqa_train.json", "data/prontoqa_valid.json", "data/prontoqa_test.json")
-    c.c_thought, c.epochs_per_stage, c.max_latent_stage, c.pad_latent_to_max = 1, 5, 6, True
+    c.coconut.c_thought, c.coconut.epochs_per_stage, c.coconut.max_latent_stage, c.coconut.pad_latent_to_max = 1, 5, 6, True
     c.num_epochs, c.batch_size = 50, 32
     c.optim.learning_rate, c.optim.weight_decay = 1e-4, 0.01
     c.optim.warmup_steps, c.optim.grad_clip = 0, 0.0
-    c.reset_optimizer = True
+    c.optim.reset_on_stage_change = True
     c.generation.coconut.max_new_tokens = 128
     return c

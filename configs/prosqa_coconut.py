@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from any directory
 
-from configs.base import get_base  # noqa: E402
+from configs.base import coconut_settings, get_base  # noqa: E402
 
 
 def generation(max_new_tokens: int, do_sample: bool = False, temperature: float = 0.0, top_p: float = 1.0) -> ConfigDict:
@@ -39,19 +39,11 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     """Fields every Coconut-workflow config has (shared by the prosqa / prontoqa / gsm files)."""
     c.workflow = "coconut"
     c.coconut_mode = "coconut"  # no_cot | cot | coconut
-    c.ablation = "none"  # none | no_curriculum | no_thought | pause_as_thought
+    c.coconut = coconut_settings()  # the curriculum: c_thought, epochs_per_stage, max_latent_stage, ...
     c.chain = ""  # e.g. "no_cot,cot,coconut": separate runs in workdir/<mode>/, one table
     c.chain_overrides = ConfigDict()
     c.coconut_from_cot = True  # chained Coconut starts from the CoT run's best model (as the paper)
-    c.c_thought = 1
-    c.epochs_per_stage = 5
-    c.max_latent_stage = 6
-    c.pad_latent_to_max = True
-    c.uniform_prob = 0.0
-    c.supervision = "steps"  # steps (the original) | frontier: after s thoughts, name a depth-s+1 node (graph data)
-    c.latent_markers = True  # <|start-latent|> / <|end-latent|> around the thoughts (as the original)
-    c.thought_labels = "none"  # none (as both references) | frontier: label every thought slot with its depth's frontier
-    c.reset_optimizer = True  # fresh optimizer state when the curriculum stage changes
+    c.optim.reset_on_stage_change = True  # fresh optimizer state when the curriculum stage changes
     c.load_model_path = ""  # start from this model (e.g. the CoT run's best_model)
     c.latent_init = "copy"  # new token rows: copy "<<" when it is one token (as the original), else mean
     c.remat_thoughts = True
@@ -59,15 +51,10 @@ def coconut_fields(c: ConfigDict) -> ConfigDict:
     c.decode_thoughts = 0  # k > 0: predictions.jsonl lists each thought's top-k tokens through the LM head
     c.eval_stage = -1  # stage of the test prompts (-1: the final scheduled stage)
     c.eval_batch_size = 64
-    c.start_epoch = 0  # first epoch of a fresh run (skips earlier stages, as the original's `resume`)
-    c.max_steps = 0  # stop (after checkpointing) at this step; 0 = run all epochs
-    c.checkpoint_every_steps = 0  # 0 = checkpoint at epoch ends only
-    c.progress = True
     c.optim.schedule = "constant"
     c.optim.end_lr_ratio = 0.0
     c.optim.mu_dtype = ""
     c.optim.grad_clip = 0.0
-    c.optim.reset_on_stage_change = False
     c.model.tie_word_embeddings = False
 
     c.data = ConfigDict()
@@ -106,12 +93,12 @@ def graph_recipe(c: ConfigDict) -> ConfigDict:
     c.data.tokenizer_kind = "whitespace"
     c.model.tie_word_embeddings = True
     c.coconut_from_cot = False
-    c.supervision = "frontier"
-    c.latent_markers = False
-    c.pad_latent_to_max = False  # as many thoughts as hops, as the reference
-    c.c_thought = 1
-    c.uniform_prob = 0.1
-    c.reset_optimizer = False
+    c.coconut.supervision = "frontier"
+    c.coconut.latent_markers = False
+    c.coconut.pad_latent_to_max = False  # as many thoughts as hops, as the reference
+    c.coconut.c_thought = 1
+    c.coconut.uniform_prob = 0.1
+    c.optim.reset_on_stage_change = False
     c.optim.schedule = "constant"
     c.optim.weight_decay = 0.01
     return c
@@ -147,10 +134,10 @@ def get_config(arg: str = "") -> ConfigDict:
     # the path and the answer) with every thought labelled by its depth's frontier: the
     # densest signal per example, which is what a CPU budget needs; supervision="frontier"
     # with thought_labels="none" is the paper's exact recipe
-    c.supervision = "steps"
-    c.thought_labels = "frontier"
-    c.max_latent_stage = 2
-    c.epochs_per_stage = 2
+    c.coconut.supervision = "steps"
+    c.coconut.thought_labels = "frontier"
+    c.coconut.max_latent_stage = 2
+    c.coconut.epochs_per_stage = 2
     c.num_epochs = 8
     c.batch_size = 64
     c.eval_batch_size = 100
@@ -173,9 +160,9 @@ def get_config(arg: str = "") -> ConfigDict:
         c.data.gen.train, c.data.gen.valid, c.data.gen.test = 32, 8, 8
         c.batch_size = 16
         c.eval_batch_size = 8
-        c.epochs_per_stage = 1
+        c.coconut.epochs_per_stage = 1
         c.num_epochs = 2
-        c.max_latent_stage = 1
+        c.coconut.max_latent_stage = 1
         c.optim.warmup_steps = 0
         c.log_every = 1
         c.progress = False
@@ -190,11 +177,11 @@ def get_config(arg: str = "") -> ConfigDict:
         g.train, g.valid, g.test = 14785, 257, 419
         g.min_nodes, g.max_nodes, g.edges_per_node, g.node_tokens = 20, 26, 1.57, 32
         g.min_hops, g.max_hops = 3, 4
-        c.max_latent_stage, c.epochs_per_stage, c.num_epochs = 4, 25, 300
+        c.coconut.max_latent_stage, c.coconut.epochs_per_stage, c.num_epochs = 4, 25, 300
         c.batch_size, c.optim.learning_rate, c.optim.warmup_steps, c.optim.grad_clip = 256, 1e-4, 0, 0.0
         c.decode_thoughts = 40
         c.model.dtype = "bfloat16"
-        c.supervision, c.thought_labels = "frontier", "none"  # the paper's exact recipe
+        c.coconut.supervision, c.coconut.thought_labels = "frontier", "none"  # the paper's exact recipe
         c.generation.coconut = generation(2)
     elif arg in ("text", "paper_text"):
         c = text_config(c, arg)
@@ -209,13 +196,14 @@ def text_config(c: ConfigDict, arg: str) -> ConfigDict:
     base = coconut_fields(get_base())
     for k in ("data", "generation"):
         c[k] = base[k]
-    for k in ("supervision", "latent_markers", "thought_labels", "pad_latent_to_max", "uniform_prob", "coconut_from_cot",
-              "decode_thoughts"):
+    for k in ("supervision", "latent_markers", "thought_labels", "pad_latent_to_max", "uniform_prob"):
+        c.coconut[k] = base.coconut[k]
+    for k in ("coconut_from_cot", "decode_thoughts"):
         c[k] = base[k]
     c.model.tie_word_embeddings = False
     c.model.intermediate_size = 256
     c.model.max_position_embeddings = 512
-    c.reset_optimizer = True
+    c.optim.reset_on_stage_change = True
     c.data.generate = "prosqa"
     # 1-3 hops (2-4 steps, one in-context lookup each: the person's membership, then the
     # fact out of the current concept), 16 concepts (one token each with the word
@@ -229,10 +217,10 @@ def text_config(c: ConfigDict, arg: str) -> ConfigDict:
     c.data.gen.phrasing = "pairs"
     c.data.tokenizer_kind = "word"  # one id per invented word / name
 
-    c.c_thought = 1
-    c.epochs_per_stage = 1
-    c.max_latent_stage = 4  # max_hops + 1 steps: every step replaced at the last stage
-    c.pad_latent_to_max = True
+    c.coconut.c_thought = 1
+    c.coconut.epochs_per_stage = 1
+    c.coconut.max_latent_stage = 4  # max_hops + 1 steps: every step replaced at the last stage
+    c.coconut.pad_latent_to_max = True
     c.batch_size = 64  # batch 16 stalls on the lookup; 64 forms it in a few hundred updates
     c.eval_batch_size = 100
     c.optim.learning_rate = 3e-3
@@ -259,7 +247,7 @@ def text_config(c: ConfigDict, arg: str) -> ConfigDict:
 
     if arg == "paper_text":
         c.chain = ""
-        c.c_thought, c.epochs_per_stage, c.max_latent_stage = 1, 5, 6
+        c.coconut.c_thought, c.coconut.epochs_per_stage, c.coconut.max_latent_stage = 1, 5, 6
         c.num_epochs, c.batch_size = 50, 32
         c.optim.learning_rate, c.optim.weight_decay = 1e-4, 0.01
         c.optim.warmup_steps, c.optim.grad_clip = 0, 0.0

@@ -24,7 +24,7 @@ def get_config(arg: str = ""):
     c = _prosqa("smoke" if arg == "smoke" else "")
     c.chain = ""
     c.coconut_mode = "cot"
-    c.reset_optimizer = False
+    c.optim.reset_on_stage_change = False
     if arg == "smoke":
         c.num_epochs = 2
         return c
@@ -37,6 +37,6 @@ def get_config(arg: str = ""):
     c.num_epochs, c.batch_size = 50, 32
     c.optim.learning_rate, c.optim.weight_decay = 1e-4, 0.01
     c.optim.warmup_steps, c.optim.grad_clip = 0, 0.0
-    c.c_thought, c.epochs_per_stage, c.max_latent_stage = 1, 5, 6
+    c.coconut.c_thought, c.coconut.epochs_per_stage, c.coconut.max_latent_stage = 1, 5, 6
     c.generation.cot.max_new_tokens = 128  # the original: 128 for ProsQA / ProntoQA, 64 for GSM8k
     return c

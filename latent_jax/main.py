@@ -19,11 +19,12 @@ from latent_jax.paths import is_uri, resolve_config_paths, resolve_path
 # workflow name -> "module:function"; each function is run(config, workdir) -> dict
 WORKFLOWS = {
     "roundtrip": "latent_jax.demo:run",
-    "coconut": "latent_jax.train.loop:run",
+    "coconut": "latent_jax.tasks.coconut:run",
     "act": "latent_jax.train.act_loop:run",
     "diffusion": "latent_jax.train.diffusion_loop:run",
     "medusa": "latent_jax.decoding.speculative:run_workflow",
-    "multimodal_coconut": "latent_jax.train.mm_loop:run",
+    "multimodal_coconut": "latent_jax.tasks.coconut_mm:run",
+    "grpo": "latent_jax.rl.workflow:run",
 }
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")

@@ -46,7 +46,7 @@ def test_unknown_config_key_lists_valid_keys(monkeypatch):
         check_override_keys(argv)
     msg = str(e.value.code)
     assert "unknown config key 'c_thougth'" in msg and "c_thought" in msg
-    check_override_keys(["main", "--config=configs/prosqa_coconut.py:smoke", "--config.c_thought=2"])  # valid: no exit
+    check_override_keys(["main", "--config=configs/prosqa_coconut.py:smoke", "--config.coconut.c_thought=2"])  # valid: no exit
 
 
 def _main(args, cwd, timeout=600):
@@ -131,7 +131,7 @@ def test_missing_model_hint_names_the_configs_model(tmp_path):
     sys.path.insert(0, ROOT)
     from configs.aokvqa_cot import get_config as aokvqa
     from configs.cinepile_coconut import get_config as cinepile
-    from latent_jax.train.mm_loop import run
+    from latent_jax.tasks.coconut_mm import run
 
     for get, want, other in ((cinepile, "microsoft/Phi-4-multimodal-instruct", "InternVL3"),
                              (aokvqa, "OpenGVLab/InternVL3-1B-hf", "Phi-4")):

@@ -35,8 +35,8 @@ def _config(spec: str, fx: str):
 
 
 def _build_fixtures(fx: str) -> None:
-    """What the :smoke presets build on first use (latent_jax.train.mm_loop), once for all."""
-    from latent_jax.train.mm_loop import _ensure_smoke_fixtures
+    """What the :smoke presets build on first use (latent_jax.tasks.coconut_mm), once for all."""
+    from latent_jax.tasks.coconut_mm import _ensure_smoke_fixtures
 
     for spec in ("cinepile_coconut.py:smoke", "aokvqa_coconut.py:smoke"):
         _ensure_smoke_fixtures(_config(spec, fx), fx)
@@ -46,8 +46,8 @@ def _build_fixtures(fx: str) -> None:
 def runs(tmp_path_factory):
     """Runs every preset once (plus the ablation and resume runs); yields their results."""
     from latent_jax.main import resolve_workflow
-    from latent_jax.train import loop as text_loop
-    from latent_jax.train import mm_loop
+    from latent_jax.tasks import coconut as text_loop
+    from latent_jax.tasks import coconut_mm as mm_loop
 
     out = tmp_path_factory.mktemp("mm_runs")
     fx = str(out / "fx")
@@ -59,8 +59,8 @@ def runs(tmp_path_factory):
     res: dict = {"_fx": fx, "_out": out}
     try:
         feedback = {"loss": [], "generate": []}
-        # the multimodal trainer uses the text trainer's step, which calls loop.coconut_loss
-        loss0, gen0 = text_loop.coconut_loss, mm_loop.coconut_generate
+        # the multimodal workflow is the text CoconutTask: one coconut_loss, one coconut_generate
+        loss0, gen0 = text_loop.coconut_loss, text_loop.coconut_generate
 
         def loss(*a, **kw):
             feedback["loss"].append(kw.get("feedback", True))
@@ -72,7 +72,7 @@ def runs(tmp_path_factory):
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(text_loop, "coconut_loss", loss)
-            mp.setattr(mm_loop, "coconut_generate", gen)
+            mp.setattr(text_loop, "coconut_generate", gen)
             for spec in IN_PROCESS:
                 c = _config(spec, fx)
                 res[spec] = resolve_workflow(c.workflow)(c, str(out / spec))
@@ -99,7 +99,7 @@ def _check(wd, name):
     res = json.load(open(os.path.join(wd, "results.json")))
     assert res["n"] == 2 and 0.0 <= res["accuracy"] <= 1.0, name
     assert len(open(os.path.join(wd, "predictions.jsonl")).read().splitlines()) == 2
-    assert res["history"] and all(h["loss"] > 0 for h in res["history"])
+    assert res["history"] and all(h["train_loss"] > 0 for h in res["history"])
     assert os.path.exists(os.path.join(wd, "metrics.jsonl"))
     return res
 
@@ -132,8 +132,8 @@ def test_pause_as_thought_has_no_feedback(runs):
     stage-1 loss differs from coconut's while stage 0 (no latents) is the same."""
     assert runs["pause_feedback"] == {"loss": {False}, "generate": {False}}
     pause, coconut = runs["pause"]["history"], runs["aokvqa_coconut.py:smoke"]["history"]
-    assert pause[0]["loss"] == pytest.approx(coconut[0]["loss"], rel=1e-5)
-    assert abs(pause[1]["loss"] - coconut[1]["loss"]) > 1e-6
+    assert pause[0]["train_loss"] == pytest.approx(coconut[0]["train_loss"], rel=1e-5)
+    assert abs(pause[1]["train_loss"] - coconut[1]["train_loss"]) > 1e-6
 
 
 def test_resume_from_checkpoint(runs):
@@ -143,14 +143,14 @@ def test_resume_from_checkpoint(runs):
     full, resumed = runs["aokvqa_coconut.py:smoke"], runs["resumed"]
     assert [h["stage"] for h in resumed["history"]] == [0, 1]
     for a, b in zip(full["history"], resumed["history"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
     assert resumed["accuracy"] == full["accuracy"]
     assert os.path.isdir(str(runs["_out"] / "resume" / "checkpoints"))
 
 
 def test_missing_paths_one_line_error(tmp_path):
     """Checked in process with main's error formatting (a subprocess would only add start-up)."""
-    from latent_jax.train import mm_loop
+    from latent_jax.tasks import coconut_mm as mm_loop
 
     c = _config("cinepile_coconut.py:", "")
     c.smoke = False
@@ -164,7 +164,7 @@ def test_eval_without_media_names_the_fix(tmp_path):
     """Every clip (image) missing: one line naming the prepare command (COCO directory), not
     accuracy 0.0 over n=0; an unknown scorer stops the run before any model is loaded."""
     from latent_jax.data.mm_fixtures import write_aokvqa_fixture, write_cinepile_fixture
-    from latent_jax.train import mm_loop
+    from latent_jax.tasks import coconut_mm as mm_loop
 
     c = _config("cinepile_coconut.py:", "")
     c.data.path = write_cinepile_fixture(str(tmp_path / "cp"), n_train=2, n_test=3, make_clips=False)

@@ -19,6 +19,13 @@ from typing import Iterable
 from latent_jax.data import hf_datasets
 
 LETTERS = "ABCD"
+ANSWER_DELIMITER = "###"  # CoT / Coconut targets: rationale steps, then "### answer"
+
+
+def final_answer(response: str) -> str:
+    """The part of a response after its last ANSWER_DELIMITER (the whole response when it has
+    none), so a rationale that mentions another option does not decide the score."""
+    return response.rsplit(ANSWER_DELIMITER, 1)[1].strip() if ANSWER_DELIMITER in response else response
 
 
 def load_rows(root: str, split: str = "val", config_key: str = "data.path") -> list[dict]:

@@ -40,9 +40,11 @@ A worked example is in docs/architecture.md. Use:
     state = trainer.init_state(params, total_updates, frozen=None)
     results = trainer.fit(state)          # resumes from workdir/checkpoints when present
 
-config keys read here (defaults in configs/base.py): num_epochs, max_steps (stop and save,
-no evaluation; 0 = off), checkpoint_every_steps, log_every, eval_every_epochs, keep_best,
-progress, wandb_project, mesh, optim.
+config keys read here (defaults in configs/base.py): num_epochs, start_epoch (first epoch of
+a fresh run), max_steps (stop and save, no evaluation; 0 = off), checkpoint_every_steps,
+log_every, eval_every_epochs, keep_best, progress, wandb_project, mesh, optim. The history
+(results and checkpoints) has one row per epoch: epoch, log_fields, train_loss (the epoch's
+mean, exact across a mid-epoch resume) and, on evaluated epochs, evaluate()'s metrics.
 """
 
 from __future__ import annotations
@@ -222,17 +224,20 @@ class Trainer:
                                  best_metric=task.best_metric, mode=task.best_mode)
         writer = MetricsWriter(self.workdir, c.get("wandb_project", ""), c.to_dict())
         self.writer = writer
-        start_epoch, data_state, history, best = 0, None, [], None
+        start_epoch, data_state, history, best, loss_sum = int(c.get("start_epoch", 0) or 0), None, [], None, (0.0, 0)
         if ckpt.latest_step() is not None:
             template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
             state, extra = ckpt.restore_latest(template)
             start_epoch, data_state = int(extra["next_epoch"]), extra.get("data_state")
             history, best = list(extra.get("history", [])), extra.get("best")
+            if data_state is not None:  # mid-epoch: the epoch's training-loss sum so far
+                loss_sum = (jnp.float32(extra["loss_sum"][0]), int(extra["loss_sum"][1]))
             print(f"resumed from step {int(state['step'])} (epoch {start_epoch})", flush=True)
 
         def save(next_epoch: int, dstate, metrics=None):
             ckpt.save(int(state["step"]), state, metrics,
-                      {"next_epoch": next_epoch, "data_state": dstate, "history": history, "best": best})
+                      {"next_epoch": next_epoch, "data_state": dstate, "history": history, "best": best,
+                       "loss_sum": [float(loss_sum[0]), loss_sum[1]]})
             ckpt.wait()
 
         progress = bool(c.get("progress", True))
@@ -246,6 +251,8 @@ class Trainer:
             fields = task.log_fields(epoch)
             state = task.on_epoch_start(self, state, epoch, data_state is not None)
             it = task.train_batches(epoch, data_state)
+            if data_state is None:
+                loss_sum = (0.0, 0)
             data_state = None
             tag = " ".join(f"{k} {v}" for k, v in fields.items())
             bar = tqdm(total=len(it), initial=int(it.get_state().get("next_index", 0)),
@@ -254,6 +261,7 @@ class Trainer:
             for batch in it:
                 state, m = self.train_step(state, batch)
                 step += 1
+                loss_sum = (loss_sum[0] + m["loss"], loss_sum[1] + 1)  # on device: no wait per step
                 bar.update(1)
                 if step % log_every == 0:
                     m = {k: float(v) for k, v in m.items()}
@@ -268,12 +276,14 @@ class Trainer:
             bar.close()
             if stopped:
                 break
+            train_loss = float(loss_sum[0]) / max(loss_sum[1], 1)
             if (epoch + 1) % eval_every and epoch + 1 < num_epochs:
+                history.append({"epoch": epoch, **fields, "train_loss": train_loss})
                 save(epoch + 1, None)
                 continue
             metrics, score = task.evaluate(self, state["params"], epoch)
+            history.append({"epoch": epoch, **fields, "train_loss": train_loss, **metrics})
             if metrics:
-                history.append({"epoch": epoch, **fields, **metrics})
                 writer.write(step, {**metrics, "epoch": epoch, **fields}, prefix="val/")
                 print(f"[{task.name}] epoch {epoch + 1}/{num_epochs} {tag}: "
                       + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))

@@ -31,11 +31,11 @@ def tiny_config(max_steps: int):
     c.model.num_hidden_layers = 1
     c.batch_size = 8
     c.num_epochs = 2
-    c.epochs_per_stage = 1
-    c.max_latent_stage = 1
+    c.coconut.epochs_per_stage = 1
+    c.coconut.max_latent_stage = 1
     c.eval_every_epochs = 100
     c.max_steps = max_steps
-    c.reset_optimizer = True
+    c.optim.reset_on_stage_change = True
     return c
 
 
@@ -48,7 +48,7 @@ def train_losses(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """Train losses of the reference run (1 device, no interruption)."""
-    from latent_jax.train.loop import run
+    from latent_jax.tasks.coconut import run
 
     d = tmp_path_factory.mktemp("full")
     full = run(tiny_config(STEPS), str(d))
@@ -57,7 +57,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_resume_equals_uninterrupted(uninterrupted, tmp_path):
-    from latent_jax.train.loop import run
+    from latent_jax.tasks.coconut import run
 
     part = run(tiny_config(3), str(tmp_path))  # stops mid-epoch 2, after the stage change
     assert part["step"] == 3
@@ -77,8 +77,8 @@ _SCRIPT = textwrap.dedent("""
     jax.config.update("jax_default_matmul_precision", "highest")
     assert jax.device_count() == 8
     sys.path.insert(0, {tests!r})
-    from test_loop import tiny_config, train_losses, STEPS
-    from latent_jax.train.loop import run
+    from test_coconut import tiny_config, train_losses, STEPS
+    from latent_jax.tasks.coconut import run
     c = tiny_config(STEPS)
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
     run(c, {workdir!r})
@@ -102,7 +102,7 @@ def test_chain_keeps_a_given_generate_dir(tmp_path):
     """A chained run shares one generated data set: workdir/data by default, or the
     data.generate_dir the user set (not silently replaced)."""
     from configs.prosqa_coconut import get_config
-    from latent_jax.train.loop import _sub_config
+    from latent_jax.tasks.coconut import _sub_config
 
     c = get_config("smoke")
     sub = _sub_config(c, "cot", str(tmp_path), None)
@@ -115,7 +115,7 @@ def test_chain_keeps_a_given_generate_dir(tmp_path):
 def test_decode_thoughts_lists_each_thought_in_predictions(tmp_path):
     """decode_thoughts=k: every test prediction of a Coconut run carries, per continuous
     thought, its top-k tokens through the LM head with probabilities."""
-    from latent_jax.train.loop import run
+    from latent_jax.tasks.coconut import run
 
     c = tiny_config(0)
     c.decode_thoughts = 2
@@ -135,7 +135,7 @@ def test_checkpoint_every_step_killed_at_the_epoch_end_resumes(uninterrupted, tm
     stored once. A run killed while re-saving that step (old copy set aside, new one not yet
     written) resumes from it and reproduces the uninterrupted losses."""
     from latent_jax.train import checkpoint as ckmod
-    from latent_jax.train.loop import run
+    from latent_jax.tasks.coconut import run
 
     class Killed(Exception):
         pass
@@ -173,7 +173,7 @@ def test_converted_prosqa_files_train_and_evaluate(tmp_path):
     """Real ProsQA files (here rows written by hand in their schema) converted to graph tokens
     are what training and evaluation read: no code change, only data paths."""
     from latent_jax.data.prosqa import main as prosqa_main
-    from latent_jax.train.loop import run
+    from latent_jax.tasks.coconut import run
 
     sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
     from test_prosqa_graph import PROSQA_ROWS
@@ -188,7 +188,7 @@ def test_converted_prosqa_files_train_and_evaluate(tmp_path):
     c.data.generate = ""
     for k, s in (("train_path", "train"), ("val_path", "valid"), ("test_path", "test")):
         c.data[k] = str(tmp_path / "graph" / f"prosqa_{s}.json")
-    c.max_latent_stage, c.num_epochs, c.eval_every_epochs = 3, 2, 1
+    c.coconut.max_latent_stage, c.num_epochs, c.eval_every_epochs = 3, 2, 1
     out = run(c, str(tmp_path / "run"))
     assert out["test"]["num_examples"] == 2 and "probe" in out["test"]
     assert out["test"]["probe"]["plot"] == str(tmp_path / "run" / "thought_probe.png")

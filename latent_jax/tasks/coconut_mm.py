@@ -1,0 +1,441 @@
+"""Multimodal Coconut: `run(config, workdir)` for the `multimodal_coconut` workflow.
+
+The shared CoconutTask (tasks/coconut.py) on the one Trainer, with image or video
+embeddings in the prefix (an EmbeddingSource):
+
+    prompt  = instructions + <image>*N + question (+ <|start-latent|> <|latent|>*k <|end-latent|>)
+    target  = remaining reasoning steps + answer + eos   (A-OKVQA: "### answer" after rationales)
+
+The vision tower and projector run once per media file (they are frozen; the language model
+is trained) and their features replace the `<image>` placeholders through
+`embeds_override`. Datasets: CinePile (video; HiCo optional) and A-OKVQA (image; rationales
+are the CoT steps). Modes (config.coconut_mode): no_cot (vanilla), cot, coconut; chained
+runs (config.chain = "no_cot,cot,coconut") as for text, Coconut starting from the CoT
+run's best model.
+
+As the text workflow: validation accuracy every epoch (config.data.val_holdout training
+items held out, or the eval split when 0), keep-best by it, the eval split scored with the
+best model at the trained thought count. model.dtype / param_dtype / remat_policy /
+scan_layers apply to the language model.
+
+    workdir/metrics.jsonl, tb/       train loss, val accuracy (MetricsWriter)
+    workdir/predictions.jsonl        per eval example: question, response, scores
+    workdir/results.json             dataset results (CinePile: accuracy per category,
+                                     hard_split, visual_reliance, and config.eval.scorer;
+                                     A-OKVQA: MC and DA) + HiCo compression ratio, data stats,
+                                     history (per epoch: train_loss, val accuracy)
+    workdir/checkpoints/             TrainCheckpointer: best N by val accuracy + the latest
+    workdir/best_model/              Orbax VLM checkpoint of the best epoch (vision + trained
+                                     LM); `python -m latent_jax.convert orbax-to-hf` exports it
+    workdir/final_model/             HF export of best_model (config.save_model; needs torch)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from latent_jax.data.hf_datasets import is_hub_name
+from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData
+from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
+from latent_jax.latent.curriculum import TokenizedExample
+from latent_jax.models.hf_vlm import load_vlm_any, save_vlm, save_vlm_checkpoint
+from latent_jax.models.multimodal import VLMConfig, VisionLanguageModel
+from latent_jax.tasks.coconut import MODES, CoconutTask, curriculum_config, run_chain
+from latent_jax.train.checkpoint import restack_layers
+from latent_jax.train.trainer import Trainer, write_json
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+@dataclasses.dataclass
+class MMItem:
+    """One example before tokenisation: text before/after the media, media, steps, answer."""
+
+    before: str
+    after: str
+    media: Any  # ("video", path | None) or ("image", path)
+    steps: list[str]
+    answer: str
+    row: dict
+
+
+# ------------------------------------------------------------------------ setup
+# what config.model.path should hold, by config.model.family (the configs' model)
+MODEL_HINTS = {
+    "internvl": "a local InternVL3 HF directory, e.g. huggingface-cli download OpenGVLab/InternVL3-1B-hf --local-dir DIR",
+    "phi4mm": "a local Phi-4-multimodal HF directory in the transformers layout, e.g. huggingface-cli download "
+              "microsoft/Phi-4-multimodal-instruct --local-dir DIR, converted with transformers' "
+              "convert_phi4_multimodal_weights_to_hf.py",
+}
+
+
+def _require(path: str, key: str, hint: str) -> str:
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(f"config.{key}={path!r} does not exist; set --config.{key}=DIR ({hint})")
+    return path
+
+
+def _ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
+    """Build the tiny model and dataset the :smoke presets point at (nothing downloaded)."""
+    from latent_jax.data import mm_fixtures as fx
+
+    fdir = config.get("fixtures_dir") or os.path.join(workdir, "fixtures")
+    fam = config.model.family
+    mdir = os.path.join(fdir, f"tiny_{fam}")
+    if not os.path.exists(os.path.join(mdir, "config.json")):
+        fx.make_tiny_vlm(fam, mdir, seed=config.seed)
+    with config.unlocked():
+        config.model.path = mdir
+        if config.data.dataset == "cinepile":
+            root = os.path.join(fdir, "cinepile")
+            if not os.path.exists(os.path.join(root, "test.parquet")):
+                fx.write_cinepile_fixture(root, n_train=8, n_test=6, n_clips=3, num_frames=8)
+            config.data.path = root
+        else:
+            root = os.path.join(fdir, "aokvqa")
+            if not os.path.exists(os.path.join(root, "aokvqa_v1p0_val.json")):
+                fx.write_aokvqa_fixture(root, n_train=8, n_val=6)
+            config.data.path = root
+            config.data.coco_dir = os.path.join(root, "coco")
+
+
+def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
+    """The dataset's examples for `split` as MMItems (+ stats)."""
+    d = config.data
+    if d.dataset == "cinepile":
+        from latent_jax.data import cinepile as cp
+
+        rows = cp.filter_rows(cp.load_rows(d.path, split), d.use_hard_split, d.visual_reliance, d.max_videos)
+        clips = cp.default_clips_dir(d.path, d.clips_dir)
+        exs, stats = cp.build_examples(rows, clips, d.missing_clip, float(d.get("max_unreadable_fraction", 0.1)),
+                                       cp.prepare_command(d.path, split, d.clips_dir, d.max_videos,
+                                                          d.use_hard_split, d.visual_reliance))
+        items = []
+        for e in exs:
+            before = "" if d.get("short_prompt") else cp.PROMPT + "\n"
+            subs = "" if d.get("short_prompt") else f"**Subtitles:**\n{e.row.get('subtitles') or ''}\n"
+            after = f"{subs}Question: {cp.format_question(e.row)}\n"
+            items.append(MMItem(before, after, ("video", e.clip), [], e.answer, e.row))
+        return items, stats
+    if d.dataset == "aokvqa":
+        from latent_jax.data import aokvqa as ak
+
+        rows = ak.load_rows(d.path, split)
+        coco = _require(d.coco_dir, "data.coco_dir", "COCO 2017 with train2017/ and val2017/")
+        items, missing = [], 0
+        for r in rows:
+            p = ak.image_path(coco, split, r["image_id"])
+            if not os.path.exists(p):
+                missing += 1
+                continue
+            # the answer after a delimiter, as the text format's "###": a rationale that names
+            # another option does not decide the score (ak.final_answer reads what follows it)
+            items.append(MMItem("", ak.format_question(r, d.multiple_choice), ("image", p), ak.cot_steps(r),
+                                f"{ak.ANSWER_DELIMITER} {ak.answer_text(r)}", r))
+        if rows and not items:
+            raise FileNotFoundError(f"none of the {len(rows)} {split} images is in config.data.coco_dir={coco} "
+                                    f"(expected {ak.image_path(coco, split, rows[0]['image_id'])}); "
+                                    f"download COCO 2017 {split}2017/ there or set --config.data.coco_dir")
+        return items, {"rows": len(rows), "missing_images": missing}
+    raise ValueError(f"config.data.dataset={d.dataset!r}; use cinepile or aokvqa")
+
+
+_FEATURE_FNS: dict[Any, Any] = {}  # jitted vision functions shared by runs in one process
+
+
+class FeatureCache:
+    """Frozen vision features per media file, computed once with a jitted tower."""
+
+    def __init__(self, cfg: VLMConfig, params: dict, config: ConfigDict):
+        self.cfg, self.params, self.config = cfg, params, config
+        self.model = VisionLanguageModel(cfg)
+        self.cache: dict[Any, np.ndarray] = {}
+        self.tokens_before = 0
+        self.tokens_after = 0
+        d = config.data
+        self.tpf = int(d.hico_tokens_per_frame) if d.get("use_hico") else None
+        vkey = ("video", cfg, self.tpf, int(d.hico_clip_frames))
+        if vkey not in _FEATURE_FNS:
+            model, tpf, clip = self.model, self.tpf, int(d.hico_clip_frames)
+            _FEATURE_FNS[vkey] = jax.jit(lambda p, f: model.apply({"params": p}, f, tpf, clip, method="video_features"))
+        self._video = _FEATURE_FNS[vkey]
+        self._img = _FEATURE_FNS
+
+    def video(self, path: str) -> np.ndarray:
+        from latent_jax.data.image_processing import vlm_video_frames
+
+        if path not in self.cache:
+            px = vlm_video_frames(self.cfg, path, int(self.config.data.num_frames))
+            feats = np.asarray(self._video(self.params, jnp.asarray(px)))
+            self.cache[path] = feats
+            self.tokens_before += px.shape[0] * self.cfg.tokens_per_tile
+            self.tokens_after += feats.shape[0]
+        return self.cache[path]
+
+    def image(self, path: str) -> np.ndarray:
+        from latent_jax.data.image_processing import vlm_image_inputs
+
+        if path not in self.cache:
+            px, pm, layouts = vlm_image_inputs(self.cfg, path, int(self.config.data.max_tiles))
+            model = self.model
+            if layouts is None:
+                key, args = ("internvl", self.cfg), (jnp.asarray(px),)
+                fn = lambda p, x: model.apply({"params": p}, x, method="image_features")  # noqa: E731
+            else:
+                key, args = ("phi4", self.cfg, layouts), (jnp.asarray(px), jnp.asarray(pm))
+                fn = lambda p, x, m, _l=layouts: model.apply({"params": p}, x, m, _l, method="image_features")  # noqa: E731
+            if key not in self._img:
+                self._img[key] = jax.jit(fn)
+            self.cache[path] = np.asarray(self._img[key](self.params, *args))
+        return self.cache[path]
+
+    def features(self, media) -> np.ndarray | None:
+        kind, path = media
+        if path is None:
+            return None
+        return self.video(path) if kind == "video" else self.image(path)
+
+
+def tokenize_items(items: list[MMItem], tok, feats: FeatureCache, image_token_id: int) -> tuple[list, list]:
+    """TokenizedExamples (placeholders expanded to the feature count) and their features."""
+    out, fs = [], []
+    for i, it in enumerate(items):
+        f = feats.features(it.media)
+        n = 0 if f is None else f.shape[0]
+        q = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(it.before) + [image_token_id] * n \
+            + tok.encode(it.after)
+        steps = tuple(tuple(tok.encode(s + "\n")) for s in it.steps)
+        ans = tuple(tok.encode(it.answer)) + (tok.eos_id,)
+        out.append(TokenizedExample(question_ids=tuple(q), step_ids=steps, answer_ids=ans, idx=i,
+                                    extra={"question": it.after, "answer": it.answer}))
+        fs.append(f)
+    return out, fs
+
+
+def overrides(input_ids: np.ndarray, example_idx: np.ndarray, feats: list, image_token_id: int, dim: int):
+    """(embeds_override (B, T, D), mask (B, T)) placing each row's features at its placeholders."""
+    B, T = input_ids.shape
+    emb = np.zeros((B, T, dim), np.float32)
+    mask = input_ids == image_token_id
+    for b in range(B):
+        if example_idx[b] < 0:
+            mask[b] = False
+            continue
+        f = feats[example_idx[b]]
+        pos = np.nonzero(mask[b])[0]
+        if f is None or len(pos) != f.shape[0]:
+            raise ValueError(f"row {b}: {len(pos)} image placeholders but {0 if f is None else f.shape[0]} features")
+        emb[b, pos] = f
+    return emb, mask
+
+
+def score_item(config: ConfigDict, it: MMItem, text: str) -> dict:
+    r = it.row
+    if config.data.dataset == "cinepile":
+        from latent_jax.data.cinepile import score_response
+
+        return {"question": r["question"], "response": text, "answer": it.answer,
+                "correct": score_response(text, r["answer_key_position"], r["answer_key"],
+                                          config.eval.get("scorer", "official")),
+                "question_category": r.get("question_category"), "hard_split": r.get("hard_split"),
+                "visual_reliance": r.get("visual_reliance"), "video": it.media[1] is not None}
+    from latent_jax.data.aokvqa import direct_answer_accuracy, final_answer, mc_correct
+
+    ans = final_answer(text)
+    return {"question_id": r.get("question_id"), "question": r["question"], "response": text, "answer": it.answer,
+            "mc_correct": mc_correct(ans, r), "da_accuracy": direct_answer_accuracy(ans, r)}
+
+
+class MMEmbeds:
+    """EmbeddingSource: each row's frozen image / video features at its placeholder tokens."""
+
+    def __init__(self, feats: dict[str, list], image_token_id: int, dim: int):
+        self.feats, self.image_token_id, self.dim = feats, image_token_id, dim
+
+    def arrays(self, input_ids: np.ndarray, example_idx: np.ndarray, split: str) -> dict:
+        emb, mask = overrides(input_ids, example_idx, self.feats[split], self.image_token_id, self.dim)
+        return {"embeds_override": emb, "embeds_override_mask": mask}
+
+
+class MMScorer:
+    """The dataset's official scoring of one response (CinePile / A-OKVQA) and of a split."""
+
+    def __init__(self, config: ConfigDict, items: dict[str, list]):
+        self.config, self.items = config, items
+
+    def score(self, eb, row: int, text: str, split: str) -> dict:
+        return score_item(self.config, self.items[split][int(eb.example_idx[row])], text)
+
+    def results(self, rows: list[dict]) -> dict:
+        if self.config.data.dataset == "cinepile":
+            from latent_jax.data.cinepile import results
+        else:
+            from latent_jax.data.aokvqa import results
+        out = results(rows)
+        if self.config.data.dataset == "cinepile":
+            out["scorer"] = self.config.eval.get("scorer", "official")
+        return out
+
+
+class MMCoconutTask(CoconutTask):
+    """CoconutTask whose validation / test sets are scored by the dataset's rules and whose
+    best model is the whole VLM (vision tower + trained language model) as an Orbax checkpoint."""
+
+    def __init__(self, *a, vlm_cfg: VLMConfig, vlm_params: dict, unused: dict, scorer: MMScorer, **kw):
+        super().__init__(*a, scorer=scorer, **kw)
+        self.vlm_cfg, self.vlm_params, self.unused = vlm_cfg, vlm_params, unused
+
+    def export(self, trainer, params):
+        lm = jax.device_get(params)
+        save_vlm_checkpoint(os.path.join(self.workdir, "best_model"), dict(self.vlm_params, language_model=lm),
+                            self.vlm_cfg, self.unused, tokenizer_dir=self.config.model.path)
+
+    def load_best(self, path, mesh):
+        _, p, _ = load_vlm_any(path)
+        return self.place(p["language_model"], mesh)
+
+    def place(self, lm, mesh):
+        from latent_jax.parallel import param_shardings
+
+        return jax.device_put(lm, param_shardings(lm, mesh))
+
+    def finish(self, trainer, state, out):
+        if out["best"] is None:
+            self.export(trainer, state["params"])
+        best = self.load_best(os.path.join(self.workdir, "best_model"), trainer.mesh)
+        out["eval"] = self.score(best, self.test_data, self.test_stage, int(self.config.seed), self.workdir)
+        return out
+
+
+def _load_model(config: ConfigDict):
+    """(VLMConfig, params, unused HF tensors, tokenizer, latent ids): from an HF directory or an
+    Orbax VLM checkpoint, the vocabulary grown for the Coconut tokens, the language model's
+    dtype / remat / scan_layers from config.model."""
+    m = config.model
+    src = config.get("load_model_path", "") or m.path
+    cfg, params, unused = load_vlm_any(src, dtype=m.param_dtype)
+    tok = load_tokenizer(src if os.path.exists(os.path.join(src, "tokenizer_config.json"))
+                         or os.path.exists(os.path.join(src, "tokenizer.json")) else m.path)
+    ids = add_coconut_tokens(tok)
+    lm, text = params["language_model"], cfg.text
+    if tok.vocab_size > text.vocab_size:
+        lm, text = resize_embeddings(lm, text, tok.vocab_size)
+    scan = bool(m.scan_layers)
+    if scan != text.scan_layers:
+        lm = restack_layers(lm, text, scan)
+    text = text.replace(dtype=m.dtype, remat_policy=m.remat_policy, scan_layers=scan)
+    return cfg.replace(text=text), dict(params, language_model=lm), unused, tok, ids
+
+
+# --------------------------------------------------------------------------- run
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Train (config.mode == 'train') and evaluate a multimodal Coconut model, or a chain of
+    modes (config.chain); returns the results."""
+    if config.mode not in ("train", "eval"):
+        raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
+    if config.data.dataset == "cinepile":
+        from latent_jax.data.cinepile import check_scorer
+
+        check_scorer(config.eval.get("scorer", "official"))
+    chain = [x.strip() for x in str(config.get("chain", "") or "").split(",") if x.strip()]
+    if chain:
+        if config.get("smoke"):  # one set of fixtures for the chained runs
+            config = copy.deepcopy(config)
+            _ensure_smoke_fixtures(config, workdir)
+        return run_chain(config, workdir, chain, run_one=run_single, result_key="")
+    return run_single(config, workdir)
+
+
+def run_single(config: ConfigDict, workdir: str) -> dict:
+    """One multimodal Coconut mode in `workdir`."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every read and write at INFO
+    t0 = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    if config.coconut_mode not in MODES:
+        raise ValueError(f"config.coconut_mode={config.coconut_mode!r}; use one of {', '.join(MODES)}")
+    if config.get("smoke"):
+        config = copy.deepcopy(config)
+        _ensure_smoke_fixtures(config, workdir)
+    d = config.data
+    _require(config.model.path, "model.path", MODEL_HINTS.get(config.model.get("family", ""), MODEL_HINTS["internvl"]))
+    if not is_hub_name(d.path):
+        _require(d.path, "data.path", "python -m latent_jax.data.cinepile prepare --root DIR"
+                 if d.dataset == "cinepile" else "the A-OKVQA v1p0 JSON directory")
+    cfg, params, unused, tok, ids = _load_model(config)
+    feats = FeatureCache(cfg, params, config)
+    cc = curriculum_config(config)
+    B = int(config.batch_size)
+    bucket = int(d.bucket)
+
+    eval_items, eval_stats = load_items(config, d.eval_split)
+    if d.get("max_eval"):
+        eval_items = eval_items[: int(d.max_eval)]
+    sets = {"eval": eval_items}
+    train_items = []
+    if config.mode == "train":
+        train_items, train_stats = load_items(config, d.train_split)
+        if d.get("max_train"):
+            train_items = train_items[: int(d.max_train)]
+        hold = int(d.get("val_holdout", 0) or 0)
+        sets["val"] = train_items[:hold] if hold else eval_items
+        train_items = train_items[hold:]
+        if not train_items:
+            raise ValueError(f"no training examples in {d.path} ({train_stats}); check the clips / filters")
+        sets["train"] = train_items
+    tokd = {k: tokenize_items(v, tok, feats, cfg.image_token_id) for k, v in sets.items()}
+    embeds = MMEmbeds({k: f for k, (_, f) in tokd.items()}, cfg.image_token_id, cfg.text.hidden_size)
+    scorer = MMScorer(config, sets)
+
+    def eval_set(name):
+        return CoconutEvalData(tokd[name][0], cc, ids, tok.pad_id, B, bucket=bucket, name=name)
+
+    eval_data = eval_set("eval")
+    train_data = val_data = None
+    if config.mode == "train":
+        train_data = CoconutTrainData(tokd["train"][0], cc, ids, tok.pad_id, B, seed=int(config.seed), shuffle=True,
+                                      drop_remainder=True, bucket=bucket)
+        val_data = eval_set("val")
+    e = config.eval
+    settings = dict(max_new_tokens=int(e.max_new_tokens), do_sample=float(e.temperature) > 0,
+                    temperature=float(e.temperature), top_p=float(e.top_p))
+    task = MMCoconutTask(config, workdir, cfg.text, tok, cc, train_data, val_data or eval_data, eval_data, None,
+                         embeds=embeds, scorer=scorer, settings=settings, test_stage=int(e.stage),
+                         vlm_cfg=cfg, vlm_params=params, unused=unused)
+    trainer = Trainer(config, task, workdir)
+    if config.mode == "train":
+        accum = int(config.optim.get("grad_accum", 1) or 1)
+        state = trainer.init_state(params["language_model"],
+                                   max(1, task.num_epochs * train_data.steps_per_epoch // accum))
+        out = trainer.fit(state)
+        if out.get("stopped"):
+            return out
+        res, history = out.pop("eval"), out["history"]
+    else:
+        res, history = task.score(task.place(params["language_model"], trainer.mesh), eval_data, task.test_stage,
+                                  int(config.seed), workdir), []
+    res.update(eval_data=eval_stats, history=history, mode=config.coconut_mode, eval_stage=task.test_stage,
+               seconds=round(time.time() - t0, 1))
+    if feats.tokens_before:
+        from latent_jax.data.hico import compression_ratio
+
+        res["video_tokens"] = {"before": feats.tokens_before, "after": feats.tokens_after,
+                               "compression_ratio": compression_ratio(feats.tokens_before, feats.tokens_after)}
+    write_json(os.path.join(workdir, "results.json"), res)
+    if config.mode == "train" and config.get("save_model"):
+        _, best, best_unused = load_vlm_any(os.path.join(workdir, "best_model"))
+        save_vlm(best, cfg, os.path.join(workdir, "final_model"), tokenizer_dir=config.model.path,
+                 unused=best_unused)
+    print(json.dumps({k: res[k] for k in ("accuracy", "n") if k in res}))
+    return res

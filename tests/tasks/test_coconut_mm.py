@@ -1,0 +1,143 @@
+"""Multimodal Coconut on the Trainer (tiny random InternVL3, A-OKVQA rows in the real schema,
+built once per module): keep-best by validation accuracy with the best epoch exported and
+scored, evaluation at the trained thought count, the A-OKVQA answer delimiter, and the
+exported Orbax VLM checkpoint converted to HF and reloaded by transformers with equal logits."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(spec: str, fx: str):
+    path, preset = spec.split(":")
+    s = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", path))
+    mod = importlib.util.module_from_spec(s)
+    s.loader.exec_module(mod)
+    c = mod.get_config(preset)
+    c.fixtures_dir = fx
+    return c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two aokvqa smoke runs: a CoT run whose validation accuracy is 0.5 after epoch 1 and
+    0.0 after epoch 2 (so the best model is epoch 1's), and a Coconut run scheduled up to 3
+    thoughts but trained for 2 epochs (stages 0 and 1)."""
+    from latent_jax.tasks import coconut as text_task
+    from latent_jax.tasks import coconut_mm
+
+    out = tmp_path_factory.mktemp("mm_task")
+    fx = str(out / "fx")
+    res = {"_out": out}
+    real_score, val_acc = text_task.CoconutTask.score, iter([0.5, 0.0])
+
+    def score(self, params, data, stage, seed, out_dir=None, desc="eval", split="eval"):
+        r = real_score(self, params, data, stage, seed, out_dir, desc, split)
+        if split == "val":
+            r["accuracy"] = next(val_acc)
+        return r
+
+    calls = []
+    real_gen = text_task.coconut_generate
+
+    def gen(*a, **kw):
+        calls.append(kw["num_latent"])
+        return real_gen(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(text_task.CoconutTask, "score", score)
+        c = _config("aokvqa_cot.py:smoke", fx)
+        res["best"] = coconut_mm.run(c, str(out / "best"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(text_task, "coconut_generate", gen)
+        c = _config("aokvqa_coconut.py:smoke", fx)
+        c.coconut.max_latent_stage = 3
+        res["thoughts"] = coconut_mm.run(c, str(out / "thoughts"))
+        res["gen_latents"] = calls
+    return res
+
+
+def test_keep_best_by_validation_accuracy(runs):
+    """The best epoch by validation accuracy (the first) is exported and scored, not the last
+    epoch and not the one with the lowest training loss."""
+    from latent_jax.models.hf_vlm import load_vlm_any
+    from latent_jax.train.checkpoint import TrainCheckpointer
+
+    wd = runs["_out"] / "best"
+    hist = runs["best"]["history"]
+    assert [h["accuracy"] for h in hist] == [0.5, 0.0]
+    ck = TrainCheckpointer(str(wd / "checkpoints"), keep_best=2)
+    steps = sorted(ck.all_steps())
+    assert len(steps) == 2  # epoch ends: steps 2 (best) and 4 (latest)
+    first, _ = ck.restore(steps[0])
+    last, _ = ck.restore(steps[-1])
+    ck.close()
+    _, best, _ = load_vlm_any(str(wd / "best_model"))
+    flat = lambda t: np.concatenate([np.ravel(x) for x in __import__("jax").tree.leaves(t)])  # noqa: E731
+    np.testing.assert_array_equal(flat(best["language_model"]), flat(first["params"]))
+    assert np.abs(flat(best["language_model"]) - flat(last["params"])).max() > 0
+    res = json.load(open(wd / "results.json"))
+    assert res["n"] == 2 and res["history"] == json.loads(json.dumps(hist))
+    assert len(open(wd / "predictions.jsonl").read().splitlines()) == 2
+
+
+def test_eval_thoughts_equal_trained_thoughts(runs):
+    """max_latent_stage=3 but 2 epochs of 1 stage each: training reaches stage 1 (one thought),
+    and validation and the final evaluation generate with one thought, not three."""
+    r = runs["thoughts"]
+    assert [h["stage"] for h in r["history"]] == [0, 1]
+    assert r["eval_stage"] == 1
+    # per epoch's validation (stage of the epoch) and the final evaluation (trained stage)
+    assert set(runs["gen_latents"]) == {0, 1} and runs["gen_latents"][-1] == 1
+
+
+def test_aokvqa_rationale_naming_a_wrong_option_scores_the_answer():
+    """Targets end in '### answer'; scoring reads what follows the last '###', so a rationale
+    that names another option (or several) does not decide the score."""
+    from latent_jax.data.aokvqa import ANSWER_DELIMITER, final_answer
+    from latent_jax.tasks.coconut_mm import MMItem, score_item
+
+    row = {"question_id": "q", "question": "What flies?", "choices": ["ball", "kite", "dog", "car"],
+           "correct_choice_idx": 1, "direct_answers": ["kite"] * 10, "rationales": ["r"]}
+    cfg = _config("aokvqa_coconut.py:", "")
+    it = MMItem("", "", ("image", "x.jpg"), ["r"], f"{ANSWER_DELIMITER} kite", row)
+    text = "It is not a ball and not a dog; the string goes up.\n### kite"
+    r = score_item(cfg, it, text)
+    assert r["mc_correct"] == 1 and r["da_accuracy"] == 1.0
+    assert final_answer(text) == "kite" and final_answer("kite") == "kite"
+    wrong = score_item(cfg, it, "It is a kite that flies. ### ball")
+    assert wrong["mc_correct"] == 0 and wrong["da_accuracy"] == 0.0
+
+
+def test_best_model_converts_to_hf_with_equal_logits(runs, tmp_path):
+    """The run's Orbax VLM checkpoint (vision tower + trained LM with the Coconut tokens) ->
+    `convert orbax-to-hf` -> transformers InternVL: same logits as latent_jax on the checkpoint,
+    with an image in the prompt."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import transformers
+
+    from latent_jax.convert import main as convert
+    from latent_jax.models.hf_vlm import load_vlm_any
+    from latent_jax.models.multimodal import VisionLanguageModel
+
+    ck, out = str(runs["_out"] / "best" / "best_model"), str(tmp_path / "hf")
+    assert convert(["orbax-to-hf", "--ckpt", ck, "--out", out]) == 0
+    cfg, params, _ = load_vlm_any(ck)
+    hf = transformers.InternVLForConditionalGeneration.from_pretrained(out, attn_implementation="eager").eval()
+    n = cfg.tokens_per_tile
+    V = cfg.text.vocab_size
+    ids = np.array([[1, 5, 6] + [cfg.image_token_id] * n + [7, V - 1]], np.int64)  # V - 1: a Coconut token
+    mask = np.ones_like(ids)
+    px = np.random.default_rng(0).standard_normal((1, 3, 28, 28)).astype(np.float32)
+    ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), pixel_values=torch.tensor(px)).logits
+    got = VisionLanguageModel(cfg).apply({"params": jax.device_get(params)}, jnp.asarray(ids), pixel_values=jnp.asarray(px),
+                                         attention_mask=jnp.asarray(mask)).logits
+    assert ref.shape[-1] == V
+    assert np.abs(np.asarray(got) - ref.detach().numpy()).max() <= 1e-4
