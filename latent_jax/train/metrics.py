@@ -9,6 +9,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from latent_jax import paths
+
 
 def _scalar(v: Any) -> Any:
     if hasattr(v, "item") and np.ndim(v) == 0:
@@ -32,31 +34,34 @@ class MetricsWriter:
 
             enabled = jax.process_index() == 0
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = paths.join(workdir, "metrics.jsonl")  # workdir may be a URI (gs://...)
         self._tb = None
         self._wandb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+                self._tb = SummaryWriter(paths.orbax_path(paths.join(workdir, "tb")))
             except ImportError:  # TensorBoard is optional
+                self._tb = None
+            except Exception as e:  # noqa: BLE001 - e.g. a bucket tensorboardX cannot write to
+                print(f"warning: no TensorBoard logs ({type(e).__name__}: {e}); metrics.jsonl is still written")
                 self._tb = None
         if wandb_project:
             import wandb  # optional dependency; a clear ImportError names it
 
-            self._wandb = wandb.init(project=wandb_project, dir=workdir, config=dict(config or {}))
+            self._wandb = wandb.init(project=wandb_project, dir=None if paths.is_uri(workdir) else workdir,
+                                     config=dict(config or {}))
 
     def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> dict:
         row = {"step": int(step), "time": time.time()}
         row.update({f"{prefix}{k}": _scalar(v) for k, v in metrics.items()})
         if not self.enabled:
             return row
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        paths.append_text(self.path, json.dumps(row) + "\n")
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
         if self._tb is not None:
             for k, v in numeric.items():
@@ -75,11 +80,11 @@ class MetricsWriter:
 
 def read_metrics(path: str) -> list[dict]:
     """Rows of a metrics.jsonl (a file path or a workdir)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "metrics.jsonl")
-    if not os.path.exists(path):
+    if paths.as_path(path).is_dir():
+        path = paths.join(path, "metrics.jsonl")
+    if not paths.exists(path):
         return []
-    with open(path) as f:
+    with paths.open_file(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
