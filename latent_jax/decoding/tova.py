@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.decoding.sampling import SamplingParams, emit_token, is_stop, sample_logits
+from latent_jax.decoding.sampling import SamplingParams, emit_token, is_stop, needs_long_switch, sample_logits
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -59,6 +59,8 @@ class TovaOptions:
     cache_size_factor: float = 0.5
     min_cache_size: int = 128
     max_cache_size: int = 2048
+    recency_bias: float = 0.0
+    recency_window: int = 32
 
     def __post_init__(self):
         if self.head_weight_strategy not in ("mean", "weighted"):
@@ -69,6 +71,8 @@ class TovaOptions:
             raise ValueError("head_weight_update='momentum' needs head_weight_strategy='weighted'")
         if not self.dynamic_sizing and self.cache_size < 1:
             raise ValueError(f"cache_size={self.cache_size} must be >= 1")
+        if self.recency_bias < 0 or self.recency_window < 1:
+            raise ValueError(f"recency_bias={self.recency_bias} must be >= 0 and recency_window={self.recency_window} >= 1")
         if self.dynamic_sizing and not (1 <= self.min_cache_size <= self.max_cache_size):
             raise ValueError("need 1 <= min_cache_size <= max_cache_size for dynamic_sizing")
 
@@ -93,15 +97,23 @@ class TovaOutput:
     cache_size: Array
 
 
-def token_scores(attn: Array, pos: Array, head_weights: Array, per_layer: bool) -> Array:
+def token_scores(attn: Array, pos: Array, head_weights: Array, per_layer: bool, query_pos: Array | None = None,
+                 recency_bias: float = 0.0, recency_window: int = 1) -> Array:
     """Importance of every cache slot: (L, B, S) from attn (L, B, H, S), slot positions
     pos (L, B, S) and per-head weights (B, L, H) (rows sum to 1). Empty slots score -1 so
-    they are dropped first. With per_layer=False every layer gets the layer-averaged score."""
+    they are dropped first. With per_layer=False every layer gets the layer-averaged score.
+    recency_bias > 0 adds recency_bias * max(0, 1 - age / recency_window) to each slot, age
+    being how many positions it lies behind the newest query (query_pos (B,))."""
     w = jnp.transpose(head_weights, (1, 0, 2))[..., None]  # (L, B, H, 1)
     s = jnp.sum(attn.astype(jnp.float32) * w, axis=2)
     if not per_layer:
         # a slot index holds the same token in every layer when decisions are shared
         s = jnp.broadcast_to(jnp.mean(s, axis=0, keepdims=True), s.shape)
+    if recency_bias:
+        if query_pos is None:
+            raise ValueError("recency_bias needs query_pos, the newest token's position per row")
+        age = (query_pos[None, :, None] - pos).astype(jnp.float32)
+        s = s + recency_bias * jnp.clip(1.0 - age / max(int(recency_window), 1), 0.0, 1.0)
     return jnp.where(pos >= 0, s, -1.0)
 
 
@@ -134,48 +146,117 @@ def _momentum_update(w: Array, vel: Array, attn: Array, pos: Array, opts: TovaOp
     return w, vel
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "opts", "top_k", "cache_size"))
-def tova_generate_jit(params, input_ids, attention_mask, rng, sp, stop_ids, head_weights, *, config, max_new_tokens,
-                      opts, top_k, pad_id, cache_size):
-    """The jitted TOVA loop for a fixed budget `cache_size` and normalised head_weights (B, L, H);
-    `tova_generate` computes both and calls it (benchmarks lower it for memory analysis)."""
-    model = Decoder(config)
-    B, T = input_ids.shape
-    C = cache_size
-    # prefill the whole prompt, then cut to the budget by the last prompt token's attention
-    cache = KVCache.init(config, B, T)
-    out = model.apply({"params": params}, input_ids, attention_mask=attention_mask, cache=cache)
-    keep = min(C, T)
-    scores = token_scores(out.attn_last, out.cache.pos, head_weights, opts.per_layer)
-    cache = _pad_slots(keep_top(out.cache, scores, keep), C + 1)
-    cache = cache.replace(end=jnp.asarray(C, jnp.int32))
-    last_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32) - 1
+def head_weights_for(config: ModelConfig, batch: int, opts: TovaOptions, head_weights: Array | None = None) -> Array:
+    """Per-head weights (B, L, H), rows summing to 1: uniform for head_weight_strategy='mean' or
+    when none are given, else head_weights (L, H) or (B, L, H) normalised."""
+    L, H = config.num_hidden_layers, config.num_attention_heads
+    if opts.head_weight_strategy == "mean" or head_weights is None:
+        return jnp.full((batch, L, H), 1.0 / H, jnp.float32)
+    hw = jnp.asarray(head_weights, jnp.float32)
+    if hw.shape not in ((L, H), (batch, L, H)):
+        raise ValueError(f"head_weights has shape {hw.shape}; expected ({L}, {H}) or ({batch}, {L}, {H})")
+    hw = jnp.broadcast_to(hw, (batch, L, H))
+    return hw / jnp.maximum(jnp.sum(hw, axis=-1, keepdims=True), 1e-9)
+
+
+@flax.struct.dataclass
+class TovaState:
+    """The TOVA while_loop state: step () next column of tokens; tok (B,) last token; cache;
+    pos (B,) last token's positions; done (B,); tokens (B, max_new); lengths (B,); rng;
+    head_weights (B, L, H) and their momentum velocity."""
+
+    step: Array
+    tok: Array
+    cache: KVCache
+    pos: Array
+    done: Array
+    tokens: Array
+    lengths: Array
+    rng: Array
+    head_weights: Array
+    velocity: Array
+
+
+def tova_start(cache: KVCache, last_logits: Array, last_pos: Array, rng: Array, sp: SamplingParams,
+               stop_ids: Array, head_weights: Array, *, cache_size: int, max_new_tokens: int, top_k: int,
+               pad_id: int, prefill_scores: Array | None = None) -> TovaState:
+    """The TOVA state after a prefill that left the prompt in `cache` (slots [0, cache.end)):
+    sample the first token from last_logits (B, V) at last_pos (B,). With prefill_scores
+    (L, B, S) (the last prompt token's attention, from `token_scores`) a prompt longer than
+    the budget is cut to cache_size slots now; without them (Coconut, whose right-padded
+    prompt has no common last query) the whole prompt stays and the first decode step cuts
+    it by the first answer token's attention."""
+    B = last_logits.shape[0]
+    C, S = int(cache_size), cache.slots
+    if prefill_scores is not None:
+        cache = _pad_slots(keep_top(cache, prefill_scores, min(C, S)), C + 1).replace(end=jnp.asarray(C, jnp.int32))
+    else:
+        cache = _pad_slots(cache, max(S, C) + 1).replace(end=jnp.asarray(S, jnp.int32))
     rng, sub = jax.random.split(rng)
-    tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
-    tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
-    done = is_stop(tok, stop_ids)
-    lengths = jnp.ones((B,), jnp.int32)
-    vel = jnp.zeros_like(head_weights)
+    tok = sample_logits(last_logits, sub, sp, top_k)
+    return TovaState(
+        step=jnp.int32(1), tok=tok, cache=cache, pos=last_pos.astype(jnp.int32), done=is_stop(tok, stop_ids),
+        tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
+        lengths=jnp.ones((B,), jnp.int32), rng=rng, head_weights=head_weights,
+        velocity=jnp.zeros_like(head_weights),
+    )
 
-    def cond_fn(s):
-        return (s[0] < max_new_tokens) & ~jnp.all(s[4])
 
-    def body_fn(s):
-        i, tok, cache, pos, done, tokens, lengths, rng, hw, vel = s
-        pos = pos + 1
-        o = model.apply({"params": params}, tok[:, None], positions=pos[:, None], cache=cache)
+def tova_decode_loop(params: dict, state: TovaState, sp: SamplingParams, stop_ids: Array, *, config: ModelConfig,
+                     max_new_tokens: int, opts: TovaOptions, top_k: int, pad_id: int, cache_size: int) -> TovaOutput:
+    """Traceable TOVA decode loop from `tova_start`: each step writes the new token into the
+    spare slot, attends, and keeps the cache_size best slots by `token_scores`. A state whose
+    cache is larger than cache_size + 1 (an uncut prompt) is cut by the first step, outside
+    the while_loop, so the loop itself always carries cache_size + 1 slots."""
+    model = Decoder(config)
+    C = int(cache_size)
+
+    def cond_fn(s: TovaState):
+        return (s.step < max_new_tokens) & ~jnp.all(s.done)
+
+    def body_fn(s: TovaState) -> TovaState:
+        pos = s.pos + 1
+        o = model.apply({"params": params}, s.tok[:, None], positions=pos[:, None], cache=s.cache)
+        hw, vel = s.head_weights, s.velocity
         if opts.head_weight_update == "momentum":
             hw, vel = _momentum_update(hw, vel, o.attn_last, o.cache.pos, opts)
-        sc = token_scores(o.attn_last, o.cache.pos, hw, opts.per_layer)
+        sc = token_scores(o.attn_last, o.cache.pos, hw, opts.per_layer, pos, opts.recency_bias, opts.recency_window)
         cache = _pad_slots(keep_top(o.cache, sc, C), C + 1).replace(end=jnp.asarray(C, jnp.int32))
-        nxt, tokens, lengths, done, rng = emit_token(o.logits[:, -1], rng, sp, top_k, i, done, tokens, lengths,
-                                                     stop_ids, pad_id)
-        return (i + 1, nxt, cache, pos, done, tokens, lengths, rng, hw, vel)
+        nxt, tokens, lengths, done, rng = emit_token(o.logits[:, -1], s.rng, sp, top_k, s.step, s.done, s.tokens,
+                                                     s.lengths, stop_ids, pad_id)
+        return s.replace(step=s.step + 1, tok=nxt, cache=cache, pos=pos, done=done, tokens=tokens, lengths=lengths,
+                         rng=rng, head_weights=hw, velocity=vel)
 
-    init = (jnp.int32(1), tok, cache, last_pos, done, tokens, lengths, rng, head_weights, vel)
-    i, _, cache, _, _, tokens, lengths, _, hw, _ = jax.lax.while_loop(cond_fn, body_fn, init)
-    return TovaOutput(tokens=tokens, lengths=lengths, steps=i - 1, cache=cache, head_weights=hw,
-                      cache_size=jnp.asarray(C, jnp.int32))
+    if state.cache.slots != C + 1:
+        def shrink(s: TovaState) -> TovaState:  # nothing left to decode: keep the most recent slots
+            c = s.cache
+            rec = jnp.where(c.pos >= 0, c.pos, -1).astype(jnp.float32)
+            return s.replace(cache=_pad_slots(keep_top(c, rec, C), C + 1).replace(end=jnp.asarray(C, jnp.int32)))
+
+        state = jax.lax.cond(cond_fn(state), body_fn, shrink, state)
+    s = jax.lax.while_loop(cond_fn, body_fn, state)
+    return TovaOutput(tokens=s.tokens, lengths=s.lengths, steps=s.step - 1, cache=s.cache,
+                      head_weights=s.head_weights, cache_size=jnp.asarray(C, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "opts", "top_k", "cache_size"))
+def tova_generate_jit(params, input_ids, attention_mask, rng, sp, stop_ids, head_weights, *, config, max_new_tokens,
+                      opts, top_k, pad_id, cache_size, inputs_embeds=None):
+    """The jitted TOVA generation for a fixed budget `cache_size` and normalised head_weights
+    (B, L, H); `tova_generate` computes both and calls it (benchmarks lower it for memory
+    analysis). inputs_embeds (B, T, D), when given, replace the token embeddings (VLM)."""
+    model = Decoder(config)
+    B, T = input_ids.shape
+    # prefill the whole prompt, then cut to the budget by the last prompt token's attention
+    out = model.apply({"params": params}, None if inputs_embeds is not None else input_ids,
+                      attention_mask=attention_mask, cache=KVCache.init(config, B, T), inputs_embeds=inputs_embeds)
+    last_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32) - 1
+    scores = token_scores(out.attn_last, out.cache.pos, head_weights, opts.per_layer, last_pos, opts.recency_bias,
+                          opts.recency_window)
+    kw = dict(max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id)
+    state = tova_start(out.cache, out.logits[:, -1], last_pos, rng, sp, stop_ids, head_weights, cache_size=cache_size,
+                       prefill_scores=scores, **kw)
+    return tova_decode_loop(params, state, sp, stop_ids, config=config, opts=opts, cache_size=cache_size, **kw)
 
 
 def tova_generate(
@@ -192,27 +273,32 @@ def tova_generate(
     head_weights: Array | None = None,
     top_k: int = 0,
     pad_id: int = 0,
+    inputs_embeds: Array | None = None,
 ) -> TovaOutput:
     """Generate up to max_new_tokens for left-padded prompts (B, T) with a TOVA cache.
 
     head_weights: (L, H) or (B, L, H) per-head weights for head_weight_strategy='weighted'
     (normalised to sum 1 per layer); uniform when None. The budget is opts.budget(T +
     max_new_tokens) slots per layer (one more slot holds the newest token before eviction).
+    inputs_embeds (B, T, D): prompt embeddings used instead of the ids' (image / video rows).
     """
     B, T = input_ids.shape
-    L, H = config.num_hidden_layers, config.num_attention_heads
-    if opts.head_weight_strategy == "mean" or head_weights is None:
-        hw = jnp.full((B, L, H), 1.0 / H, jnp.float32)
-    else:
-        hw = jnp.asarray(head_weights, jnp.float32)
-        if hw.shape not in ((L, H), (B, L, H)):
-            raise ValueError(f"head_weights has shape {hw.shape}; expected ({L}, {H}) or ({B}, {L}, {H})")
-        hw = jnp.broadcast_to(hw, (B, L, H))
-        hw = hw / jnp.maximum(jnp.sum(hw, axis=-1, keepdims=True), 1e-9)
+    check_longrope(config, T + max_new_tokens)
+    hw = head_weights_for(config, B, opts, head_weights)
     C = opts.budget(T + max_new_tokens)
     return tova_generate_jit(params, jnp.asarray(input_ids), jnp.asarray(attention_mask), rng, sp,
                              jnp.asarray(stop_ids, jnp.int32), hw, config=config, max_new_tokens=max_new_tokens,
-                             opts=opts, top_k=top_k, pad_id=pad_id, cache_size=C)
+                             opts=opts, top_k=top_k, pad_id=pad_id, cache_size=C, inputs_embeds=inputs_embeds)
+
+
+def check_longrope(config: ModelConfig, total_len: int) -> None:
+    """TOVA cannot re-encode evicted tokens: refuse a longrope (Phi-3 / Phi-4) sequence that may
+    cross original_max_position_embeddings."""
+    if needs_long_switch(config, total_len):
+        raise ValueError(
+            f"TOVA: prompt + max_new_tokens = {total_len} crosses rope_original_max_position_embeddings="
+            f"{config.rope_original_max_position_embeddings} of this longrope model, where its cache would need "
+            "re-encoding with the long factors (evicted tokens are gone); lower max_new_tokens or the prompt length")
 
 
 # --------------------------------------------------------------------------------- CLI

@@ -32,6 +32,7 @@ from latent_jax.decoding.sampling import (
     needs_long_switch,
     sample_logits,
 )
+from latent_jax.decoding.tova import TovaOptions, TovaOutput, tova_generate
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
 from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
@@ -129,16 +130,30 @@ def _check_length(cfg: VLMConfig, total: int) -> None:
 
 def generate_vlm(params: dict, input_ids: Array, attention_mask: Array, features: Array, rng: Array,
                  sp: SamplingParams, stop_ids: Array, *, cfg: VLMConfig, max_new_tokens: int, top_k: int = 0,
-                 pad_id: int = 0) -> GenerateOutput:
+                 pad_id: int = 0, tova: TovaOptions | None = None,
+                 head_weights: Array | None = None) -> GenerateOutput | TovaOutput:
     """Batched KV-cached generation for left-padded prompts whose image tokens take `features`
-    rows in row-major order (features from `media_features` / VisionLanguageModel)."""
+    rows in row-major order (features from `media_features` / VisionLanguageModel).
+
+    tova: decode with a TOVA cache of tova.budget(T + max_new_tokens) slots instead of the
+    full cache (the `cache.policy: tova` config): the prompt, video tokens included, is
+    prefilled whole and cut to the budget by its last token's attention, then every step
+    evicts one slot (see decoding/tova.py); returns a TovaOutput."""
     try:  # the longest real prompt; under an outer jit only the padded width is known
         longest = int(np.asarray(attention_mask).sum(-1).max())
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         longest = input_ids.shape[1]
     _check_length(cfg, longest + max_new_tokens)
+    if tova is not None:
+        emb = _embed_jit(params, cfg, jnp.asarray(input_ids), jnp.asarray(features))
+        return tova_generate(params["language_model"], input_ids, attention_mask, rng, sp, stop_ids, config=cfg.text,
+                             max_new_tokens=max_new_tokens, opts=tova, head_weights=head_weights, top_k=top_k,
+                             pad_id=pad_id, inputs_embeds=emb)
     return _generate_vlm(params, input_ids, attention_mask, features, rng, sp, stop_ids, cfg=cfg,
                          max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id)
+
+
+_embed_jit = jax.jit(embed_prompt, static_argnums=1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "pad_id"))

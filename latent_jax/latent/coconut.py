@@ -56,6 +56,7 @@ from latent_jax.decoding.sampling import (
     needs_long_switch,
     sample_logits,
 )
+from latent_jax.decoding.tova import TovaOptions, TovaOutput, head_weights_for, tova_decode_loop, tova_start
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -364,7 +365,7 @@ def naive_coconut_logits(
 @functools.partial(
     jax.jit,
     static_argnames=("config", "latent_start", "num_latent", "max_new_tokens", "top_k", "feedback", "cache_dtype",
-                     "thought_norm"),
+                     "thought_norm", "tova"),
 )
 def coconut_generate(
     params: dict,
@@ -386,7 +387,9 @@ def coconut_generate(
     embeds_override: Array | None = None,
     embeds_override_mask: Array | None = None,
     thought_norm: str = "none",
-) -> GenerateOutput:
+    tova: TovaOptions | None = None,
+    head_weights: Array | None = None,
+) -> GenerateOutput | TovaOutput:
     """Batched, KV-cached Coconut generation.
 
     Prompts (B, T): question + <|start-latent|> left-padded so the first latent is at column
@@ -394,6 +397,12 @@ def coconut_generate(
     <|end-latent|>), right-padded with attention_mask 0 when rows differ. The prefix is
     prefilled once, the thoughts are scanned, the rest is prefilled, and a while_loop decodes
     up to max_new_tokens per row (greedy at temperature 0, else temperature / top-p / top-k).
+
+    tova: answer decoding with a TOVA cache of tova.budget(T + max_new_tokens) slots (the
+    `cache.policy: tova` config; head_weights as in tova_generate). The thoughts are computed
+    with the full cache; afterwards prompt and thought slots are ordinary TOVA candidates: the
+    first answer step keeps the budget's best slots by its attention, each later step evicts
+    one. Returns a TovaOutput (tokens, lengths, steps, the pruned cache) in that case.
     """
     del cache_dtype  # the cache uses the compute dtype
     B, T = input_ids.shape
@@ -414,7 +423,7 @@ def coconut_generate(
         latent_start=latent_start,
         num_latent=num_latent,
         feedback=feedback,
-        extra_slots=max_new_tokens,
+        extra_slots=0 if tova is not None else max_new_tokens,
         remat_thoughts=False,
         thought_norm=thought_norm,
         embeds_override=embeds_override,
@@ -423,6 +432,12 @@ def coconut_generate(
     last_idx = (T - 1 - jnp.argmax(attention_mask[:, ::-1], axis=-1)).astype(jnp.int32)
     last_logits = jnp.take_along_axis(out.logits, last_idx[:, None, None], axis=1)[:, 0]
     last_pos = jnp.take_along_axis(positions, last_idx[:, None], axis=1)[:, 0]
+    if tova is not None:
+        C = tova.budget(T + max_new_tokens)
+        hw = head_weights_for(config, B, tova, head_weights)
+        kw = dict(max_new_tokens=max_new_tokens, top_k=top_k, pad_id=pad_id)
+        tstate = tova_start(out.cache, last_logits, last_pos, rng, sp, stop_ids, hw, cache_size=C, **kw)
+        return tova_decode_loop(params, tstate, sp, stop_ids, config=config, opts=tova, cache_size=C, **kw)
     rng, sub = jax.random.split(rng)
     tok = sample_logits(last_logits, sub, sp, top_k)
     state = DecodeState(

@@ -42,12 +42,21 @@ def setup():
     return cfg, params
 
 
-def test_diffusion_answer_with_one_token_blocks_equals_greedy_coconut(setup):
+G = 8  # answer tokens
+
+
+@pytest.fixture(scope="module")
+def greedy(setup):
+    """Plain greedy Coconut generation (full KV cache), shared by the tests below."""
     cfg, params = setup
     ids, mask, lat, P, n = make_prompts(ROWS)
-    G = 6
-    greedy = coconut_generate(params, ids, mask, lat, jax.random.PRNGKey(0), SamplingParams.make(0.0), NO_STOP,
-                              config=cfg, latent_start=P, num_latent=n, max_new_tokens=G)
+    return coconut_generate(params, ids, mask, lat, jax.random.PRNGKey(0), SamplingParams.make(0.0), NO_STOP,
+                            config=cfg, latent_start=P, num_latent=n, max_new_tokens=G)
+
+
+def test_diffusion_answer_with_one_token_blocks_equals_greedy_coconut(setup, greedy):
+    cfg, params = setup
+    ids, mask, lat, P, n = make_prompts(ROWS)
     opts = DiffusionOptions(steps=G, gen_length=G, block_length=1, mask_id=MASK, causal=True, shift_logits=True)
     out = coconut_diffusion_generate(params, ids, mask, lat, jax.random.PRNGKey(0), config=cfg, latent_start=P,
                                      num_latent=n, opts=opts)
@@ -62,3 +71,129 @@ def test_diffusion_answer_with_one_token_blocks_equals_greedy_coconut(setup):
                                       num_latent=n, opts=DiffusionOptions(steps=G // 2, gen_length=G, block_length=G,
                                                                           mask_id=MASK, causal=True, cache="prefix"))
     assert int(fast.forward_passes) == G // 2 and (np.asarray(fast.tokens) != MASK).all()
+
+
+# ------------------------------------------------------------------------------- TOVA
+def _layers_of(cache, row=0, keep=None):
+    """Per-layer numpy [k (S, Hkv, D), v, pos (S,)] of one row, only the slots in `keep`."""
+    from latent_jax.models.layers import KVCache
+
+    keep = np.asarray(cache.pos[0, row]) >= 0 if keep is None else keep
+    return [[np.asarray(KVCache.slot_major(cache.k[l, row]))[keep], np.asarray(KVCache.slot_major(cache.v[l, row]))[keep],
+             np.asarray(cache.pos[l, row])[keep]] for l in range(cache.k.shape[0])]
+
+
+def _evict(layers, attn, C):
+    """Reference eviction: a layer holding more than C tokens keeps the C with the highest
+    head-averaged attention of the newest query (argsort), in slot order."""
+    for l, (k, v, p) in enumerate(layers):
+        if len(p) > C:
+            order = np.sort(np.argsort(-np.asarray(attn[l, 0]).mean(0), kind="stable")[:C])
+            layers[l] = [k[order], v[order], p[order]]
+
+
+def _tova_loop(params, cfg, layers, first_tok, last_pos, n_new, C):
+    """Batch-1 greedy TOVA from per-layer numpy caches: feed the token, evict, take the argmax."""
+    from latent_jax.models.decoder import Decoder
+    from latent_jax.models.layers import KVCache
+
+    apply = jax.jit(Decoder(cfg).apply)
+    tok, pos, toks = first_tok, last_pos, [first_tok]
+    grow = lambda a: np.concatenate([a, np.zeros_like(a[:1])])
+    for _ in range(n_new - 1):
+        pos += 1
+        kv = KVCache(k=KVCache.slot_major(jnp.asarray(np.stack([grow(l[0]) for l in layers])))[:, None],
+                     v=KVCache.slot_major(jnp.asarray(np.stack([grow(l[1]) for l in layers])))[:, None],
+                     pos=jnp.asarray(np.stack([np.concatenate([l[2], [-1]]) for l in layers]).astype(np.int32))[:, None],
+                     end=jnp.asarray(len(layers[0][2]), jnp.int32))
+        o = apply({"params": params}, jnp.asarray([[tok]]), positions=jnp.asarray([[pos]]), cache=kv)
+        layers = _layers_of(o.cache, keep=slice(None))
+        _evict(layers, o.attn_last, C)
+        tok = int(np.argmax(np.asarray(o.logits[0, -1])))
+        toks.append(tok)
+    return toks
+
+
+def _tova_reference(params, cfg, prompt_row, P, n, G, C):
+    """Coconut's rule: prompt and thoughts prefilled whole (no cut), then _tova_loop."""
+    from latent_jax.latent.coconut import coconut_prefill
+
+    ids, mask, lat = prompt_row
+    cache, next_pos, last_logits = coconut_prefill(params, ids, mask, lat, config=cfg, latent_start=P, num_latent=n)
+    return _tova_loop(params, cfg, _layers_of(cache), int(np.argmax(np.asarray(last_logits[0]))), int(next_pos[0]) - 1,
+                      G, C)
+
+
+def test_tova_in_coconut_generation(setup, greedy):
+    from latent_jax.decoding.tova import TovaOptions
+
+    cfg, params = setup
+    ids, mask, lat, P, n = make_prompts(ROWS)
+    T = ids.shape[1]
+    sp, key = SamplingParams.make(0.0), jax.random.PRNGKey(0)
+    kw = dict(config=cfg, latent_start=P, num_latent=n, max_new_tokens=G)
+    full = greedy
+    # a budget holding the whole sequence: exactly the uncompressed output
+    big = coconut_generate(params, ids, mask, lat, key, sp, NO_STOP, tova=TovaOptions(cache_size=T + G), **kw)
+    np.testing.assert_array_equal(np.asarray(big.tokens), np.asarray(full.tokens))
+    # a small budget (smaller than the longest prompt + thoughts): the reference eviction rule, per row
+    C = 5
+    small = coconut_generate(params, ids, mask, lat, key, sp, NO_STOP, tova=TovaOptions(cache_size=C), **kw)
+    assert small.cache.slots == C + 1
+    for b in range(len(ROWS)):
+        row = (ids[b:b + 1], mask[b:b + 1], lat[b:b + 1])
+        assert np.asarray(small.tokens)[b].tolist() == _tova_reference(params, cfg, row, P, n, G, C), f"row {b}"
+    assert (np.asarray(small.tokens) != np.asarray(full.tokens)).any()  # eviction changed something
+
+
+def test_tova_coconut_compiled_memory_independent_of_length(setup):
+    from latent_jax.decoding.tova import TovaOptions
+
+    cfg, params = setup
+    ids, mask, lat, P, n = make_prompts(ROWS)
+    B = ids.shape[0]
+    args = (params, ids, mask, lat, jax.random.PRNGKey(0), SamplingParams.make(0.0), NO_STOP)
+
+    def mem(new):
+        ma = coconut_generate.lower(*args, config=cfg, latent_start=P, num_latent=n, max_new_tokens=new,
+                                    tova=TovaOptions(cache_size=6)).compile().memory_analysis()
+        return ma.temp_size_in_bytes + ma.output_size_in_bytes
+
+    grow_tova = mem(96) - mem(16)
+    # only the (B, max_new) int32 token buffers may grow with TOVA (a few copies); a full cache
+    # would grow by 80 slots per row and layer
+    slot_bytes = cfg.num_hidden_layers * B * (2 * cfg.num_key_value_heads * cfg.head_dim * 4 + 4)
+    assert grow_tova <= 4 * B * 4 * 80 < slot_bytes * 80
+
+
+def test_tova_in_vlm_generation(tmp_path_factory):
+    """Video / image rows are the long part of a VLM prompt: TOVA over them, one `tova` option."""
+    from latent_jax.data.mm_fixtures import IMAGE_TOKEN_ID, make_tiny_vlm
+    from latent_jax.decoding.tova import TovaOptions
+    from latent_jax.decoding.vlm import embed_prompt, generate_vlm
+    from latent_jax.models.decoder import Decoder
+    from latent_jax.models.hf_vlm import load_vlm
+    from latent_jax.models.layers import KVCache
+
+    vcfg, vparams = load_vlm(make_tiny_vlm("internvl", str(tmp_path_factory.mktemp("tova_vlm")), with_tokenizer=False))
+    vparams = jax.tree.map(lambda x: x * 4.0 if x.ndim == 2 else x, vparams)  # sharper attention: no near-ties
+    n_media, new = 12, 8
+    prompt = [1, 9, 10] + [IMAGE_TOKEN_ID] * n_media + [11, 12]
+    ids = jnp.asarray([prompt], jnp.int32)
+    feats = jnp.asarray(np.random.default_rng(0).standard_normal((n_media, vcfg.text.hidden_size)), jnp.float32)
+    sp, key = SamplingParams.make(0.0), jax.random.PRNGKey(0)
+    kw = dict(cfg=vcfg, max_new_tokens=new)
+    full = generate_vlm(vparams, ids, jnp.ones_like(ids), feats, key, sp, NO_STOP, **kw)
+    big = generate_vlm(vparams, ids, jnp.ones_like(ids), feats, key, sp, NO_STOP, tova=TovaOptions(cache_size=64), **kw)
+    np.testing.assert_array_equal(np.asarray(big.tokens), np.asarray(full.tokens))
+    C = 6
+    small = generate_vlm(vparams, ids, jnp.ones_like(ids), feats, key, sp, NO_STOP, tova=TovaOptions(cache_size=C), **kw)
+    assert small.cache.slots == C + 1
+    # reference: the embedded prompt prefilled, cut by its last token's attention, then _tova_loop
+    lm, tcfg = vparams["language_model"], vcfg.text
+    emb = embed_prompt(vparams, vcfg, ids, feats)
+    pre = Decoder(tcfg).apply({"params": lm}, inputs_embeds=emb, cache=KVCache.init(tcfg, 1, len(prompt)))
+    layers = _layers_of(pre.cache)
+    _evict(layers, pre.attn_last, C)
+    ref = _tova_loop(lm, tcfg, layers, int(np.argmax(np.asarray(pre.logits[0, -1]))), len(prompt) - 1, new, C)
+    assert np.asarray(small.tokens)[0].tolist() == ref
