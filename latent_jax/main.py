@@ -25,6 +25,7 @@ WORKFLOWS = {
     "medusa": "latent_jax.decoding.speculative:run_workflow",
     "multimodal_coconut": "latent_jax.tasks.coconut_mm:run",
     "grpo": "latent_jax.rl.workflow:run",
+    "streaming": "latent_jax.tasks.streaming:run",
 }
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
