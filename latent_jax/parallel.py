@@ -8,6 +8,7 @@ Params stay plain pytrees: their logical axes are derived from their names (one 
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any, Sequence
 
@@ -158,6 +159,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
-    """Multi-host init (TPU pods, multi-node GPU); call before any device is touched. On TPU
-    VMs and SLURM the arguments are discovered and may be left out."""
+    """Multi-host init (TPU pods, multi-node GPU, or several processes on one machine); call
+    before any device is touched.
+
+    Arguments left out are read from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID (jax itself reads only the first), else discovered by jax (TPU VMs, SLURM,
+    Open MPI). On CPU, cross-process collectives use gloo."""
+    env = os.environ
+    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = _env_int("JAX_NUM_PROCESSES")
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = _env_int("JAX_PROCESS_ID")
+    if coordinator and (num_processes is None) != (process_id is None):
+        raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID (or neither, on TPU VMs / SLURM) "
+                         f"with JAX_COORDINATOR_ADDRESS={coordinator}")
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"JAX_PROCESS_ID={process_id} must be in [0, {num_processes}); number processes 0..N-1")
+    platforms = (env.get("JAX_PLATFORMS") or jax.config.jax_platforms or "").split(",")
+    if "cpu" in platforms[:1]:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ[name])
+    except ValueError:
+        raise ValueError(f"{name}={os.environ[name]!r} is not an integer; set it to a number") from None

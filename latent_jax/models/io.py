@@ -104,30 +104,45 @@ def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str |
     path = resolve_path(path)
     if is_uri(path):
         return _save_model_uri(path, params, config, tokenizer_dir)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    multi = jax.process_count() > 1  # every process calls this; Orbax's save is collective
+    primary = jax.process_index() == 0
+    # one temporary name all processes agree on in a multi-process run
+    tmp = f"{path}.tmp-write" if multi else f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
+    if primary:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    _sync(f"save_model:start:{path}")
     try:
         with quiet_orbax():
             ckptr = _ocp().StandardCheckpointer()
             ckptr.save(os.path.join(tmp, PARAMS_DIR), params)
             ckptr.wait_until_finished()
             ckptr.close()
-        with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
-            f.write(config.to_json())
-        if tokenizer_dir and os.path.isdir(tokenizer_dir):
-            copy_tokenizer_files(tokenizer_dir, tmp)
-        prev = path + PREVIOUS_SUFFIX
-        if os.path.exists(path):
+        if primary:
+            with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
+                f.write(config.to_json())
+            if tokenizer_dir and os.path.isdir(tokenizer_dir):
+                copy_tokenizer_files(tokenizer_dir, tmp)
+            prev = path + PREVIOUS_SUFFIX
+            if os.path.exists(path):
+                shutil.rmtree(prev, ignore_errors=True)
+                os.replace(path, prev)
+            os.replace(tmp, path)
             shutil.rmtree(prev, ignore_errors=True)
-            os.replace(path, prev)
-        os.replace(tmp, path)
-        shutil.rmtree(prev, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _sync(f"save_model:end:{path}")
     return path
+
+
+def _sync(name: str) -> None:
+    """A barrier across the processes of a multi-process run (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None) -> str:
@@ -140,6 +155,9 @@ def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: 
         ckptr.save(dst / PARAMS_DIR, params, force=True)
         ckptr.wait_until_finished()
         ckptr.close()
+    if jax.process_index() != 0:
+        _sync(f"save_model:end:{path}")
+        return path
     (dst / MODEL_CONFIG_FILE).write_text(config.to_json())
     if tokenizer_dir and os.path.isdir(tokenizer_dir):
         from latent_jax.models.hf import TOKENIZER_FILES
@@ -147,6 +165,7 @@ def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: 
         for fn in TOKENIZER_FILES:
             if os.path.exists(os.path.join(tokenizer_dir, fn)):
                 (dst / fn).write_bytes(open(os.path.join(tokenizer_dir, fn), "rb").read())
+    _sync(f"save_model:end:{path}")
     return path
 
 
