@@ -60,6 +60,18 @@ def get_base() -> ConfigDict:
     c.keep_best = 2  # training checkpoints kept by the task's best metric (plus the latest)
     c.progress = True
     c.wandb_project = ""
+
+    # KV cache during generation (Coconut text / multimodal eval, VLM generation):
+    # policy full | tova (decoding/tova.py: a fixed budget of `size` slots per layer)
+    c.cache = ConfigDict(dict(policy="full", size=512, per_layer=True, head_weights="mean", recency_bias=0.0,
+                              recency_window=32, dynamic_sizing=False, cache_size_factor=0.5, min_cache_size=128,
+                              max_cache_size=2048))
+    # how answers are decoded after the thoughts: autoregressive | diffusion (the two-stage
+    # pipeline: also trains the answer span with the masked-diffusion objective);
+    # block_length 0 = the whole answer, steps 0 = one per token, threshold < 0 = fixed schedule,
+    # mask_id < 0 = the pad token (decoding/diffusion.answer_options_from_config)
+    c.answer = ConfigDict(dict(decoding="autoregressive", block_length=0, steps=0, threshold=-1.0,
+                               remasking="low_confidence", mask_id=-1, shift=True))
     return c
 
 

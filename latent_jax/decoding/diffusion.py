@@ -382,6 +382,37 @@ def masked_diffusion_loss(params: dict, ids: Array, attention_mask: Array, rng: 
                   "mask_frac": jnp.sum(masked) / jnp.maximum(jnp.sum(maskable), 1)}
 
 
+ANSWER_DECODING = ("autoregressive", "diffusion")
+
+
+def answer_options_from_config(answer, gen_length: int, default_mask_id: int) -> DiffusionOptions | None:
+    """The `answer` config block (configs/base.py) as DiffusionOptions for a gen_length answer,
+    or None for decoding 'autoregressive'. Keys: decoding (autoregressive | diffusion),
+    block_length (0 = gen_length), steps (0 = one per token), threshold (< 0 = fixed schedule),
+    remasking, mask_id (< 0 = default_mask_id), shift (True: AR-adapted, causal, position i
+    read at i - 1, as `coconut_diffusion_loss` trains it)."""
+    if answer is None:
+        return None
+    mode = str(answer.get("decoding", "autoregressive"))
+    if mode not in ANSWER_DECODING:
+        raise ValueError(f"answer.decoding={mode!r}; use one of {', '.join(ANSWER_DECODING)}")
+    if mode == "autoregressive":
+        return None
+    bl = int(answer.get("block_length", 0)) or gen_length
+    if gen_length % bl:
+        raise ValueError(f"answer.block_length={bl} must divide the answer length {gen_length} "
+                         "(generation.<mode>.max_new_tokens)")
+    thr = float(answer.get("threshold", -1.0))
+    mask_id = int(answer.get("mask_id", -1))
+    shift = bool(answer.get("shift", True))
+    return DiffusionOptions(
+        steps=int(answer.get("steps", 0)) or gen_length, gen_length=gen_length, block_length=bl,
+        remasking=str(answer.get("remasking", "low_confidence")), threshold=None if thr < 0 else thr,
+        mask_id=default_mask_id if mask_id < 0 else mask_id, causal=True, shift_logits=shift,
+        cache="none" if shift else "prefix",
+    )
+
+
 # ------------------------------------------------------------------------------------ CLI
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     """Flags of --strategy diffusion."""

@@ -301,6 +301,35 @@ def check_longrope(config: ModelConfig, total_len: int) -> None:
             "re-encoding with the long factors (evicted tokens are gone); lower max_new_tokens or the prompt length")
 
 
+CACHE_POLICIES = ("full", "tova")
+
+
+def tova_options_from_config(cache) -> TovaOptions | None:
+    """The `cache` config block (configs/base.py) as TovaOptions, or None for policy 'full'.
+    Keys: policy (full | tova), size, per_layer, head_weights (mean | weighted | momentum),
+    recency_bias, recency_window, dynamic_sizing, cache_size_factor, min_cache_size,
+    max_cache_size."""
+    if cache is None:
+        return None
+    policy = str(cache.get("policy", "full"))
+    if policy not in CACHE_POLICIES:
+        raise ValueError(f"cache.policy={policy!r}; use one of {', '.join(CACHE_POLICIES)}")
+    if policy == "full":
+        return None
+    hw = str(cache.get("head_weights", "mean"))
+    if hw not in ("mean", "weighted", "momentum"):
+        raise ValueError(f"cache.head_weights={hw!r}; use mean, weighted or momentum")
+    return TovaOptions(
+        cache_size=int(cache.get("size", 512)), per_layer=bool(cache.get("per_layer", True)),
+        head_weight_strategy="mean" if hw == "mean" else "weighted",
+        head_weight_update="momentum" if hw == "momentum" else "none",
+        recency_bias=float(cache.get("recency_bias", 0.0)), recency_window=int(cache.get("recency_window", 32)),
+        dynamic_sizing=bool(cache.get("dynamic_sizing", False)),
+        cache_size_factor=float(cache.get("cache_size_factor", 0.5)),
+        min_cache_size=int(cache.get("min_cache_size", 128)), max_cache_size=int(cache.get("max_cache_size", 2048)),
+    )
+
+
 # --------------------------------------------------------------------------------- CLI
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     """Flags of --strategy tova."""

@@ -46,7 +46,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.decoding.diffusion import DiffusionOptions, DiffusionOutput, diffusion_generate_after_prefix
+from latent_jax.decoding.diffusion import (
+    DiffusionOptions,
+    DiffusionOutput,
+    diffusion_generate_after_prefix,
+    forward_process,
+)
 from latent_jax.decoding.sampling import (
     DecodeState,
     GenerateOutput,
@@ -294,6 +299,62 @@ def coconut_loss(
     valid = lb != IGNORE_INDEX
     correct = jnp.sum((jnp.argmax(out.logits[:, :-1], -1) == lb) & valid)
     return loss, {"n_tokens": count, "token_accuracy": correct / jnp.maximum(count, 1)}
+
+
+def coconut_diffusion_loss(
+    params: dict,
+    batch: dict,
+    *,
+    config: ModelConfig,
+    latent_start: int,
+    num_latent: int,
+    mask_id: int,
+    feedback: bool = True,
+    remat_thoughts: bool = True,
+    thought_norm: str = "none",
+    eps: float = 1e-3,
+    shift: bool = True,
+) -> tuple[Array, dict]:
+    """The masked-diffusion objective (LLaDA SFT form) on the labelled span after the thoughts,
+    the training side of `coconut_diffusion_generate`. Per row t ~ U(0, 1) (from the row's
+    `noise_seed` (B,) uint32 in `batch`), each labelled token masked with p = (1 - eps) t + eps;
+    question and thoughts run unchanged (causal attention: the thoughts never see the answer).
+    Loss: per row the sum over masked tokens of CE / p divided by the row's labelled length,
+    averaged over rows. shift=True reads position i's prediction at i - 1 (the causal LM's own
+    next-token head; decode with causal=True, shift_logits=True); False at i itself."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    answer = labels != IGNORE_INDEX
+    keys = jax.vmap(jax.random.PRNGKey)(batch["noise_seed"].astype(jnp.uint32))
+    noisy, masked, p_mask = jax.vmap(lambda k, r, m: tuple(x[0] for x in forward_process(r[None], k, mask_id, eps,
+                                                                                          m[None])))(keys, ids, answer)
+    out = coconut_forward(
+        params, noisy, batch["attention_mask"], batch["latent_mask"], batch.get("position_ids"), config=config,
+        latent_start=latent_start, num_latent=num_latent, feedback=feedback, remat_thoughts=remat_thoughts,
+        thought_norm=thought_norm, embeds_override=batch.get("embeds_override"),
+        embeds_override_mask=batch.get("embeds_override_mask"),
+    )
+    logits = out.logits[:, :-1] if shift else out.logits
+    tgt, m, p = (ids[:, 1:], masked[:, 1:], p_mask[:, 1:]) if shift else (ids, masked, p_mask)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ce = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    ans_len = jnp.maximum(jnp.sum(answer, axis=-1, keepdims=True), 1).astype(jnp.float32)
+    loss = jnp.sum(jnp.where(m, ce / p, 0.0) / ans_len) / ids.shape[0]
+    n = jnp.maximum(jnp.sum(m), 1)
+    acc = jnp.sum(m & (jnp.argmax(logits, -1) == tgt)) / n
+    return loss, {"n_tokens": jnp.sum(m), "token_accuracy": acc, "mask_frac": jnp.sum(masked) / jnp.maximum(
+        jnp.sum(answer), 1)}
+
+
+def diffusion_as_generate_output(out: DiffusionOutput, stop_ids: Array, pad_id: int = 0) -> GenerateOutput:
+    """A diffusion answer in generate's form: tokens cut after the first stop token (pad_id
+    after it), lengths including the stop token, steps = the diffusion forward passes (what
+    GenerateOutput.steps counts: passes after the prefill)."""
+    toks = out.tokens
+    G = toks.shape[1]
+    stop = jnp.any(toks[..., None] == jnp.asarray(stop_ids, jnp.int32).reshape(1, 1, -1), axis=-1)
+    first = jnp.where(jnp.any(stop, axis=1), jnp.argmax(stop, axis=1) + 1, G).astype(jnp.int32)
+    keep = jnp.arange(G)[None, :] < first[:, None]
+    return GenerateOutput(tokens=jnp.where(keep, toks, pad_id), lengths=first, steps=out.forward_passes)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "latent_start", "num_latent", "k", "thought_norm"))

@@ -45,8 +45,18 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from latent_jax.decoding.diffusion import answer_options_from_config
 from latent_jax.decoding.sampling import SamplingParams
-from latent_jax.latent.coconut import check_thought_norm, coconut_generate, coconut_loss, thought_topk
+from latent_jax.decoding.tova import tova_options_from_config
+from latent_jax.latent.coconut import (
+    check_thought_norm,
+    coconut_diffusion_generate,
+    coconut_diffusion_loss,
+    coconut_generate,
+    coconut_loss,
+    diffusion_as_generate_output,
+    thought_topk,
+)
 from latent_jax.latent.probe import frontier_probe
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
@@ -413,8 +423,10 @@ class TrainBatches:
     """A CoconutTrainData epoch iterator as Trainer Batches: every batch re-padded to the
     stage's Geometry (one compile per stage), with the embedding source's arrays."""
 
-    def __init__(self, it, geom: Geometry, pad_id: int, embeds: EmbeddingSource | None):
+    def __init__(self, it, geom: Geometry, pad_id: int, embeds: EmbeddingSource | None,
+                 noise: tuple[int, int] | None = None):
         self.it, self.geom, self.pad_id, self.embeds = it, geom, pad_id, embeds
+        self.noise = noise  # (seed, epoch): per-row noise seeds for the masked-diffusion objective
 
     def __len__(self) -> int:
         return len(self.it)
@@ -429,6 +441,10 @@ class TrainBatches:
             arrays = {k: arrays[k] for k in BATCH_KEYS}
             if self.embeds is not None:
                 arrays.update(self.embeds.arrays(arrays["input_ids"], b.example_idx, "train"))
+            if self.noise is not None:  # a function of (seed, epoch, example): exact on resume
+                seed, epoch = self.noise
+                ex = np.asarray(b.example_idx, np.int64)
+                arrays["noise_seed"] = ((ex * 1000003 + epoch * 7919 + seed) % (2 ** 31)).astype(np.uint32)
             yield Batch((g.start, _num_latent(b, g), bool(b.feedback)), arrays)
 
 
@@ -459,6 +475,10 @@ class CoconutTask(Task):
         self.test_stage = self.final_stage if test_stage < 0 else int(test_stage)
         self.reset_opt = bool(config.optim.reset_on_stage_change)
         self.progress = bool(config.get("progress", True))
+        # decoding inside the workflow: the KV-cache policy and the answer decoder (base.py)
+        self.tova = tova_options_from_config(config.get("cache"))
+        self.answer = answer_options_from_config(config.get("answer"), int(self.settings["max_new_tokens"]),
+                                                 int(tok.pad_id))
 
     # ---------------------------------------------------------------- training
     def compile_key(self):
@@ -466,6 +486,10 @@ class CoconutTask(Task):
 
     def loss_fn(self, params, batch, static):
         start, num_latent, feedback = static
+        if self.answer is not None:  # the answer span by the masked-diffusion objective
+            return coconut_diffusion_loss(params, batch, config=self.mcfg, latent_start=start, num_latent=num_latent,
+                                          mask_id=self.answer.mask_id, feedback=feedback, remat_thoughts=self.remat,
+                                          thought_norm=self.thought_norm, shift=self.answer.shift_logits)
         return coconut_loss(params, batch, config=self.mcfg, latent_start=start, num_latent=num_latent,
                             feedback=feedback, remat_thoughts=self.remat, thought_norm=self.thought_norm)
 
@@ -474,7 +498,8 @@ class CoconutTask(Task):
 
     def train_batches(self, epoch, data_state):
         geom = train_geometry(self.train_data.examples, epoch, self.cc, self.ids, self.bucket)
-        return TrainBatches(self.train_data.iterator(epoch, data_state), geom, self.tok.pad_id, self.embeds)
+        noise = (int(self.config.seed), epoch) if self.answer is not None else None
+        return TrainBatches(self.train_data.iterator(epoch, data_state), geom, self.tok.pad_id, self.embeds, noise)
 
     def log_fields(self, epoch):
         return {"stage": scheduled_stage(epoch, self.cc)}
@@ -508,11 +533,17 @@ class CoconutTask(Task):
         a, start = _eval_arrays(eb, geom, self.tok.pad_id)
         extra = {} if self.embeds is None else {
             k: jnp.asarray(v) for k, v in self.embeds.arrays(a["input_ids"], eb.example_idx, split).items()}
+        stops = jnp.asarray([self.tok.eos_id], jnp.int32)
+        ids, mask, lat = (jnp.asarray(a[k]) for k in ("input_ids", "attention_mask", "latent_mask"))
+        if self.answer is not None:  # thoughts autoregressively, then the answer by masked diffusion
+            out = coconut_diffusion_generate(params, ids, mask, lat, rng, config=self.mcfg, latent_start=start,
+                                             num_latent=_num_latent(eb, geom), opts=self.answer,
+                                             feedback=bool(eb.feedback), thought_norm=self.thought_norm, **extra)
+            return diffusion_as_generate_output(out, stops, self.tok.pad_id)
         return coconut_generate(
-            params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
-            rng, sp, jnp.asarray([self.tok.eos_id], jnp.int32), config=self.mcfg, latent_start=start,
+            params, ids, mask, lat, rng, sp, stops, config=self.mcfg, latent_start=start,
             num_latent=_num_latent(eb, geom), max_new_tokens=s["max_new_tokens"], pad_id=self.tok.pad_id,
-            feedback=bool(eb.feedback), thought_norm=self.thought_norm, **extra)
+            feedback=bool(eb.feedback), thought_norm=self.thought_norm, tova=self.tova, **extra)
 
     def thought_tokens(self, params: dict, eb, k: int, geom: Geometry | None = None):
         """(ids, probs, is_thought) as numpy, (B, num_latent, k) and (B, num_latent): the top-k
@@ -542,6 +573,7 @@ class CoconutTask(Task):
             rng, sub = jax.random.split(rng)
             out = self.generate(params, eb, sub, geom, split)
             toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+            passes = 1 + int(out.steps)  # the prompt-and-thoughts prefill, then the answer's passes
             th = self.thought_tokens(params, eb, k_th, geom) if k_th > 0 and eb.num_latent > 0 and eb.feedback else None
             for r in range(toks.shape[0]):
                 if eb.example_idx[r] < 0:
@@ -550,7 +582,7 @@ class CoconutTask(Task):
                 body = ids[:-1] if ids and ids[-1] == tok.eos_id else ids
                 text = tok.decode(body, skip_special_tokens=True)
                 row = self.scorer.score(eb, r, text, split)
-                row.update(generated_ids=ids, num_tokens=int(lens[r]),
+                row.update(generated_ids=ids, num_tokens=int(lens[r]), forward_passes=passes,
                            # stopped by max_new_tokens, not by EOS: the answer may be cut off
                            truncated=bool(len(ids) >= max_new and ids[-1] != tok.eos_id))
                 if th is not None:  # per thought: its top-k tokens through the LM head, with probabilities
@@ -563,6 +595,9 @@ class CoconutTask(Task):
                 n_tok.append(int(lens[r]))
         n_trunc = sum(r["truncated"] for r in rows)
         res = {**self.scorer.results(rows), "mean_new_tokens": float(np.mean(n_tok)) if n_tok else 0.0,
+               "mean_forward_passes": float(np.mean([r["forward_passes"] for r in rows])) if rows else 0.0,
+               "answer_decoding": "diffusion" if self.answer is not None else "autoregressive",
+               "cache_policy": "tova" if self.tova is not None else "full",
                "num_examples": len(rows), "truncated": int(n_trunc), "stage": int(stage),
                **{f"generation_{k}": v for k, v in self.settings.items()}}
         graphs = {e.idx: e.extra for e in eval_data.examples}

@@ -197,3 +197,78 @@ def test_tova_in_vlm_generation(tmp_path_factory):
     _evict(layers, pre.attn_last, C)
     ref = _tova_loop(lm, tcfg, layers, int(np.argmax(np.asarray(pre.logits[0, -1]))), len(prompt) - 1, new, C)
     assert np.asarray(small.tokens)[0].tolist() == ref
+
+
+# ------------------------------------------------------------- the workflow switches
+def test_diffusion_loss_on_the_answer_span(setup):
+    from latent_jax.latent.coconut import coconut_diffusion_loss, coconut_forward
+
+    cfg, params = setup
+    ids, mask, lat, P, n = make_prompts([(q, k, s + [20, 21, 2]) for q, k, s in ROWS])
+    labels = np.full(ids.shape, -100, np.int32)
+    for b, (q, k, s) in enumerate(ROWS):  # the answer after <|end-latent|>
+        a0 = P + k + len(s)
+        labels[b, a0:a0 + 3] = ids[b, a0:a0 + 3]
+    batch = dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), latent_mask=jnp.asarray(lat),
+                 labels=jnp.asarray(labels), noise_seed=jnp.arange(3, dtype=jnp.uint32))
+    kw = dict(config=cfg, latent_start=P, num_latent=n, mask_id=MASK)
+    # eps = 1: every answer token masked with p = 1 -> per-row mean CE of the shifted predictions
+    loss, aux = jax.jit(lambda p, b: coconut_diffusion_loss(p, b, eps=1.0, **kw))(params, batch)
+    noisy = np.where(labels != -100, MASK, ids)
+    lg = jax.jit(lambda p, x: coconut_forward(p, x, jnp.asarray(mask), jnp.asarray(lat), config=cfg, latent_start=P,
+                                              num_latent=n).logits)(params, jnp.asarray(noisy))
+    lp = np.asarray(jax.nn.log_softmax(lg[:, :-1], -1))
+    ce = -np.take_along_axis(lp, ids[:, 1:, None], -1)[..., 0]
+    ans = labels[:, 1:] != -100
+    want = np.mean([ce[b][ans[b]].mean() for b in range(3)])
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert float(aux["mask_frac"]) == 1.0
+
+
+def test_config_blocks_and_errors():
+    from ml_collections import ConfigDict
+
+    from latent_jax.decoding.diffusion import answer_options_from_config
+    from latent_jax.decoding.tova import tova_options_from_config
+
+    assert tova_options_from_config(ConfigDict(dict(policy="full"))) is None
+    o = tova_options_from_config(ConfigDict(dict(policy="tova", size=64, head_weights="momentum", recency_bias=0.5)))
+    assert (o.cache_size, o.head_weight_update, o.recency_bias) == (64, "momentum", 0.5)
+    with pytest.raises(ValueError, match="cache.policy"):
+        tova_options_from_config(ConfigDict(dict(policy="lru")))
+    assert answer_options_from_config(ConfigDict(dict(decoding="autoregressive")), 8, 0) is None
+    d = answer_options_from_config(ConfigDict(dict(decoding="diffusion", block_length=4, mask_id=-1)), 8, 3)
+    assert (d.steps, d.block_length, d.mask_id, d.shift_logits, d.causal) == (8, 4, 3, True, True)
+    with pytest.raises(ValueError, match="block_length"):
+        answer_options_from_config(ConfigDict(dict(decoding="diffusion", block_length=3)), 8, 0)
+
+
+def test_coconut_workflow_trains_and_answers_by_diffusion(tmp_path):
+    """answer.decoding=diffusion: one switch trains the answer span with the masked-diffusion
+    objective and decodes test answers by diffusion after the thoughts; predictions.jsonl
+    records the forward passes."""
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from configs.prosqa_coconut import get_config
+    from latent_jax.tasks.coconut import run
+
+    c = get_config("smoke")
+    c.chain, c.coconut_mode = "", "coconut"
+    c.data.gen.train, c.data.gen.valid, c.data.gen.test = 8, 2, 2
+    c.model.num_hidden_layers, c.batch_size, c.num_epochs, c.start_epoch = 1, 8, 2, 1  # stage 1 only
+    c.coconut.epochs_per_stage, c.coconut.max_latent_stage = 1, 1
+    c.eval_every_epochs, c.max_steps = 100, 0
+    c.generation.coconut.max_new_tokens = 8
+    c.answer.decoding, c.answer.block_length = "diffusion", 4
+    out = run(c, str(tmp_path))
+    rows = [json.loads(l) for l in open(tmp_path / "test" / "predictions.jsonl")]
+    res = json.load(open(tmp_path / "test" / "results.json"))
+    assert rows and all(r["forward_passes"] == 1 + 8 for r in rows)  # prefill + one step per answer token
+    assert res["answer_decoding"] == "diffusion" and res["mean_forward_passes"] == 9.0
+    from latent_jax.train.metrics import read_metrics
+
+    losses = [r["train/loss"] for r in read_metrics(str(tmp_path)) if "train/loss" in r]
+    assert out["step"] >= 1 and losses and all(np.isfinite(losses))
