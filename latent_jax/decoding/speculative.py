@@ -194,13 +194,16 @@ def load_heads(path: str, config: ModelConfig | None = None) -> tuple[dict, dict
 @dataclasses.dataclass(frozen=True)
 class TypicalOptions:
     """Static settings. num_heads: heads used (0 = all); tree_topk 1 = a single chain, k > 1 =
-    up to num_paths chains from the heads' top-k, verified together."""
+    up to num_paths chains from the heads' top-k, verified together: tree_attention=True in
+    one forward pass over the flattened candidate tree (Medusa's tree mask and tree position
+    ids), False as extra batch rows (the cache tiled per chain; kept for comparison)."""
 
     epsilon: float = 0.09
     delta: float = 0.3
     num_heads: int = 0
     tree_topk: int = 1
     num_paths: int = 4
+    tree_attention: bool = True
 
 
 @flax.struct.dataclass
@@ -238,12 +241,32 @@ def _accept_mask(logits: Array, cand: Array, sp: SamplingParams, opts: TypicalOp
     return jnp.where(sp.temperature > 0, typical_ok, greedy_ok)
 
 
+def candidate_tree(num_paths: int, depth: int) -> dict[str, np.ndarray]:
+    """The flattened candidate tree of `num_paths` chains of `depth` drafts after one shared
+    root (the pending token): node 0 is the root, node 1 + p * depth + j the j-th draft of
+    chain p. Returns (all static numpy) mask (M, M) (a node sees itself and its ancestors),
+    depth (M,) (tree position offsets), parent (P, depth) (the node whose logits judge each
+    draft) and node (P, depth). Chains are not merged where their prefixes agree: a repeated
+    node has the same ancestors and position as its twin, so it gets the same logits."""
+    P, N = int(num_paths), int(depth)
+    M = 1 + P * N
+    dep = np.concatenate([[0], np.tile(np.arange(1, N + 1), P)]).astype(np.int32)
+    chain = np.concatenate([[-1], np.repeat(np.arange(P), N)])
+    mask = (chain[None, :] == chain[:, None]) & (dep[None, :] <= dep[:, None])
+    mask[:, 0] = True
+    node = (1 + np.arange(P)[:, None] * N + np.arange(N)[None, :]).astype(np.int32)
+    parent = np.concatenate([np.zeros((P, 1), np.int32), node[:, :-1]], axis=1)
+    return {"mask": mask, "depth": dep, "parent": parent, "node": node}
+
+
 def _generate_row(params, heads, ids, mask, rng, sp, stop_ids, *, config, max_new_tokens, opts, top_k, pad_id):
     model = Decoder(config)
     N = opts.num_heads or num_heads_of(heads)
     T = ids.shape[0]
-    S = T + max_new_tokens + N + 1
     P = 1 if opts.tree_topk <= 1 else min(opts.num_paths, opts.tree_topk ** N)
+    one_pass = P > 1 and opts.tree_attention
+    tree = candidate_tree(P, N) if one_pass else None
+    S = T + max_new_tokens + (1 + P * N if one_pass else N + 1)
     cache = KVCache.init(config, 1, S)
     out = model.apply({"params": params}, ids[None], attention_mask=mask[None], cache=cache)
     p_last = jnp.sum(mask).astype(jnp.int32) - 1
@@ -265,10 +288,17 @@ def _generate_row(params, heads, ids, mask, rng, sp, stop_ids, *, config, max_ne
             lp, ix = jax.lax.top_k(jax.nn.log_softmax(hl, -1), opts.tree_topk)
             cand = _paths(ix.astype(jnp.int32), lp, P)
         chain = jnp.concatenate([jnp.full((P, 1), t0, jnp.int32), cand], axis=1)  # (P, N + 1)
-        c = jax.tree.map(lambda a: jnp.repeat(a, P, axis=1) if a.ndim >= 2 else a, cache)
-        positions = jnp.broadcast_to(pos + 1 + ar, (P, N + 1))
-        o = model.apply({"params": params}, chain, positions=positions, cache=c)
-        ok = _accept_mask(o.logits[:, :N], cand, sp, opts)  # (P, N)
+        if one_pass:  # the whole tree in one row: tree mask, tree position ids
+            flat = jnp.concatenate([t0[None], cand.reshape(-1)])[None]  # (1, M)
+            o = model.apply({"params": params}, flat, positions=(pos + 1 + tree["depth"])[None], cache=cache,
+                            tree_mask=jnp.asarray(tree["mask"])[None])
+            lg, hs = o.logits[0], o.hidden[0]  # (M, V), (M, D)
+            ok = _accept_mask(lg[tree["parent"]], cand, sp, opts)  # (P, N)
+        else:
+            c = jax.tree.map(lambda a: jnp.repeat(a, P, axis=1) if a.ndim >= 2 else a, cache)
+            positions = jnp.broadcast_to(pos + 1 + ar, (P, N + 1))
+            o = model.apply({"params": params}, chain, positions=positions, cache=c)
+            ok = _accept_mask(o.logits[:, :N], cand, sp, opts)  # (P, N)
         n_acc = jnp.sum(jnp.cumprod(ok.astype(jnp.int32), axis=1), axis=1)  # (P,)
         best = jnp.argmax(n_acc)
         a = n_acc[best]
@@ -284,13 +314,21 @@ def _generate_row(params, heads, ids, mask, rng, sp, stop_ids, *, config, max_ne
         buf = jax.lax.dynamic_update_slice(buf, jnp.where(keep, chain_b, cur), (n_out,))
         n_out = n_out + n_new
         done = hit | (n_out >= max_new_tokens)
+        rng, sub = jax.random.split(rng)
+        if one_pass:
+            # the accepted path (root, then chain best's first a drafts) moved to [end, end + a + 1)
+            path = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.asarray(tree["node"])[best]])  # (N + 1,)
+            src = jnp.concatenate([path, jnp.zeros((P * N - N,), jnp.int32)])
+            newc = o.cache.compact_slots(cache.end, src, a + 1)
+            last = path[a]
+            nxt = sample_logits(lg[last][None], sub, sp, top_k)[0]
+            return (newc, pos + a + 1, nxt, hs[last], buf, n_out, done, rng, steps + 1, acc + a)
         # the chosen row's cache; accepted slots stay, rejected slots are emptied
         end = cache.end
         slot = jnp.arange(S)
         newc = jax.tree.map(lambda a_: jax.lax.dynamic_slice_in_dim(a_, best, 1, axis=1) if a_.ndim >= 2 else a_, o.cache)
         stale = (slot >= end + a + 1) & (slot < end + N + 1)
         newc = newc.replace(pos=jnp.where(stale[None, None, :], -1, newc.pos), end=end + a + 1)
-        rng, sub = jax.random.split(rng)
         nxt = sample_logits(o.logits[best, a][None], sub, sp, top_k)[0]
         return (newc, pos + a + 1, nxt, o.hidden[best, a], buf, n_out, done, rng, steps + 1, acc + a)
 
@@ -389,63 +427,3 @@ def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int
 
 
 # ------------------------------------------------------------------------- workflow
-def run_workflow(config, workdir: str) -> dict:
-    """Workflow "medusa": train draft heads on a frozen base model, save them to WORKDIR/heads
-    and report greedy acceptance on held-out prompts (configs/medusa_heads.py).
-
-    data.task: "self_distill" (the base model's own greedy continuations of random or given
-    prompts, Medusa-2's recipe when no chat data is at hand) or "text" (windows of a local
-    .txt/.npy/.bin file via data.text_tokens)."""
-    from latent_jax.decoding.sampling import generate
-    from latent_jax.models.decoder import init_params
-    from latent_jax.train.metrics import MetricsWriter
-
-    if config.model.path:
-        from latent_jax.train.checkpoint import load_any
-
-        mcfg, params = load_any(config.model.path)
-    else:  # a random base model (smoke tests)
-        from latent_jax.models.config import tiny_config
-
-        mcfg = tiny_config(config.model.model_type, vocab_size=int(config.model.vocab_size))
-        params = init_params(mcfg, config.seed)
-    h, d = config.heads, config.data
-    rs = np.random.RandomState(config.seed)
-    n_all = int(d.num_sequences) + int(d.num_eval)
-    if d.task == "self_distill":
-        lo = 3 if mcfg.vocab_size > 8 else 0
-        prompts = rs.randint(lo, mcfg.vocab_size, size=(n_all, int(d.prompt_len))).astype(np.int32)
-        none = np.zeros((0,), np.int32)
-        outs = []
-        for i in range(0, n_all, 64):
-            p = prompts[i:i + 64]
-            g = generate(params, p, np.ones_like(p), jax.random.PRNGKey(i), SamplingParams.make(), none, config=mcfg,
-                         max_new_tokens=int(d.seq_len) - int(d.prompt_len))
-            outs.append(np.concatenate([p, np.asarray(g.tokens)], axis=1))
-        seqs = np.concatenate(outs)
-    elif d.task == "text":
-        from latent_jax.data.text_tokens import lm_windows, load_tokens
-
-        seqs = lm_windows(load_tokens(d.path, d.get("tokenizer_dir", "") or config.model.path), int(d.seq_len) - 1)
-        if int(seqs.max()) >= mcfg.vocab_size:
-            raise ValueError(f"{d.path} has token ids >= the model vocabulary {mcfg.vocab_size}; set data.tokenizer_dir")
-        seqs = seqs[rs.permutation(len(seqs))][:n_all]
-    else:
-        raise ValueError(f"data.task={d.task!r}; use 'self_distill' or 'text'")
-    n_eval = min(int(d.num_eval), len(seqs) - 1)
-    train, held = seqs[n_eval:], seqs[:n_eval]
-    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config.to_dict())
-    heads = init_heads(mcfg, int(h.num_heads), config.seed, base_params=params)
-    heads = train_heads(params, mcfg, heads, train, steps=int(config.max_steps), batch_size=int(config.batch_size),
-                        learning_rate=float(config.optim.learning_rate), decay=float(h.decay), seed=config.seed,
-                        log_fn=lambda s, m: writer.write(s, m, prefix="train/"))
-    path = save_heads(os.path.join(workdir, "heads"), heads, {"decay": float(h.decay), "base_model": config.model.path})
-    prompts = held[:, : int(d.prompt_len)]
-    out = typical_generate(params, heads, prompts, np.ones_like(prompts), jax.random.PRNGKey(0), SamplingParams.make(),
-                           np.zeros((0,), np.int32), config=mcfg, max_new_tokens=int(d.seq_len) - int(d.prompt_len))
-    summary = {"heads_path": path, **acceptance_stats(out)}
-    writer.write(int(config.max_steps), {k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="eval/")
-    writer.close()
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary

@@ -50,12 +50,12 @@ class _ScanBody(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, carry, positions, key_pos, causal, cache_end, prefix, xs):
+    def __call__(self, carry, positions, key_pos, causal, cache_end, prefix, key_mask, xs):
         x, cache = carry
         window, layer_idx = xs
         layer_cls = _maybe_remat(DecoderLayer, self.remat)
         y, new_cache, attn = layer_cls(self.config, name="layer")(
-            x, positions, key_pos, causal, window, cache, cache_end, layer_idx, prefix
+            x, positions, key_pos, causal, window, cache, cache_end, layer_idx, prefix, key_mask
         )
         return (y, new_cache), (attn, x)
 
@@ -85,7 +85,7 @@ class Decoder(nn.Module):
                 _ScanBody,
                 variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_hidden_layers,
             )(cfg, cfg.remat_policy)
         else:
@@ -118,6 +118,7 @@ class Decoder(nn.Module):
         inputs_embeds: Array | None = None,
         causal: bool | Array = True,
         prefix_cache: KVCache | None = None,
+        tree_mask: Array | None = None,
     ) -> DecoderOutput:
         """Run the stack on (B, T) tokens or (B, T, D) embeddings.
 
@@ -127,12 +128,15 @@ class Decoder(nn.Module):
         cache: written at slots [cache.end, cache.end + T); the returned cache has end += T.
         causal: False gives bidirectional attention (masked-diffusion models).
         prefix_cache: read-only keys attended before `cache`'s (never written or copied).
+        tree_mask (B, T, T) bool: which of these T tokens each may attend to, ANDed with the
+        position rule (Medusa tree attention: candidates see their ancestors, not other branches).
         """
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
-        x, all_hidden, attn, new_cache = self.stack(x, attention_mask, positions, cache, causal, prefix_cache)
+        x, all_hidden, attn, new_cache = self.stack(x, attention_mask, positions, cache, causal, prefix_cache,
+                                                    tree_mask)
         hidden = self.norm(x)
         return DecoderOutput(
             logits=self.head(hidden), hidden=hidden, all_hidden=all_hidden, attn_last=attn, cache=new_cache
@@ -149,6 +153,7 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         causal: bool | Array = True,
         prefix_cache: KVCache | None = None,
+        tree_mask: Array | None = None,
     ) -> tuple[Array, Array, Array, KVCache | None]:
         """Apply every layer to embeddings x (B, T, D).
 
@@ -170,6 +175,12 @@ class Decoder(nn.Module):
         causal = jnp.asarray(causal, bool)
         windows = jnp.asarray(cfg.layer_windows, jnp.int32)
         cache_end = None if cache is None else cache.end
+        key_mask = None
+        if tree_mask is not None:  # over the cache's slots: the new tokens sit at [end, end + T)
+            key_mask = tree_mask.astype(bool)
+            if cache is not None:
+                full = jnp.ones((B, T, cache.slots), bool)
+                key_mask = jax.lax.dynamic_update_slice(full, key_mask, (0, 0, cache.end))
 
         # the whole cache is threaded through the layers and each layer updates its own entries
         # in place (dynamic_update_slice on the full arrays): no per-step copy of the cache
@@ -178,14 +189,15 @@ class Decoder(nn.Module):
         if cfg.scan_layers:
             layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
             (x, new_caches), (attn, hs) = self.layers(
-                (x, caches), positions, key_pos, causal, cache_end, prefix, (windows, layer_ids)
+                (x, caches), positions, key_pos, causal, cache_end, prefix, key_mask, (windows, layer_ids)
             )
         else:
             outs_a, outs_h = [], []
             new_caches = caches
             for i, layer in enumerate(self.layers):
                 outs_h.append(x)
-                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], new_caches, cache_end, i, prefix)
+                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], new_caches, cache_end, i, prefix,
+                                         key_mask)
                 outs_a.append(a)
             attn = jnp.stack(outs_a)
             hs = jnp.stack(outs_h)

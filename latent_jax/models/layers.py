@@ -40,7 +40,7 @@ class KVCache:
     end:  () int32, the next slot to write (slots [0, end) have been written).
 
     Code outside this class never indexes the slot axis by number: it uses the slot
-    operations below (pad_slots, slice_slots, take_slots, concat_slots).
+    operations below (pad_slots, slice_slots, take_slots, compact_slots, concat_slots).
     """
 
     k: Array
@@ -101,6 +101,23 @@ class KVCache:
             v=jnp.take_along_axis(self.v, kv_idx, axis=ka),
             pos=jnp.take_along_axis(self.pos, idx, axis=pa),
         )
+
+    def compact_slots(self, start: Array, src: Array, n_keep: Array) -> "KVCache":
+        """Slots [start, start + n) rewritten in place from slots start + src (src (n,) int, the
+        same for every layer and row): the first n_keep keep their gathered entries, the rest
+        are emptied (pos -1); end becomes start + n_keep. Tree attention keeps the accepted
+        path of a verified candidate tree contiguous this way, touching only n slots."""
+        ka, pa = self._axes()
+        n = src.shape[0]
+        start = jnp.asarray(start, jnp.int32)
+        win = lambda a, axis: jax.lax.dynamic_slice_in_dim(a, start, n, axis=axis)
+        k, v, pos = win(self.k, ka), win(self.v, ka), win(self.pos, pa)
+        k, v, pos = jnp.take(k, src, axis=ka), jnp.take(v, src, axis=ka), jnp.take(pos, src, axis=pa)
+        keep = jnp.arange(n) < n_keep
+        pos = jnp.where(keep, pos, -1)
+        put = lambda a, b, axis: jax.lax.dynamic_update_slice_in_dim(a, b, start, axis=axis)
+        return self.replace(k=put(self.k, k, ka), v=put(self.v, v, ka), pos=put(self.pos, pos, pa),
+                            end=start + jnp.asarray(n_keep, jnp.int32))
 
     @classmethod
     def concat_slots(cls, parts: "list[KVCache]", end) -> "KVCache":
@@ -201,7 +218,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None,
-                 prefix=None):
+                 prefix=None, key_mask=None):
         """x: (B, T, D); positions: (B, T); key_pos: (B, T) positions of these tokens as keys
         (-1 for padding). layer_cache: dict(k, v, pos) for this layer, or, when layer_idx is
         given, for every layer (leading layer axis): this layer's entries are then updated in
@@ -209,6 +226,8 @@ class Attention(nn.Module):
         prefix: an optional read-only dict(k, v, pos) for every layer (needs layer_idx) whose
         keys are attended before the cache's; it is never written or copied (Coconut keeps the
         question's cache constant while thoughts are appended to a small cache).
+        key_mask: optional boolean (B, T, K) over the cache's keys (or these T tokens' without a
+        cache), ANDed with the position rule (tree attention: a candidate sees its ancestors only).
 
         Returns (out, new_layer_cache, attn_last) where attn_last is the newest query's
         attention probabilities (B, heads, keys); unused, it is removed under jit.
@@ -263,12 +282,14 @@ class Attention(nn.Module):
         qg = q.reshape(B, T, Hkv, G, D)
         big_neg = jnp.finfo(jnp.float32).min
 
-        def scores_for(keys, kpos):
+        def scores_for(keys, kpos, extra=None):
             sc = jnp.einsum("btkgd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32) * (D ** -0.5)
             m = attention_mask_from_positions(positions, kpos, causal, window)
+            if extra is not None:
+                m &= extra
             return jnp.where(m[:, None, None, :, :], sc, big_neg)
 
-        scores = scores_for(k_all, kpos_all)
+        scores = scores_for(k_all, kpos_all, key_mask)
         if prefix is not None:
             # scores (not keys) are concatenated: the prefix K/V are read in place
             li = jnp.asarray(layer_idx, jnp.int32)
@@ -315,11 +336,12 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None,
-                 prefix=None):
+                 prefix=None, key_mask=None):
         cfg = self.config
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name=name)
         h, new_cache, attn = Attention(cfg, name="self_attn")(
-            norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end, layer_idx, prefix
+            norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end, layer_idx, prefix,
+            key_mask,
         )
         x = x + h
         x = x + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x))

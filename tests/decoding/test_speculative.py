@@ -24,7 +24,8 @@ def model():
     return cfg, params
 
 
-@pytest.mark.parametrize("opts", [TypicalOptions(), TypicalOptions(tree_topk=2, num_paths=3)])
+@pytest.mark.parametrize("opts", [TypicalOptions(), TypicalOptions(tree_topk=2, num_paths=3),
+                                  TypicalOptions(tree_topk=2, num_paths=3, tree_attention=False)])
 def test_greedy_equals_plain_decoding(model, opts):
     cfg, params = model
     ids, mask = left_pad(PROMPTS, 0)
