@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_jax.decoding.sampling import needs_long_switch
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -53,6 +54,16 @@ Array = jax.Array
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
+
+
+def check_longrope(config: ModelConfig, total_len: int) -> None:
+    """Refuse a longrope (Phi-3 / Phi-4) canvas that may cross original_max_position_embeddings:
+    the model switches rotary factors there and the prompt's cached K/V would need re-encoding."""
+    if needs_long_switch(config, total_len):
+        raise ValueError(
+            f"diffusion: prompt + gen_length = {total_len} crosses rope_original_max_position_embeddings="
+            f"{config.rope_original_max_position_embeddings} of this longrope model, where the rotary factors "
+            "switch; lower gen_length or the prompt length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,6 +295,7 @@ def diffusion_generate(params: dict, input_ids: Array, attention_mask: Array, rn
     (LLaDA's generate, plus Fast-dLLM threshold decoding and prefix / dual KV caches)."""
     if input_ids.shape[1] < 1:
         raise ValueError("diffusion decoding needs a prompt of at least one token")
+    check_longrope(config, int(np.asarray(attention_mask).sum(-1).max()) + opts.gen_length)
     with _x64(opts):
         return _generate(params, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32), rng,
                          config=config, opts=opts)
@@ -316,6 +328,11 @@ def diffusion_generate_after_prefix(params: dict, cache: KVCache, next_pos: Arra
     """
     if opts.cfg_scale > 0:
         raise ValueError("cfg_scale > 0 is not available after a cached prefix; set cfg_scale=0")
+    try:  # the furthest position reached; under an outer jit only the cache width is known
+        longest = int(np.asarray(next_pos).max()) + opts.gen_length
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        longest = cache.slots + opts.gen_length
+    check_longrope(config, longest)
     if opts.shift_logits and first_logits is None:
         raise ValueError("shift_logits needs first_logits (the prefix's last logits)")
     if first_logits is None:

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.decoding.sampling import SamplingParams, sample_logits
+from latent_jax.decoding.sampling import SamplingParams, needs_long_switch, sample_logits
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -354,6 +354,13 @@ def typical_generate(params: dict, heads: dict, input_ids: Array, attention_mask
     typical acceptance (exact greedy matching at temperature 0)."""
     if opts.num_heads > num_heads_of(heads):
         raise ValueError(f"TypicalOptions.num_heads={opts.num_heads} but only {num_heads_of(heads)} heads were given")
+    N = opts.num_heads or num_heads_of(heads)
+    if needs_long_switch(config, input_ids.shape[1] + max_new_tokens + N):
+        raise ValueError(
+            f"typical acceptance: prompt + max_new_tokens + drafts = {input_ids.shape[1] + max_new_tokens + N} may "
+            f"cross rope_original_max_position_embeddings={config.rope_original_max_position_embeddings} of this "
+            "longrope model, where its cache would need re-encoding with the long factors; lower max_new_tokens "
+            "or the prompt length")
     B = input_ids.shape[0]
     rngs = jax.random.split(rng, B)
     fn = functools.partial(_generate_row, config=config, max_new_tokens=max_new_tokens, opts=opts, top_k=top_k,

@@ -71,3 +71,30 @@ def test_one_pass_equals_greedy_one_forward_per_step(model, monkeypatch):
             params, heads, i, m, jax.random.PRNGKey(0), sp, stops, config=cfg, max_new_tokens=16, opts=opts))(
             jnp.asarray(ids), jnp.asarray(mask))
         assert calls == [(1, ids.shape[1]), (1, 1 + 4 * 3) if opts.tree_attention else (4, 1 + 3)], calls
+
+
+def test_longrope_past_the_switch_is_refused_by_name(tiny_hf_dir):
+    """Phi-3 longrope (original context 32): diffusion, typical acceptance, TOVA and Coconut
+    diffusion answers refuse a sequence that may cross the switch, naming the fix; within it
+    they run."""
+    from latent_jax.decoding.diffusion import DiffusionOptions, diffusion_generate, diffusion_generate_after_prefix
+    from latent_jax.decoding.tova import TovaOptions, tova_generate
+    from latent_jax.models.hf import load_hf
+
+    cfg, params = load_hf(tiny_hf_dir("phi3"))
+    assert cfg.rope_type == "longrope" and cfg.rope_original_max_position_embeddings == 32
+    ids = np.arange(3, 27, dtype=np.int32)[None]  # 24 tokens
+    mask, key, sp, none = np.ones_like(ids), jax.random.PRNGKey(0), SamplingParams.make(), np.zeros((0,), np.int32)
+    long = DiffusionOptions(steps=16, gen_length=16, block_length=16, mask_id=1, causal=True)
+    with pytest.raises(ValueError, match="crosses rope_original_max_position_embeddings=32.*lower gen_length"):
+        diffusion_generate(params, ids, mask, key, config=cfg, opts=long)
+    pre = Decoder(cfg).apply({"params": params}, ids, cache=KVCache.init(cfg, 1, 24))
+    with pytest.raises(ValueError, match="lower gen_length"):
+        diffusion_generate_after_prefix(params, pre.cache, np.array([24]), key, config=cfg, opts=long)
+    heads = init_heads(cfg, 2, 0, base_params=params)
+    with pytest.raises(ValueError, match="typical acceptance.*lower max_new_tokens"):
+        typical_generate(params, heads, ids, mask, key, sp, none, config=cfg, max_new_tokens=8)
+    with pytest.raises(ValueError, match="TOVA.*lower max_new_tokens"):
+        tova_generate(params, ids, mask, key, sp, none, config=cfg, max_new_tokens=9, opts=TovaOptions(cache_size=8))
+    short = DiffusionOptions(steps=4, gen_length=4, block_length=4, mask_id=1, causal=True)
+    assert np.asarray(diffusion_generate(params, ids, mask, key, config=cfg, opts=short).tokens).shape == (1, 4)
