@@ -256,11 +256,17 @@ class StreamSession:
         self.batch = int(batch)
         self.hico_tokens_per_frame = int(hico_tokens_per_frame)
         self.hico_clip_frames = int(hico_clip_frames)
-        self.state = init_state(config, opts, self.batch, jax.random.PRNGKey(seed))
+        self.seed = int(seed)
+        self._frame_fn = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: an empty cache (compiled steps are kept)."""
+        self.state = init_state(self.config, self.opts, self.batch, jax.random.PRNGKey(self.seed),
+                                self.config.jnp_dtype)
         self.tokens_seen = 0  # stream positions used (real tokens)
         self.slots_used = 0  # cache slots written since the last eviction (padding included)
         self.evictions = 0
-        self._frame_fn = None
 
     # -------------------------------------------------------------- bookkeeping
     def _reserve(self, n: int) -> None:

@@ -117,15 +117,22 @@ def test_compiled_memory_is_independent_of_stream_length(model):
     assert size(bounded) - weights < (size(unbounded) - weights) / 3
 
 
-def test_vlm_session_frames_equal_one_shot_generation(tmp_path_factory):
-    from latent_jax.data.mm_fixtures import IMAGE_TOKEN_ID, make_tiny_vlm
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    from latent_jax.testing import make_tiny_vlm
+
+    return make_tiny_vlm("internvl", str(tmp_path_factory.mktemp("sv")))
+
+
+def test_vlm_session_frames_equal_one_shot_generation(vlm_dir):
+    from latent_jax.testing import IMAGE_TOKEN_ID
     from latent_jax.decoding.vlm import generate_vlm
     from latent_jax.models.hf_vlm import load_vlm
 
-    vcfg, vparams = load_vlm(make_tiny_vlm("internvl", str(tmp_path_factory.mktemp("sv")), with_tokenizer=False))
+    vcfg, vparams = load_vlm(vlm_dir)
     rng = np.random.default_rng(3)
     frames = rng.standard_normal((3, 3, 28, 28)).astype(np.float32)
-    sess = StreamSession(vparams, opts=StreamOptions(max_slots=128, max_new_tokens=M, max_chunk=16), stop_ids=[EOS],
+    sess = StreamSession(vparams, opts=StreamOptions(max_slots=256, max_new_tokens=M, max_chunk=16), stop_ids=[EOS],
                          vlm=vcfg)
     head, tail = [1, 5, 6], [7, 8, 9]
     sess.ingest(head)
@@ -155,3 +162,28 @@ def test_errors_name_the_fix(model):
         sess.ingest(list(range(4, 21)))
     with pytest.raises(ValueError, match="vision-language"):
         sess.ingest_frames(np.zeros((1, 3, 28, 28), np.float32))
+
+
+def test_stream_cli_plays_a_video_with_timed_turns(vlm_dir, tmp_path, capsys):
+    import json
+
+    from latent_jax.testing import write_synthetic_video
+    from latent_jax.stream import main
+
+    video = write_synthetic_video(str(tmp_path / "v.mp4"), num_frames=16, fps=8)  # 2 s
+    script = tmp_path / "turns.jsonl"
+    script.write_text('{"time": 1.2, "text": "and now?"}\n{"time": 0.2, "text": "what is this?"}\n')
+    # the same session settings as the VLM test above: its compiled steps are reused
+    argv = ["--model", vlm_dir, "--video", video, "--fps", "2", "--script", str(script), "--policy", "none",
+            "--max-slots", "256", "--max-new-tokens", str(M), "--max-chunk", "16", "--stop-ids", str(EOS)]
+    assert main(argv) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    turns, summary = rows[:-1], rows[-1]
+    assert [r["time"] for r in turns] == [0.2, 1.2] and [r["user"] for r in turns] == ["what is this?", "and now?"]
+    assert all(r["trigger"] == "user" and 1 <= r["tokens"] <= M and r["silent"] == (r["tokens"] == 1)
+               for r in turns)
+    assert summary["frames"] == 4 and summary["turns"] == 2 and summary["evictions"] == 0
+    # bad input: one line naming the fix
+    script.write_text('{"time": 1.0}\n')
+    assert main(argv) == 2
+    assert 'needs exactly one of "text"' in capsys.readouterr().err
