@@ -50,6 +50,22 @@ def get_base() -> ConfigDict:
     c.optim.reset_on_stage_change = False
 
     # the Trainer (latent_jax.train.trainer)
+    # plasticity keepers, applied by the Trainer to any workflow (train/continual.py, docs/continual.md);
+    # the CinePile seed's --apply_freq / --replacement_rate / --maturity_threshold are these keys
+    c.continual = ConfigDict()
+    c.continual.enabled = False  # continual backprop (the task's loss_fn returns the MLP activations)
+    c.continual.replacement_rate = 1e-4  # units replaced per update, as a fraction of the mature ones
+    c.continual.maturity_threshold = 100  # updates before a unit may be replaced
+    c.continual.decay_rate = 0.99  # of the running utility and mean activation
+    c.continual.apply_freq = 1  # updates between replacements (the count accumulates in between)
+    c.continual.init = "normal"  # re-drawn weights: normal (as the decoder, N(0, init_std)) | kaiming | lecun | default
+    c.continual.init_std = 0.02
+    c.continual.layers = ""  # regex on MLP module paths ('' = every MLP)
+    c.continual.seed = 0
+    c.continual.l2 = 0.0  # L2 penalty gradient added before the optimizer
+    c.continual.snp_shrink = 0.0  # shrink-and-perturb: w <- (1 - shrink) w + snp_noise * N(0, 1) every update
+    c.continual.snp_noise = 0.0
+
     c.batch_size = 8
     c.num_epochs = 1
     c.start_epoch = 0  # first epoch of a fresh run (skips earlier curriculum stages, as Coconut's `resume`)

@@ -224,20 +224,23 @@ def bias_corrected(util: jax.Array, age: jax.Array, decay: float) -> jax.Array:
     return util / jnp.maximum(1.0 - jnp.power(decay, age.astype(jnp.float32)), 1e-12)
 
 
-def select(util_bc: jax.Array, age: jax.Array, accum: jax.Array, rate: float, maturity: int,
-           apply: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(mask of units to replace, new accumulator). The accumulator gains rate x eligible units
-    (age > maturity) every update; when `apply`, floor(accumulator) eligible units with the
-    lowest utility (ties: lower index first) are chosen and taken off it."""
-    eligible = age > maturity
-    accum = accum + rate * jnp.sum(eligible, axis=-1).astype(jnp.float32)
+def replacement_count(age: jax.Array, accum: jax.Array, rate: float, maturity: int,
+                      apply: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(units to replace now, new accumulator): the accumulator gains rate x eligible units
+    (age > maturity) every update; when `apply`, its integer part is taken off it."""
+    accum = accum + rate * jnp.sum(age > maturity, axis=-1).astype(jnp.float32)
     k = jnp.where(apply, jnp.floor(accum), 0.0)
-    accum = accum - k
+    return k, accum - k
+
+
+def lowest_utility(util_bc: jax.Array, age: jax.Array, k: jax.Array, maturity: int) -> jax.Array:
+    """Mask of the k eligible units (age > maturity) with the lowest utility (ties: lower
+    index first), per stacked layer."""
+    eligible = age > maturity
     key = jnp.where(eligible, util_bc, jnp.inf)
     order = jnp.argsort(key, axis=-1, stable=True)
     rank = jnp.argsort(order, axis=-1, stable=True)  # rank of each unit by utility
-    mask = eligible & (rank < k[..., None].astype(jnp.int32))
-    return mask, accum
+    return eligible & (rank < k[..., None].astype(jnp.int32))
 
 
 def _expand(mask: jax.Array, leaf: jax.Array, lead: int, axis: int, repeat: int) -> jax.Array:
@@ -304,33 +307,35 @@ def continual_backprop(inner: optax.GradientTransformation, layers: Sequence[Hid
         updates, inner_state = inner.update(grads, state.inner, params, **extra)
         flat_p = flatten_paths(params)
         flat_u = flatten_paths(updates)
-        new_flat = {k: flat_p[k] + flat_u[k] for k in flat_p}  # the weights after this update
+        touched = sorted({p for l in layers for p, _ in l.incoming} | {p for l in layers for p in l.outgoing})
+        after = {p: flat_p[p] + flat_u[p] for l in layers for p in l.outgoing}  # outgoing weights after this update
         count = state.count + 1
         apply = (count % cfg.apply_freq) == 0
-        util, mean_act, age, accum, masks = [], [], [], [], []
+        # every update: utility, mean activation, age, accumulated count (cheap, per unit)
+        util, mean_act, age, accum, ks = [], [], [], [], []
         for i, l in enumerate(layers):
-            u, f, a = track(state.util[i], state.mean_act[i], state.age[i], activations[l.name], new_flat, l, d)
-            m, acc = select(bias_corrected(u, a, d), a, state.accum[i], cfg.replacement_rate,
-                            cfg.maturity_threshold, apply)
-            util.append(jnp.where(m, 0.0, u))
-            mean_act.append(jnp.where(m, 0.0, f))
-            age.append(jnp.where(m, 0, a))
-            accum.append(acc)
-            masks.append(m)
-        n_replaced = sum(jnp.sum(m, dtype=jnp.int32) for m in masks)
-        rng, key = jax.random.split(state.rng)
-        touched = sorted({p for l in layers for p, _ in l.incoming} | {p for l in layers for p in l.outgoing})
+            u, f, a = track(state.util[i], state.mean_act[i], state.age[i], activations[l.name], after, l, d)
+            k, acc = replacement_count(a, state.accum[i], cfg.replacement_rate, cfg.maturity_threshold, apply)
+            util.append(u), mean_act.append(f), age.append(a), accum.append(acc), ks.append(k)
+        n_replaced = sum(jnp.sum(k).astype(jnp.int32) for k in ks)
         moments = _moment_paths(inner_state, flat_p)
+        flat_inner = flatten_paths(inner_state)
 
         def replace(args):
-            upd, inner_flat = args
+            """Choose the units, re-draw / zero their weights, zero their moments and state."""
+            upd, inner_flat, util, mean_act, age, rng = args
             upd, inner_flat = dict(upd), dict(inner_flat)
+            util, mean_act, age = list(util), list(mean_act), list(age)
+            rng, key = jax.random.split(rng)
             leaf_masks: dict[str, jax.Array] = {}
             for i, l in enumerate(layers):
+                m = lowest_utility(bias_corrected(util[i], age[i], d), age[i], ks[i], cfg.maturity_threshold)
+                util[i], mean_act[i] = jnp.where(m, 0.0, util[i]), jnp.where(m, 0.0, mean_act[i])
+                age[i] = jnp.where(m, 0, age[i])
                 nl = len(l.lead)
                 for j, (p, rep) in enumerate(l.incoming):
                     w = flat_p[p]
-                    mb = _expand(masks[i], w, nl, -1, rep)
+                    mb = _expand(m, w, nl, -1, rep)
                     if p.endswith("kernel"):
                         fresh = init_draw(jax.random.fold_in(key, i * 64 + j), w.shape, w.dtype, l, cfg)
                     else:
@@ -339,23 +344,21 @@ def continual_backprop(inner: optax.GradientTransformation, layers: Sequence[Hid
                     leaf_masks[p] = mb if p not in leaf_masks else leaf_masks[p] | mb
                 for p in l.outgoing:
                     w = flat_p[p]
-                    mb = _expand(masks[i], w, nl, -2, 1)
+                    mb = _expand(m, w, nl, -2, 1)
                     upd[p] = jnp.where(mb, -w, upd[p])
                     leaf_masks[p] = mb if p not in leaf_masks else leaf_masks[p] | mb
             for sp, pp in moments.items():
                 if pp in leaf_masks:
                     x = inner_flat[sp]
                     inner_flat[sp] = jnp.where(leaf_masks[pp], jnp.zeros_like(x), x)
-            return upd, inner_flat
+            return upd, inner_flat, tuple(util), tuple(mean_act), tuple(age), rng
 
-        upd0 = {p: flat_u[p] for p in touched}
-        inner0 = {sp: x for sp, x in flatten_paths(inner_state).items() if sp in moments}
-        upd1, inner1 = jax.lax.cond(n_replaced > 0, replace, lambda a: a, (upd0, inner0))
-        flat_u = {**flat_u, **upd1}
-        updates = _unflatten_like(updates, flat_u)
-        inner_state = _unflatten_like(inner_state, {**flatten_paths(inner_state), **inner1})
-        new_state = CBPState(inner_state, tuple(util), tuple(mean_act), tuple(age), tuple(accum), count, rng,
-                             state.replaced + n_replaced)
+        args = ({p: flat_u[p] for p in touched}, {sp: flat_inner[sp] for sp in moments}, tuple(util),
+                tuple(mean_act), tuple(age), state.rng)
+        upd1, inner1, util, mean_act, age, rng = jax.lax.cond(n_replaced > 0, replace, lambda a: a, args)
+        updates = _unflatten_like(updates, {**flat_u, **upd1})
+        inner_state = _unflatten_like(inner_state, {**flat_inner, **inner1})
+        new_state = CBPState(inner_state, util, mean_act, age, tuple(accum), count, rng, state.replaced + n_replaced)
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
