@@ -25,6 +25,7 @@ WORKFLOWS = {
     "medusa": "latent_jax.decoding.speculative:run_workflow",
     "multimodal_coconut": "latent_jax.tasks.coconut_mm:run",
     "grpo": "latent_jax.rl.workflow:run",
+    "continual": "latent_jax.tasks.continual:run",
     "streaming": "latent_jax.tasks.streaming:run",
 }
 
