@@ -1,0 +1,88 @@
+"""Multi-host the way it runs on a pod, on one machine: 2 processes on localhost joined by
+jax.distributed (coordinator 127.0.0.1, gloo CPU collectives, 4 fake devices each) train the
+text Coconut smoke preset through `python -m latent_jax.main --multihost`, configured only by
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID as launch/gpu.sh documents.
+
+One test, three runs: a single-process 8-device reference (2 epochs), then the 2-process run
+for epoch 1, then the same 2 processes again with num_epochs=2, which must resume from the
+checkpoint. Losses of every step equal the reference; checkpoints and metrics are written once.
+Slow (minutes on 2 shared cores): marked `multihost`, still part of the default suite."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--config=configs/prosqa_coconut.py:smoke", "--config.chain=coconut", "--config.coconut_from_cot=False",
+        "--config.data.gen.train=32", "--config.data.gen.valid=4", "--config.data.gen.test=4",
+        "--config.eval_batch_size=4"]
+
+pytestmark = pytest.mark.multihost
+
+
+def _env(devices: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(workdir, *extra):
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "latent_jax.main", *ARGS, *extra, f"--workdir={workdir}",
+                               "--multihost"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=900)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def _losses(workdir) -> dict[int, float]:
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "coconut", "metrics.jsonl"))]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_two_processes_match_one_and_resume(tmp_path):
+    ref = tmp_path / "ref"
+    p = subprocess.run([sys.executable, "-m", "latent_jax.main", *ARGS, "--config.num_epochs=2", f"--workdir={ref}"],
+                       cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    want = _losses(ref)
+    assert len(want) == 4  # 32 examples / batch 16, 2 epochs (stage 0, then one thought)
+
+    mh = tmp_path / "mh"
+    _two_processes(mh, "--config.num_epochs=1")
+    got1 = _losses(mh)
+    assert sorted(got1) == [1, 2]  # metrics.jsonl written once (by process 0), not twice
+    ckdir = mh / "coconut" / "checkpoints"
+    steps = sorted(os.listdir(ckdir))
+    assert steps == ["2"], steps  # one checkpoint directory, no leftovers from the other process
+
+    outs = _two_processes(mh, "--config.num_epochs=2")  # the same 2 processes again: resumes at epoch 2
+    got = _losses(mh)
+    assert sorted(got) == [1, 2, 3, 4]
+    assert all("epoch 1/2" not in o for o in outs), "the resumed run trained epoch 1 again"
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=2e-4, abs=1e-5), (step, got, want)
+    res = json.load(open(mh / "coconut" / "test" / "results.json"))
+    assert 0.0 <= res["accuracy"] <= 1.0
