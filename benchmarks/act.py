@@ -30,12 +30,12 @@ def _digits_setup(workdir: str, preset: str):
     """(forward(params, batch, loop), params, batches, act config) of a trained digits run."""
     from configs.mnist_act import get_config
     from latent_jax.models import vision_tokens as vt
-    from latent_jax.train.act_loop import _image_task
+    from latent_jax.tasks.act import image_task
     from latent_jax.train.checkpoint import TrainCheckpointer
 
     config = get_config(preset)
     acfg = A.ACTConfig.from_dict(config.act)
-    task = _image_task(config, acfg, jax.random.PRNGKey(config.seed))
+    task = image_task(config, acfg, jax.random.PRNGKey(config.seed))
     ck = TrainCheckpointer(os.path.join(workdir, "checkpoints"))
     if ck.latest_step() is None:
         raise SystemExit(f"error: no checkpoint under {workdir}/checkpoints; train with configs/mnist_act.py first")

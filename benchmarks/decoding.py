@@ -10,6 +10,9 @@
    generated token, how many outputs changed, answer accuracy.
 3. Typical acceptance (Medusa heads trained here, self-distilled) vs plain decoding:
    tokens per forward pass and wall time, greedy and sampled.
+4. Tree verification (`--only tree`): the same heads' top-k candidate tree verified in one
+   forward over the flattened tree (tree mask, tree position ids) vs as extra batch rows, vs
+   a single chain and plain decoding: tokens per forward pass, tokens per second.
 
 Compilation is excluded from every timing (each function runs once before it is timed).
 """
@@ -92,10 +95,10 @@ def bench_diffusion(args) -> dict:
     from configs.diffusion_lm import get_config
     from latent_jax.decoding.diffusion import DiffusionOptions, diffusion_generate
     from latent_jax.train.checkpoint import load_any
-    from latent_jax.train.diffusion_loop import TOY_MASK, run, toy_examples
+    from latent_jax.tasks.diffusion import TOY_MASK, run, toy_examples
 
     c = get_config()
-    c.max_steps, c.eval_every, c.progress = args.diffusion_train_steps, 0, False
+    c.train_steps, c.eval_every_steps, c.progress = args.diffusion_train_steps, 0, False
     c.data.num_digits = args.digits
     with tempfile.TemporaryDirectory() as wd:
         t0 = time.perf_counter()
@@ -173,9 +176,58 @@ def bench_typical(args) -> dict:
     return r
 
 
+def _trained_heads(args):
+    from latent_jax.decoding.speculative import init_heads, train_heads
+
+    cfg = tiny_config("llama", vocab_size=64)
+    params = init_params(cfg, 1)
+    params = jax.tree.map(lambda x: x * 4.0 if x.ndim == 2 else x, params)  # a peaked random model
+    rs = np.random.RandomState(0)
+    prompts = rs.randint(3, 64, size=(1024 + args.batch, 4)).astype(np.int32)
+    g = generate(params, prompts, np.ones_like(prompts), jax.random.PRNGKey(0), SamplingParams.make(), NO_STOP,
+                 config=cfg, max_new_tokens=28)
+    corpus = np.concatenate([prompts, np.asarray(g.tokens)], axis=1)
+    heads = train_heads(params, cfg, init_heads(cfg, 3, 0, base_params=params), corpus[:1024],
+                        steps=args.head_steps, batch_size=32, learning_rate=1e-2)
+    return cfg, params, heads, corpus[1024:, :4]
+
+
+def bench_tree(args) -> dict:
+    from latent_jax.decoding.speculative import TypicalOptions, acceptance_stats, typical_generate
+
+    cfg, params, heads, test = _trained_heads(args)
+    mask = np.ones_like(test)
+    N, sp = args.typical_new_tokens, SamplingParams.make()
+    plain, tp = _timed(lambda: generate(params, test, mask, jax.random.PRNGKey(1), sp, NO_STOP, config=cfg,
+                                        max_new_tokens=N), repeats=3)
+    r = {"new_tokens": N, "rows": len(test), "tree_topk": args.tree_topk, "num_paths": args.num_paths,
+         "plain_tokens_per_forward": 1.0, "plain_tokens_per_s": len(test) * N / tp}
+    variants = {"chain": TypicalOptions(),
+                "tree_batch_rows": TypicalOptions(tree_topk=args.tree_topk, num_paths=args.num_paths,
+                                                  tree_attention=False),
+                "tree_one_pass": TypicalOptions(tree_topk=args.tree_topk, num_paths=args.num_paths)}
+    times = {}
+    for name, opts in variants.items():
+        out, t = _timed(lambda: typical_generate(params, heads, test, mask, jax.random.PRNGKey(1), sp, NO_STOP,
+                                                 config=cfg, max_new_tokens=N, opts=opts), repeats=3)
+        st = acceptance_stats(out)
+        times[name] = t
+        r[f"{name}_tokens_per_forward"] = st["mean_accepted_length"]
+        r[f"{name}_tokens_per_s"] = len(test) * N / t
+        r[f"{name}_equals_greedy"] = bool(np.array_equal(np.asarray(plain.tokens), np.asarray(out.tokens)))
+    r["wall_ratio_batch_rows_over_one_pass"] = times["tree_batch_rows"] / times["tree_one_pass"]
+    r["wall_ratio_plain_over_one_pass"] = tp / times["tree_one_pass"]
+    print("\n[tree verification: one pass (tree mask) vs batch rows vs chain vs plain]")
+    for k, v in r.items():
+        print(f"  {k}: {v:.3f}" if isinstance(v, float) else f"  {k}: {v}")
+    return r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=("tova", "diffusion", "typical"), default=None)
+    p.add_argument("--only", choices=("tova", "diffusion", "typical", "tree"), default=None)
+    p.add_argument("--tree-topk", type=int, default=2)
+    p.add_argument("--num-paths", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=1984, help="TOVA: sequence length = prompt + new tokens")
@@ -192,6 +244,8 @@ def main() -> None:
         bench_diffusion(args)
     if args.only in (None, "typical"):
         bench_typical(args)
+    if args.only in (None, "tree"):
+        bench_tree(args)
 
 
 if __name__ == "__main__":

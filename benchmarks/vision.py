@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from latent_jax.data.mm_fixtures import IMAGE_TOKEN_ID, make_tiny_vlm  # noqa: E402
+from latent_jax.testing import IMAGE_TOKEN_ID, make_tiny_vlm  # noqa: E402
 from latent_jax.models.hf_vlm import load_vlm  # noqa: E402
 from latent_jax.models.multimodal import VisionLanguageModel  # noqa: E402
 

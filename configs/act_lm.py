@@ -19,9 +19,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.workflow = "act"
     c.task = "text"
     c.ponder_on = "all"
-    c.checkpoint = True
     c.progress = True
-    c.max_steps = 0
+    c.train_steps = 0  # training budget in steps, then evaluated (0 = num_epochs full epochs)
 
     c.model.model_type = "mistral"
     c.model.hidden_size = 128
@@ -75,7 +74,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             c.act.k_max = 3
             c.act.film_rank = 4
             c.batch_size = 8
-            c.max_steps = 6
+            c.train_steps = 6
             c.log_every = 2
             c.progress = False
         elif preset == "muon":

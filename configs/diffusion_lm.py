@@ -21,8 +21,8 @@ from configs.base import get_base
 def get_config(arg: str | None = None) -> ConfigDict:
     c = get_base()
     c.workflow = "diffusion"
-    c.max_steps = 600
-    c.eval_every = 200
+    c.train_steps = 600  # training budget (config.max_steps only interrupts a run, resumably)
+    c.eval_every_steps = 200  # 0 = evaluate at the end only
     c.log_every = 20
     c.batch_size = 64
     c.progress = True
@@ -60,8 +60,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     for preset in filter(None, (arg or "").split(",")):
         if preset == "smoke":
-            c.max_steps = 30
-            c.eval_every = 30
+            c.train_steps = 30
+            c.eval_every_steps = 30
             c.data.num_train = 256
             c.data.num_eval = 32
             c.batch_size = 16

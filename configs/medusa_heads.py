@@ -19,7 +19,7 @@ from configs.base import get_base
 def get_config(arg: str | None = None) -> ConfigDict:
     c = get_base()
     c.workflow = "medusa"
-    c.max_steps = 1000
+    c.train_steps = 1000  # training budget (config.max_steps only interrupts a run, resumably)
     c.batch_size = 32
     c.model.vocab_size = 64  # only for a random base model (model.path empty)
 
@@ -37,9 +37,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.data.num_eval = 16
 
     c.optim.learning_rate = 1e-2
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 0.0
     for preset in filter(None, (arg or "").split(",")):
         if preset == "smoke":
-            c.max_steps = 20
+            c.train_steps = 20
+            c.progress = False
             c.data.num_sequences = 64
             c.data.num_eval = 4
             c.batch_size = 8

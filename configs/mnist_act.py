@@ -18,9 +18,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.workflow = "act"
     c.task = "digits"  # digits | mnist
     c.ponder_on = "all"  # all: ponder cost over every token; label: only the label position
-    c.checkpoint = True
     c.progress = True
-    c.max_steps = 0  # 0 = num_epochs full epochs
+    c.train_steps = 0  # training budget in steps, then evaluated (0 = num_epochs full epochs)
 
     c.model.model_type = "llama"
     c.model.hidden_size = 64
@@ -104,7 +103,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
             c.act.k_max = 3
             c.vision.hidden = 16
             c.batch_size = 16
-            c.max_steps = 6
+            c.train_steps = 6
             c.log_every = 2
             c.eval_every_epochs = 1
             c.data.max_train = 64

@@ -20,9 +20,9 @@ from latent_jax.paths import is_uri, resolve_config_paths, resolve_path
 WORKFLOWS = {
     "roundtrip": "latent_jax.demo:run",
     "coconut": "latent_jax.tasks.coconut:run",
-    "act": "latent_jax.train.act_loop:run",
-    "diffusion": "latent_jax.train.diffusion_loop:run",
-    "medusa": "latent_jax.decoding.speculative:run_workflow",
+    "act": "latent_jax.tasks.act:run",
+    "diffusion": "latent_jax.tasks.diffusion:run",
+    "medusa": "latent_jax.tasks.medusa:run",
     "multimodal_coconut": "latent_jax.tasks.coconut_mm:run",
     "grpo": "latent_jax.rl.workflow:run",
     "continual": "latent_jax.tasks.continual:run",

@@ -1,8 +1,16 @@
-"""Tiny random Hugging Face checkpoints for tests, demos and benchmarks (nothing downloaded)."""
+"""The one fixtures module for tests, demos, benchmarks and every config's `:smoke` preset
+(nothing downloaded): tiny random Hugging Face checkpoints of the real transformers classes
+(language models and vision-language models), tokenizers, synthetic images, short synthetic
+videos written with PyAV, and dataset rows in the real CinePile / A-OKVQA schemas.
+(Tiny in-memory ModelConfigs: latent_jax.models.config.tiny_config.)
+"""
 
 from __future__ import annotations
 
+import json
 import os
+
+import numpy as np
 
 
 def tiny_hf_config(family: str, **kw):
@@ -100,3 +108,226 @@ def make_tiny_tokenizer(out_dir: str, vocab_size: int = 128) -> str:
     os.makedirs(out_dir, exist_ok=True)
     fast.save_pretrained(out_dir)
     return out_dir
+
+
+# ------------------------------------------------------------------ multimodal
+# small special-token layout shared by the tiny VLMs and the fixture tokenizer
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+IMAGE_TOKEN_ID = 3
+TINY_VOCAB = 160
+
+
+def tiny_vlm_hf_config(family: str, image_size: int = 28, patch_size: int = 7, **kw):
+    """A small transformers config of `family` ('internvl' or 'phi4mm')."""
+    import transformers
+
+    if family == "internvl":
+        vc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  image_size=image_size, patch_size=patch_size, use_qk_norm=True, attention_bias=True,
+                  use_mean_pooling=True)
+        vc.update(kw.pop("vision", {}))
+        tc = dict(model_type="qwen2", vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=1024, rms_norm_eps=1e-5, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+                  pad_token_id=PAD_ID)
+        tc.update(kw.pop("text", {}))
+        n_tok = (image_size // patch_size // 2) ** 2
+        return transformers.InternVLConfig(vision_config=vc, text_config=tc, image_token_id=IMAGE_TOKEN_ID,
+                                           image_seq_length=n_tok, **kw)
+    if family == "phi4mm":
+        half = 64 // 4 * 3 // 4 // 2
+        vc = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                  image_size=image_size, patch_size=patch_size, crop_size=image_size, image_token_id=IMAGE_TOKEN_ID)
+        vc.update(kw.pop("vision", {}))
+        ac = dict(hidden_size=32, intermediate_size=64, num_blocks=1, num_attention_heads=4, ext_pw_out_channel=32,
+                  depthwise_separable_out_channel=32, nemo_conv_channels=32, audio_token_id=4)
+        base = dict(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=4096,
+                    max_position_embeddings=16384, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
+                    rms_norm_eps=1e-5,
+                    rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                                     "short_factor": [1.0 + 0.1 * i for i in range(half)],
+                                     "long_factor": [2.0 + 0.3 * i for i in range(half)]})
+        rope_given = "rope_parameters" in kw
+        base.update(kw)
+        if not rope_given:
+            half = base["hidden_size"] // base["num_attention_heads"] * 3 // 4 // 2
+            base["rope_parameters"]["short_factor"] = [1.0 + 0.1 * i for i in range(half)]
+            base["rope_parameters"]["long_factor"] = [2.0 + 0.3 * i for i in range(half)]
+        return transformers.Phi4MultimodalConfig(vision_config=vc, audio_config=ac, **base)
+    raise ValueError(f"unknown VLM family {family!r}; use internvl or phi4mm")
+
+
+def make_tiny_vlm(family: str, out_dir: str, seed: int = 0, with_tokenizer: bool = True, **kw) -> str:
+    """Save a random InternVLForConditionalGeneration / Phi4MultimodalForCausalLM with
+    non-trivial norms, biases, layer scales and newline vectors; returns out_dir."""
+    import torch
+    import transformers
+
+    cfg = tiny_vlm_hf_config(family, **kw)
+    torch.manual_seed(seed)
+    cls = transformers.InternVLForConditionalGeneration if family == "internvl" else transformers.Phi4MultimodalForCausalLM
+    model = cls._from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "audio" in name:
+                continue
+            if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "layernorm_before.weight",
+                              "layernorm_after.weight", "layer_norm.weight")):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias") or "lambda_" in name or "extensor" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+            elif "position_embedding" in name or "cls_token" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+    model.eval()
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if with_tokenizer:
+        write_tiny_tokenizer(out_dir)
+    return out_dir
+
+
+# ------------------------------------------------------------------ tokenizer
+def write_tiny_tokenizer(out_dir: str) -> str:
+    """A byte-level BPE-free tokenizer (characters + special tokens) saved as tokenizer.json,
+    loadable with transformers.PreTrainedTokenizerFast. Ids match the tiny VLM layout."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    specials = ["<pad>", "<s>", "</s>", "<image>", "<audio>", "<|latent|>", "<|start-latent|>", "<|end-latent|>", "<unk>"]
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+    assert len(vocab) <= TINY_VOCAB
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    os.makedirs(out_dir, exist_ok=True)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "bos_token": "<s>",
+                   "eos_token": "</s>", "unk_token": "<unk>", "image_token": "<image>",
+                   "additional_special_tokens": specials[3:8]}, f, indent=1)
+    return out_dir
+
+
+# --------------------------------------------------------------------- images
+def synthetic_image(height: int, width: int, seed: int = 0):
+    """A PIL RGB image with smooth gradients + noise (so resizing is exercised)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx / max(width - 1, 1), yy / max(height - 1, 1), (xx + yy) / max(height + width - 2, 1)], -1)
+    img = (base * 200 + rng.integers(0, 55, (height, width, 3))).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(img, "RGB")
+
+
+def write_synthetic_video(path: str, num_frames: int = 12, height: int = 32, width: int = 48, fps: int = 8,
+                          seed: int = 0) -> str:
+    """Write a short mp4 (mpeg4 codec) of a moving square on a gradient with PyAV; returns path."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        color = rng.integers(0, 255, 3)
+        for i in range(num_frames):
+            yy, xx = np.mgrid[0:height, 0:width]
+            img = np.stack([xx * 255 // max(width, 1), yy * 255 // max(height, 1), np.full_like(xx, 40 * (i % 6))], -1)
+            x0 = (i * 3) % max(width - 8, 1)
+            img[4:12, x0 : x0 + 8] = color
+            frame = av.VideoFrame.from_ndarray(img.astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# ----------------------------------------------------------------- dataset rows
+def cinepile_rows(n: int = 8, seed: int = 0, n_clips: int = 3) -> list[dict]:
+    """Rows in the tomg-group-umd/cinepile schema (test-split fields included)."""
+    rng = np.random.default_rng(seed)
+    cats = ["Character and Relationship Dynamics", "Narrative and Plot Analysis", "Setting and Technical Analysis",
+            "Temporal", "Theme Exploration"]
+    rows = []
+    for i in range(n):
+        clip = i % n_clips
+        key = int(rng.integers(0, 5))
+        choices = [f"option {c} {i}" for c in "abcde"]
+        rows.append({
+            "movie_name": f"Movie {clip}",
+            "year": 2000 + clip,
+            "genre": ["Drama", "Comedy"],
+            "yt_clip_title": f"Movie {clip} - Scene {clip}",
+            "yt_clip_link": f"https://www.youtube.com/watch?v=clip{clip:04d}xx",
+            "movie_scene": f"[scene] a red square moves right. subtitle {clip}",
+            "subtitles": f"hello {clip}\nbye {clip}",
+            "question": f"What moves in scene {i}?",
+            "choices": choices,
+            "answer_key": choices[key],
+            "answer_key_position": key,
+            "question_category": cats[i % len(cats)],
+            "hard_split": str(bool(i % 2)),
+            "visual_reliance": str(bool(i % 3 == 0)),
+        })
+    return rows
+
+
+def write_cinepile_fixture(root: str, n_train: int = 8, n_test: int = 6, n_clips: int = 3,
+                           num_frames: int = 8, make_clips: bool = True) -> str:
+    """A CinePile directory: train/test parquet + clips/<video id>.mp4; returns root."""
+    import datasets
+
+    from latent_jax.data.cinepile import clip_id
+
+    os.makedirs(root, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        rows = cinepile_rows(n, seed, n_clips)
+        datasets.Dataset.from_list(rows).to_parquet(os.path.join(root, f"{split}.parquet"))
+    if make_clips:
+        for c in range(n_clips):
+            link = f"https://www.youtube.com/watch?v=clip{c:04d}xx"
+            write_synthetic_video(os.path.join(root, "clips", clip_id(link) + ".mp4"), num_frames=num_frames, seed=c)
+    return root
+
+
+def aokvqa_rows(n: int = 8, seed: int = 0, split: str = "train") -> list[dict]:
+    """Rows in the A-OKVQA v1p0 JSON schema."""
+    rng = np.random.default_rng(seed)
+    words = ["red", "blue", "cat", "dog", "tree", "car"]
+    rows = []
+    for i in range(n):
+        choices = [words[(i + j) % len(words)] for j in range(4)]
+        ci = int(rng.integers(0, 4))
+        rows.append({
+            "split": split,
+            "image_id": 1000 + i,
+            "question_id": f"q{seed}_{i}",
+            "question": f"What is shown {i}?",
+            "choices": choices,
+            "correct_choice_idx": ci,
+            "direct_answers": [choices[ci]] * 6 + [choices[(ci + 1) % 4]] * 4,
+            "difficult_direct_answer": False,
+            "rationales": [f"The object is {choices[ci]}.", f"It looks {choices[ci]}.", "So answer."],
+        })
+    return rows
+
+
+def write_aokvqa_fixture(root: str, n_train: int = 8, n_val: int = 6, image_size: int = 40) -> str:
+    """An A-OKVQA directory: aokvqa_v1p0_{train,val}.json + coco/{train2017,val2017}/*.jpg."""
+    os.makedirs(root, exist_ok=True)
+    for split, coco, n, seed in (("train", "train2017", n_train, 0), ("val", "val2017", n_val, 1)):
+        rows = aokvqa_rows(n, seed, split)
+        with open(os.path.join(root, f"aokvqa_v1p0_{split}.json"), "w") as f:
+            json.dump(rows, f)
+        d = os.path.join(root, "coco", coco)
+        os.makedirs(d, exist_ok=True)
+        for r in rows:
+            synthetic_image(image_size, image_size + 8, seed=r["image_id"]).save(
+                os.path.join(d, f"{r['image_id']:012d}.jpg"))
+    return root

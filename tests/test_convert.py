@@ -172,7 +172,7 @@ def test_subprocess_entry_point(tiny_hf_dir, tmp_path):
 # ------------------------------------------------------------ vision-language families
 @pytest.fixture(scope="module")
 def tiny_vlm_dirs(tmp_path_factory):
-    from latent_jax.data.mm_fixtures import make_tiny_vlm
+    from latent_jax.testing import make_tiny_vlm
 
     return {f: make_tiny_vlm(f, str(tmp_path_factory.mktemp(f"cv_{f}"))) for f in ("internvl", "phi4mm")}
 

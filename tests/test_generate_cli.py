@@ -119,7 +119,7 @@ def test_strategy_registry(monkeypatch):
 # ------------------------------------------------------------ vision-language models
 @pytest.fixture(scope="module")
 def vlm_media(tmp_path_factory):
-    from latent_jax.data import mm_fixtures as fx
+    from latent_jax import testing as fx
 
     d = tmp_path_factory.mktemp("gen_vlm")
     img = str(d / "img.jpg")

@@ -163,7 +163,7 @@ def test_missing_paths_one_line_error(tmp_path):
 def test_eval_without_media_names_the_fix(tmp_path):
     """Every clip (image) missing: one line naming the prepare command (COCO directory), not
     accuracy 0.0 over n=0; an unknown scorer stops the run before any model is loaded."""
-    from latent_jax.data.mm_fixtures import write_aokvqa_fixture, write_cinepile_fixture
+    from latent_jax.testing import write_aokvqa_fixture, write_cinepile_fixture
     from latent_jax.tasks import coconut_mm as mm_loop
 
     c = _config("cinepile_coconut.py:", "")

@@ -72,7 +72,7 @@ def prebuilt(tmp_path_factory):
     torch = pytest.importorskip("torch")
     import transformers
 
-    from latent_jax.data import mm_fixtures as fx
+    from latent_jax import testing as fx
     from latent_jax.testing import make_tiny_hf
 
     base = tmp_path_factory.mktemp("no_torch")

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder, DecoderOutput, default_positions
+from latent_jax.models.hico import merge_clip_tokens, select_video_tokens
 from latent_jax.models.layers import DecoderLayer, KVCache
 from latent_jax.models.vision import (
     InternVLProjector,
@@ -204,8 +205,6 @@ class VisionLanguageModel(nn.Module):
         Each frame is one tile / one global crop; with tokens_per_frame set, HiCo merges the
         tokens of every `clip_frames` consecutive frames (bipartite matching) down to
         tokens_per_frame per frame before the projector."""
-        from latent_jax.data.hico import merge_clip_tokens
-
         f = self.tile_features(frames, patch_mask)
         F_, b, _, d = f.shape
         f = f.reshape(F_, b * b, d)
@@ -283,8 +282,6 @@ def forward_with_token_drop(
     of video tokens per row. Returns (logits of the last position (B, V), kept sequence length).
     """
     import numpy as np
-
-    from latent_jax.data.hico import select_video_tokens
 
     counts = np.asarray(video_mask).astype(bool).sum(-1)
     if len(set(counts.tolist())) != 1:

@@ -1,4 +1,4 @@
-"""The 'act' workflow: train and evaluate a recursive-halting (ACT) decoder.
+"""The 'act' workflow: a recursive-halting (ACT) decoder trained as a task of the one Trainer.
 
 Tasks (config.task):
     digits  scikit-learn's 8x8 digits, classified by predicting the label token after the image
@@ -6,20 +6,22 @@ Tasks (config.task):
     text    next-token LM on a local text / token file (config.data.path)
 
 Training uses the lax.scan recursion (remat per step); evaluation uses the early-halting
-lax.while_loop. Writes workdir/metrics.jsonl (+ TensorBoard), workdir/act_training.png
-(accuracy and expected steps over training), workdir/results.json and Orbax training
-checkpoints under workdir/checkpoints (resumed when present).
+lax.while_loop. The training budget is config.num_epochs epochs or, when set,
+config.train_steps steps (then evaluated); config.max_steps interrupts a run (resumable) as
+in every workflow. Batch i of an epoch is a function of (seed, epoch, i), so a resumed run
+repeats an uninterrupted one. Writes workdir/metrics.jsonl (+ TensorBoard),
+workdir/act_training.png (accuracy and expected steps over training), workdir/results.json
+and Orbax training checkpoints (best by eval accuracy + latest) under workdir/checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,13 +29,13 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
-from latent_jax import parallel
 from latent_jax.data.augment import AugmentConfig, affine_augment, dataset_multiplicity
 from latent_jax.latent.act import ACTConfig, act_apply, act_loss, init_params
 from latent_jax.models import vision_tokens as vt
 from latent_jax.models.config import ModelConfig
+from latent_jax.train.checkpoint import TrainCheckpointer, load_any
 from latent_jax.train.metrics import MetricsWriter, plot_series
-from latent_jax.train.optim import make_optimizer
+from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
 
 TASKS = ("digits", "mnist", "text")
 _MODEL_FIELDS = (
@@ -54,8 +56,6 @@ def model_config_from(model_cfg: ConfigDict, vocab_size: int, **extra) -> ModelC
 def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **extra) -> tuple[ModelConfig, dict]:
     """(model config, {'decoder', 'act'} params): from config.model.path when set, else random."""
     if config.model.get("path"):
-        from latent_jax.train.checkpoint import load_any
-
         mcfg, dec = load_any(config.model.path)
         mcfg = mcfg.replace(dtype=config.model.dtype)
         if mcfg.vocab_size < vocab_size:
@@ -68,19 +68,6 @@ def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **e
     return mcfg, init_params(mcfg, acfg, rng)
 
 
-def build_optimizer(params: Any, optim: ConfigDict, total_steps: int, frozen: Callable[[str], bool] | None = None
-                    ) -> optax.GradientTransformation:
-    """make_optimizer(config.optim) (AdamW or Muon/AdamW, schedule, clipping, accumulation);
-    params whose '/'-joined path satisfies `frozen` get no updates."""
-    tx = make_optimizer(params, optim, total_steps)
-    if frozen is not None:
-        labels = jax.tree_util.tree_map_with_path(
-            lambda p, _: "frozen" if frozen(parallel._path_str(p)) else "train", params
-        )
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    return tx
-
-
 def _count(params) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
@@ -91,7 +78,7 @@ class _Task:
     mcfg: ModelConfig
     params: dict
     steps_per_epoch: int
-    train_batches: Callable[[int, int, int], Iterator[dict]]  # (epoch, first step, total steps)
+    train_batch: Callable[[int, int, int], dict]  # (epoch, index in the epoch, total steps) -> batch
     eval_batches: Callable[[], list[dict]]
     loss_fn: Callable  # (params, batch) -> (loss, metrics)
     eval_fn: Callable  # (params, batch) -> dict of sums
@@ -99,7 +86,7 @@ class _Task:
     info: dict
 
 
-def _image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
+def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     d = config.data
     if config.task == "digits":
         from latent_jax.data.digits import load_digits_splits
@@ -132,16 +119,15 @@ def _image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     steps_per_epoch = (len(train) * mult) // bs
     ponder_all = config.get("ponder_on", "all") == "all"
 
-    def train_batches(epoch: int, step0: int, total: int) -> Iterator[dict]:
-        rng_np = np.random.default_rng([config.seed, epoch])
-        order = np.concatenate([rng_np.permutation(len(train)) for _ in range(mult)])
-        for i in range(steps_per_epoch):
-            idx = order[i * bs:(i + 1) * bs]
-            imgs = train.images[idx]
-            if aug.enabled:
-                prob, deg, tr = aug.at(step0 + i, total)
-                imgs = affine_augment(imgs, rng_np, prob, deg, tr)
-            yield {"images": imgs, "labels": train.labels[idx]}
+    def train_batch(epoch: int, i: int, total: int) -> dict:
+        order = np.concatenate([np.random.default_rng([config.seed, epoch, m]).permutation(len(train))
+                                for m in range(mult)])
+        idx = order[i * bs:(i + 1) * bs]
+        imgs = train.images[idx]
+        if aug.enabled:
+            prob, deg, tr = aug.at(epoch * steps_per_epoch + i, total)
+            imgs = affine_augment(imgs, np.random.default_rng([config.seed, epoch, i, 1]), prob, deg, tr)
+        return {"images": imgs, "labels": train.labels[idx]}
 
     def eval_batches() -> list[dict]:
         out = []
@@ -192,10 +178,10 @@ def _image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     frozen = (lambda p: p.startswith("encoder/")) if vcfg.freeze_encoder else None
     info = {"task": config.task, "train_examples": len(train), "test_examples": len(test),
             "tokens_per_example": T + 1, "multiplicity": mult, "encoder": vcfg.encoder}
-    return _Task(mcfg, params, steps_per_epoch, train_batches, eval_batches, loss_fn, eval_fn, frozen, info)
+    return _Task(mcfg, params, steps_per_epoch, train_batch, eval_batches, loss_fn, eval_fn, frozen, info)
 
 
-def _text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
+def text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
     from latent_jax.data import text_tokens as tt
 
     d = config.data
@@ -220,10 +206,9 @@ def _text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
         raise ValueError(f"batch_size={bs} exceeds the {len(train_w)} training windows; lower batch_size or data.seq_len")
     steps_per_epoch = len(train_w) // bs
 
-    def train_batches(epoch: int, step0: int, total: int) -> Iterator[dict]:
+    def train_batch(epoch: int, i: int, total: int) -> dict:
         order = np.random.default_rng([config.seed, epoch]).permutation(len(train_w))
-        for i in range(steps_per_epoch):
-            yield {"tokens": train_w[order[i * bs:(i + 1) * bs]]}
+        return {"tokens": train_w[order[i * bs:(i + 1) * bs]]}
 
     def eval_batches() -> list[dict]:
         out = []
@@ -259,15 +244,75 @@ def _text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
 
     info = {"task": "text", "data": path, "tokens": int(len(tokens)), "train_windows": int(len(train_w)),
             "eval_windows": int(len(eval_w)), "seq_len": S}
-    return _Task(mcfg, params, steps_per_epoch, train_batches, eval_batches, loss_fn, eval_fn, None, info)
+    return _Task(mcfg, params, steps_per_epoch, train_batch, eval_batches, loss_fn, eval_fn, None, info)
 
 
-# ---------------------------------------------------------------------------- the loop
-def _evaluate(eval_step, params, batches, mesh) -> dict:
+# ---------------------------------------------------------------------------- the task
+class ACTTask(Task):
+    """ACT for the Trainer: loss = act_loss over the lax.scan recursion; evaluation = the
+    early-halting while_loop over the eval set; best metric = eval accuracy."""
+
+    name = "act"
+    best_metric = "accuracy"
+
+    def __init__(self, config: ConfigDict, workdir: str, acfg: ACTConfig, t: _Task):
+        self.config, self.workdir, self.acfg, self.t = config, workdir, acfg, t
+        spe = t.steps_per_epoch
+        self.total_steps = int(config.get("train_steps", 0) or 0) or spe * int(config.num_epochs)
+        self.num_epochs = math.ceil(self.total_steps / spe)
+        self._eval_step = jax.jit(t.eval_fn)
+        self._eval_batches = t.eval_batches()
+        self.t_start = time.time()
+
+    def compile_key(self):  # what loss_fn depends on besides shapes: equal keys share compiled steps
+        c = self.config
+        vision = c.vision.to_dict() if "vision" in c else {}
+        return ("act", c.task, self.t.mcfg, self.acfg, json.dumps(vision, sort_keys=True),
+                str(c.get("ponder_on", "all")), int(c.data.get("seq_len", 0) or 0))
+
+    def loss_fn(self, params, batch, static):
+        return self.t.loss_fn(params, batch)
+
+    def steps_per_epoch(self) -> int:
+        return self.t.steps_per_epoch
+
+    def train_batches(self, epoch, data_state):
+        n = min(self.t.steps_per_epoch, self.total_steps - epoch * self.t.steps_per_epoch)
+        return IndexedBatches(n, lambda i: Batch(None, self.t.train_batch(epoch, i, self.total_steps)), data_state)
+
+    def evaluate(self, trainer, params, epoch):
+        res = evaluate(self._eval_step, params, self._eval_batches, trainer)
+        return res, res["accuracy"]
+
+    def finish(self, trainer, state, out):
+        rows = [h for h in out["history"] if "accuracy" in h]
+        png = None
+        if rows:
+            xs = [min((r["epoch"] + 1) * self.t.steps_per_epoch, self.total_steps) for r in rows]
+            png = plot_series(
+                os.path.join(self.workdir, "act_training.png"),
+                {"eval accuracy": (xs, [r["accuracy"] for r in rows])},
+                "step", "accuracy", title=f"ACT {self.t.info.get('task')} (k_max={self.acfg.k_max}, tau={self.acfg.tau})",
+                secondary={"expected steps": (xs, [r["act_expected_steps"] for r in rows]),
+                           "inner steps (while_loop)": (xs, [r["act_inner_steps"] for r in rows])},
+                secondary_label="recursion steps",
+            )
+        final = rows[-1] if rows else {}
+        results = {"final": final, "best_accuracy": max((r["accuracy"] for r in rows), default=None),
+                   "steps": out["step"], "wall_seconds": time.time() - self.t_start, "params": _count(state["params"]),
+                   "info": self.t.info, "act": dataclasses.asdict(self.acfg), "plot": png, "history": out["history"]}
+        write_json(os.path.join(self.workdir, "results.json"), results)
+        print(f"act done: accuracy={final.get('accuracy')} steps={out['step']} wall={results['wall_seconds']:.1f}s "
+              f"mean inner steps={final.get('act_inner_steps')} expected steps={final.get('act_expected_steps')}")
+        return results
+
+
+def evaluate(eval_step, params, batches, trainer: Trainer) -> dict:
+    """Eval-set means of the halting while_loop's accuracy, CE and step counts."""
     tot: dict[str, float] = {}
     inner = []
     for b in batches:
-        r = jax.device_get(eval_step(params, parallel.shard_batch(b, mesh)))
+        r = jax.device_get(eval_step(params, trainer.place(b)))
         inner.append(float(r.pop("inner_steps")))
         for k, v in r.items():
             tot[k] = tot.get(k, 0.0) + float(v)
@@ -283,146 +328,38 @@ def _evaluate(eval_step, params, batches, mesh) -> dict:
 
 
 def run(config: ConfigDict, workdir: str) -> dict:
-    """Train (config.mode == 'train') or evaluate the latest checkpoint ('eval'); returns results."""
+    """Train (config.mode == 'train') or evaluate the best checkpoint ('eval'); returns results."""
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r}; use one of {', '.join(TASKS)}")
     if config.mode not in ("train", "eval"):
         raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
-    t_start = time.time()
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     acfg = ACTConfig.from_dict(config.act)
-    mesh = parallel.make_mesh(dict(config.mesh))
     rng = jax.random.PRNGKey(config.seed)
-    if config.task == "text":
-        task = _text_task(config, acfg, rng, workdir)
-    else:
-        task = _image_task(config, acfg, rng)
-    if task.steps_per_epoch < 1:
+    t = text_task(config, acfg, rng, workdir) if config.task == "text" else image_task(config, acfg, rng)
+    if t.steps_per_epoch < 1:
         raise ValueError("no full training batch per epoch; lower batch_size")
-    total_steps = int(config.get("max_steps", 0)) or task.steps_per_epoch * int(config.num_epochs)
-    n_epochs = math.ceil(total_steps / task.steps_per_epoch)
-
-    params = parallel.shard_params(task.params, mesh)
-    tx = build_optimizer(params, config.optim, total_steps, task.frozen)
-    opt_state = jax.jit(tx.init)(params)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(params, opt_state, batch):
-        (_, m), g = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch)
-        updates, opt_state = tx.update(g, opt_state, params)
-        m["grad_norm"] = optax.global_norm(g)
-        return optax.apply_updates(params, updates), opt_state, m
-
-    eval_step = jax.jit(task.eval_fn)
-
-    ckpt = None
-    step, epoch0 = 0, 0
-    if config.get("checkpoint", True):
-        from latent_jax.train.checkpoint import TrainCheckpointer
-
-        ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"), keep_best=int(config.keep_best),
-                                 best_metric="accuracy")
-        template = {"params": params, "opt_state": opt_state}
-        restored = None
-        if ckpt.latest_step() is not None:
-            restored = (ckpt.restore_best(template) if config.mode == "eval" else None) or ckpt.restore_latest(template)
-        if restored is not None:
-            state, extra = restored
-            params, opt_state = state["params"], state["opt_state"]
-            step, epoch0 = int(extra.get("step", 0)), int(extra.get("epoch", 0))
-            print(f"restored {ckpt.directory} at step {step} (epoch {epoch0})")
-
-    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config=config.to_dict())
-    n_params = _count(params)
-    print(f"act: {task.info} params={n_params:,} steps/epoch={task.steps_per_epoch} total_steps={total_steps} "
+    task = ACTTask(config, workdir, acfg, t)
+    trainer = Trainer(config, task, workdir)
+    state = trainer.init_state(t.params, task.total_steps, frozen=t.frozen)
+    print(f"act: {t.info} params={_count(t.params):,} steps/epoch={t.steps_per_epoch} total_steps={task.total_steps} "
           f"k_max={acfg.k_max} tau={acfg.tau}")
-    eval_batches = task.eval_batches()
-    history: list[dict] = []
-    if config.mode == "eval":
-        if ckpt is None or ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (mode=train)")
-        res = _evaluate(eval_step, params, eval_batches, mesh)
-        writer.write(step, res, prefix="eval/")
-        writer.close()
-        res.update(step=step, wall_s=time.time() - t_start)
-        _write_json(os.path.join(workdir, "eval_results.json"), res)
-        print(f"eval: {res}")
-        return res
-
-    from tqdm import tqdm
-
-    eval_every = max(1, int(config.get("eval_every_epochs", 1)))
-    window: list[dict] = []
-    train_s = 0.0
-    pbar = tqdm(total=total_steps, initial=step, desc="act train", disable=not config.get("progress", True))
-    for epoch in range(epoch0, n_epochs):
-        t_ep = time.time()
-        for batch in task.train_batches(epoch, step, total_steps):
-            if step >= total_steps:
-                break
-            params, opt_state, m = train_step(params, opt_state, parallel.shard_batch(batch, mesh))
-            step += 1
-            window.append(m)
-            pbar.update(1)
-            if step % int(config.log_every) == 0 or step == total_steps:
-                avg = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-                window = []
-                writer.write(step, avg, prefix="train/")
-                pbar.set_postfix(loss=f"{avg['loss']:.3f}", acc=f"{avg['accuracy']:.3f}",
-                                 steps=f"{avg['act_expected_steps']:.2f}")
-        train_s += time.time() - t_ep
-        last = epoch == n_epochs - 1 or step >= total_steps
-        if (epoch + 1) % eval_every == 0 or last:
-            res = _evaluate(eval_step, params, eval_batches, mesh)
-            res["epoch"] = epoch + 1
-            writer.write(step, res, prefix="eval/")
-            history.append(dict(res, step=step))
-            tqdm.write(f"epoch {epoch + 1} step {step}: eval accuracy={res['accuracy']:.4f} ce={res['ce']:.4f} "
-                       f"inner_steps={res['act_inner_steps']:.2f} expected_steps={res['act_expected_steps']:.2f}")
-            if ckpt is not None:
-                ckpt.save(step, {"params": params, "opt_state": opt_state}, metrics={"accuracy": res["accuracy"]},
-                          extra={"step": step, "epoch": epoch + 1, "config": config.to_dict()})
-        if step >= total_steps:
-            break
-    pbar.close()
-    if ckpt is not None:
-        ckpt.close()
+    if config.mode == "train":
+        return trainer.fit(state, task.num_epochs)
+    ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"))
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (mode=train)")
+    state, _ = restored
+    res = evaluate(task._eval_step, state["params"], task._eval_batches, trainer)
+    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config=config.to_dict())
+    writer.write(int(state["step"]), res, prefix="eval/")
     writer.close()
-
-    rows = [r for r in history]
-    png = None
-    if rows:
-        xs = [r["step"] for r in rows]
-        png = plot_series(
-            os.path.join(workdir, "act_training.png"),
-            {"eval accuracy": (xs, [r["accuracy"] for r in rows])},
-            "step", "accuracy", title=f"ACT {task.info.get('task')} (k_max={acfg.k_max}, tau={acfg.tau})",
-            secondary={"expected steps": (xs, [r["act_expected_steps"] for r in rows]),
-                       "inner steps (while_loop)": (xs, [r["act_inner_steps"] for r in rows])},
-            secondary_label="recursion steps",
-        )
-    final = history[-1] if history else {}
-    results = {
-        "final": final,
-        "best_accuracy": max((r["accuracy"] for r in history), default=None),
-        "steps": step,
-        "train_seconds": train_s,
-        "wall_seconds": time.time() - t_start,
-        "params": n_params,
-        "info": task.info,
-        "act": dataclasses.asdict(acfg),
-        "plot": png,
-    }
-    _write_json(os.path.join(workdir, "results.json"), results)
-    print(f"act done: accuracy={final.get('accuracy')} steps={step} wall={results['wall_seconds']:.1f}s "
-          f"mean inner steps={final.get('act_inner_steps')} expected steps={final.get('act_expected_steps')}")
-    return results
-
-
-def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    res.update(step=int(state["step"]))
+    write_json(os.path.join(workdir, "eval_results.json"), res)
+    print(f"eval: {res}")
+    return res

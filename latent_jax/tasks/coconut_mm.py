@@ -87,7 +87,7 @@ def _require(path: str, key: str, hint: str) -> str:
 
 def _ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
     """Build the tiny model and dataset the :smoke presets point at (nothing downloaded)."""
-    from latent_jax.data import mm_fixtures as fx
+    from latent_jax import testing as fx
 
     fdir = config.get("fixtures_dir") or os.path.join(workdir, "fixtures")
     fam = config.model.family
@@ -428,7 +428,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     res.update(eval_data=eval_stats, history=history, mode=config.coconut_mode, eval_stage=task.test_stage,
                seconds=round(time.time() - t0, 1))
     if feats.tokens_before:
-        from latent_jax.data.hico import compression_ratio
+        from latent_jax.models.hico import compression_ratio
 
         res["video_tokens"] = {"before": feats.tokens_before, "after": feats.tokens_after,
                                "compression_ratio": compression_ratio(feats.tokens_before, feats.tokens_after)}

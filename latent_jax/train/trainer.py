@@ -212,14 +212,14 @@ class Trainer:
                        donate_argnums=0)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, state: dict) -> dict:
-        """Train config.num_epochs epochs (resuming from workdir/checkpoints), evaluating every
+    def fit(self, state: dict, num_epochs: int | None = None) -> dict:
+        """Train num_epochs (default config.num_epochs) epochs (resuming from workdir/checkpoints), evaluating every
         config.eval_every_epochs and at the end; returns task.finish's results, or
         {stopped: True, ...} when config.max_steps stopped the run (resumable)."""
         from tqdm import tqdm
 
         c, task = self.config, self.task
-        num_epochs = int(c.num_epochs)
+        num_epochs = int(c.num_epochs if num_epochs is None else num_epochs)
         ckpt = TrainCheckpointer(os.path.join(self.workdir, "checkpoints"), keep_best=int(c.keep_best),
                                  best_metric=task.best_metric, mode=task.best_mode)
         writer = MetricsWriter(self.workdir, c.get("wandb_project", ""), c.to_dict())

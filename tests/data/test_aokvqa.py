@@ -3,7 +3,7 @@
 import pytest
 
 from latent_jax.data import aokvqa as ak
-from latent_jax.data.mm_fixtures import write_aokvqa_fixture
+from latent_jax.testing import write_aokvqa_fixture
 
 ROW = {"question": "What color?", "choices": ["red", "blue", "green", "black"], "correct_choice_idx": 1,
        "direct_answers": ["blue"] * 2 + ["navy"] * 5 + ["teal"] * 3, "rationales": ["It is blue. ", " Sky."]}
@@ -36,7 +36,7 @@ def test_read(tmp_path):
 def test_read_saved_dataset_and_errors(tmp_path):
     import datasets
 
-    from latent_jax.data.mm_fixtures import aokvqa_rows
+    from latent_jax.testing import aokvqa_rows
 
     rows = aokvqa_rows(4, seed=2, split="val")
     datasets.DatasetDict({"val": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))

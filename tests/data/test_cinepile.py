@@ -6,7 +6,7 @@ import os
 import pytest
 
 from latent_jax.data import cinepile as cp
-from latent_jax.data.mm_fixtures import write_cinepile_fixture
+from latent_jax.testing import write_cinepile_fixture
 
 # choices: A) The dog  B) The man  C) The man's brother  D) Nobody  E) The woman; key B
 KEY_POS, KEY = 1, "The man"
@@ -160,7 +160,7 @@ def test_read_saved_datasets_sharded_parquet_and_hub_names(tmp_path):
     name that cannot be reached (tests run offline) and a foreign schema are one-line errors."""
     import datasets
 
-    from latent_jax.data.mm_fixtures import cinepile_rows
+    from latent_jax.testing import cinepile_rows
 
     rows = cinepile_rows(5, seed=3)
     ds = datasets.Dataset.from_list(rows)

@@ -7,7 +7,7 @@ import pytest
 from latent_jax.data.image_processing import (
     IMAGENET_MEAN, IMAGENET_STD, best_grid, internvl_tiles, phi4_grid, phi4_hd_crops, stack_hd,
 )
-from latent_jax.data.mm_fixtures import synthetic_image
+from latent_jax.testing import synthetic_image
 
 
 @pytest.mark.parametrize("hw", [(60, 150), (100, 70), (56, 56)])
@@ -31,7 +31,7 @@ def test_grids():
 
 
 def test_phi4_hd_crops_layout_and_tokens():
-    from latent_jax.data.mm_fixtures import tiny_vlm_hf_config
+    from latent_jax.testing import tiny_vlm_hf_config
     from latent_jax.models.hf_vlm import vlm_config_from_hf
 
     cfg = vlm_config_from_hf(tiny_vlm_hf_config("phi4mm").to_dict())

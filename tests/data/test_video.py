@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from latent_jax.data.mm_fixtures import write_synthetic_video
+from latent_jax.testing import write_synthetic_video
 from latent_jax.data.video import VideoError, read_frames, sample_indices, video_info
 
 

@@ -168,7 +168,7 @@ def test_tova_coconut_compiled_memory_independent_of_length(setup):
 
 def test_tova_in_vlm_generation(tmp_path_factory):
     """Video / image rows are the long part of a VLM prompt: TOVA over them, one `tova` option."""
-    from latent_jax.data.mm_fixtures import IMAGE_TOKEN_ID, make_tiny_vlm
+    from latent_jax.testing import IMAGE_TOKEN_ID, make_tiny_vlm
     from latent_jax.decoding.tova import TovaOptions
     from latent_jax.decoding.vlm import embed_prompt, generate_vlm
     from latent_jax.models.decoder import Decoder

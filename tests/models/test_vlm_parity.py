@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from latent_jax.data.mm_fixtures import IMAGE_TOKEN_ID, make_tiny_vlm
+from latent_jax.testing import IMAGE_TOKEN_ID, make_tiny_vlm
 from latent_jax.models.hf_vlm import load_vlm, save_vlm
 from latent_jax.models.multimodal import AudioNotSupportedError, VisionLanguageModel
 

@@ -30,7 +30,7 @@ def test_smoke_through_main(tmp_path, config):
     rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     train = [r for r in rows if "train/act_inner_steps" in r]
     assert train and all("train/act_expected_steps" in r for r in train)
-    assert any("eval/act_inner_steps" in r for r in rows)
+    assert any("val/act_inner_steps" in r for r in rows)
     assert os.path.isdir(os.path.join(wd, "checkpoints"))
 
 

@@ -1,4 +1,5 @@
-"""Workflow "diffusion": train or fine-tune a masked-diffusion LM (LLaDA / MDLM objective).
+"""Workflow "diffusion": train or fine-tune a masked-diffusion LM (LLaDA / MDLM objective) as a
+task of the one Trainer.
 
     python -m latent_jax.main --config=configs/diffusion_lm.py --workdir runs/dlm            # toy task
     python -m latent_jax.main --config=configs/diffusion_lm.py --workdir runs/dlm \
@@ -10,16 +11,19 @@ The loss is `decoding.diffusion.masked_diffusion_loss` (t ~ U(0,1), each token m
 p = (1 - eps) t + eps, masked CE / p); the SFT variant (task toy or sft) never masks the
 prompt. The decoder runs bidirectionally (diffusion.causal False) unless configured
 otherwise. Evaluation decodes held-out answers with `diffusion_generate` and reports token
-accuracy. Writes metrics.jsonl / TensorBoard, a loss plot, and the final model as a
-latent_jax checkpoint in WORKDIR/model (loadable by the generation CLI:
-`--strategy diffusion --mask-id ID`).
+accuracy. Training runs config.train_steps steps, evaluated every config.eval_every_steps
+(one Trainer epoch; 0 = at the end); batch i is a function of (seed, step), so a resumed run
+(config.max_steps interrupts) repeats an uninterrupted one. Writes metrics.jsonl /
+TensorBoard, a loss plot, results.json, training checkpoints, and the best model (toy / SFT:
+answer token accuracy; text: eval loss) as a latent_jax checkpoint in WORKDIR/model (loadable
+by the generation CLI: `--strategy diffusion --mask-id ID`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import time
 
 import jax
 import numpy as np
@@ -28,6 +32,9 @@ from ml_collections import ConfigDict
 from latent_jax.decoding.diffusion import DiffusionOptions, diffusion_generate, masked_diffusion_loss
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
+from latent_jax.train.checkpoint import load_any, save_model
+from latent_jax.train.metrics import plot_series, read_metrics
+from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
 
 TASKS = ("toy", "text", "sft")
 _MODEL_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -108,8 +115,6 @@ def _build(config: ConfigDict, workdir: str, rng):
         ids, valid, pm = _sft_rows(data.path, tokdir, data.seq_len)
         vocab = int(ids.max()) + 1
     if config.model.path:
-        from latent_jax.train.checkpoint import load_any
-
         mcfg, params = load_any(config.model.path)
         mcfg = mcfg.replace(dtype=config.model.dtype)
     else:
@@ -148,72 +153,93 @@ def evaluate_answers(params, mcfg: ModelConfig, ids: np.ndarray, prompt_len: int
             "decode_forward_passes": int(out.forward_passes)}
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Train (config.mode == 'train') or only evaluate ('eval') a masked-diffusion LM."""
-    import optax
-    from tqdm import tqdm
+class DiffusionTask(Task):
+    """Masked-diffusion LM for the Trainer: loss = masked_diffusion_loss with a key per step;
+    evaluation = the eval loss (and, on fixed-length SFT rows, answers decoded by diffusion)."""
 
-    from latent_jax.train.checkpoint import save_model
-    from latent_jax.train.metrics import MetricsWriter, plot_series, read_metrics
-    from latent_jax.train.optim import make_optimizer
+    name = "diffusion"
 
-    rng = jax.random.PRNGKey(config.seed)
-    rng, init_rng = jax.random.split(rng)
-    mcfg, params, (ids_tr, v_tr, pm_tr), (ids_ev, v_ev, pm_ev), mask_id, prompt_len = _build(config, workdir, init_rng)
-    d = config.diffusion
-    causal = bool(d.causal)
-    sft = pm_tr is not None and d.objective == "sft"
-    if d.objective not in ("sft", "pretrain"):
-        raise ValueError(f"diffusion.objective={d.objective!r}; use 'sft' or 'pretrain'")
-    steps = int(config.max_steps)
-    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config.to_dict())
+    def __init__(self, config: ConfigDict, workdir: str, mcfg: ModelConfig, train, evals, mask_id: int,
+                 prompt_len: int | None):
+        d = config.diffusion
+        if d.objective not in ("sft", "pretrain"):
+            raise ValueError(f"diffusion.objective={d.objective!r}; use 'sft' or 'pretrain'")
+        self.config, self.workdir, self.mcfg, self.mask_id, self.prompt_len = config, workdir, mcfg, mask_id, prompt_len
+        self.causal, self.eps = bool(d.causal), float(d.eps)
+        ids, v, pm = train
+        self.sft = pm is not None and d.objective == "sft"
+        self.train = (ids, v, pm if pm is not None else np.zeros_like(ids))
+        ids, v, pm = evals
+        self.evals = (ids, v, pm if pm is not None else np.zeros_like(ids))
+        self.total = int(config.train_steps)
+        every = int(config.get("eval_every_steps", 0) or 0)
+        self.spe = min(every, self.total) if every > 0 else self.total
+        self.num_epochs = math.ceil(self.total / self.spe)
+        self.best_metric, self.best_mode = ("answer_token_acc", "max") if prompt_len is not None else ("loss", "min")
+        self._eval_loss = jax.jit(lambda p, b: self.loss_fn(p, b, None)[1])
 
-    def loss_fn(p, ids, valid, pm, key):
-        return masked_diffusion_loss(p, ids, valid, key, config=mcfg, mask_id=mask_id,
-                                     prompt_mask=pm if sft else None, eps=float(d.eps), causal=causal)
+    def compile_key(self):
+        return ("diffusion", self.mcfg, self.mask_id, self.sft, self.eps, self.causal)
 
-    summary: dict = {"task": config.data.task, "mask_id": mask_id, "causal": causal, "objective": d.objective}
-    if config.mode == "train":
-        tx = make_optimizer(params, config.optim, steps)
-        opt_state = tx.init(params)
+    def loss_fn(self, params, batch, static):
+        key = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), batch["step"][0])
+        return masked_diffusion_loss(params, batch["ids"], batch["valid"], key, config=self.mcfg, mask_id=self.mask_id,
+                                     prompt_mask=batch["prompt_mask"] if self.sft else None, eps=self.eps,
+                                     causal=self.causal)
 
-        @jax.jit
-        def train_step(p, o, ids, valid, pm, key):
-            (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(p, ids, valid, pm, key)
-            upd, o = tx.update(g, o, p)
-            return optax.apply_updates(p, upd), o, m
+    def steps_per_epoch(self) -> int:
+        return self.spe
 
-        eval_loss = jax.jit(lambda p, ids, valid, pm, key: loss_fn(p, ids, valid, pm, key)[1])
-        pm_tr_ = pm_tr if pm_tr is not None else np.zeros_like(ids_tr)
-        pm_ev_ = pm_ev if pm_ev is not None else np.zeros_like(ids_ev)
-        rs = np.random.RandomState(config.seed)
-        B = int(config.batch_size)
-        t0 = time.time()
-        for s in tqdm(range(steps), desc="diffusion train", disable=not config.get("progress", True)):
-            idx = rs.randint(0, len(ids_tr), size=B)
-            rng, key = jax.random.split(rng)
-            params, opt_state, m = train_step(params, opt_state, ids_tr[idx], v_tr[idx], pm_tr_[idx], key)
-            if s % int(config.log_every) == 0 or s == steps - 1:
-                writer.write(s, {k: float(v) for k, v in m.items()}, prefix="train/")
-            if config.eval_every and ((s + 1) % int(config.eval_every) == 0 or s == steps - 1):
-                n = min(len(ids_ev), B * 4)
-                em = eval_loss(params, ids_ev[:n], v_ev[:n], pm_ev_[:n], jax.random.PRNGKey(s))
-                row = {k: float(v) for k, v in em.items()}
-                if prompt_len is not None:
-                    row.update(evaluate_answers(params, mcfg, ids_ev, prompt_len, mask_id, causal))
-                writer.write(s, row, prefix="eval/")
-        summary["train_seconds"] = time.time() - t0
-        save_model(os.path.join(workdir, "model"), params, mcfg,
-                   tokenizer_dir=config.model.path if config.model.path else None)
-        rows = read_metrics(workdir)
+    def train_batches(self, epoch, data_state):
+        B, (ids, v, pm) = int(self.config.batch_size), self.train
+
+        def make(i):
+            step = epoch * self.spe + i
+            idx = np.random.default_rng([int(self.config.seed), step]).integers(0, len(ids), size=B)
+            return Batch(None, {"ids": ids[idx], "valid": v[idx], "prompt_mask": pm[idx],
+                                "step": np.full((B,), step, np.int32)})
+
+        return IndexedBatches(min(self.spe, self.total - epoch * self.spe), make, data_state)
+
+    def evaluate(self, trainer, params, epoch):
+        ids, v, pm = self.evals
+        n = min(len(ids), int(self.config.batch_size) * 4)
+        batch = {"ids": ids[:n], "valid": v[:n], "prompt_mask": pm[:n], "step": np.full((n,), -1, np.int32)}
+        row = {k: float(x) for k, x in self._eval_loss(params, batch).items()}
+        if self.prompt_len is not None:
+            row.update(evaluate_answers(params, self.mcfg, ids, self.prompt_len, self.mask_id, self.causal))
+        return row, row[self.best_metric]
+
+    def export(self, trainer, params):
+        save_model(os.path.join(self.workdir, "model"), jax.device_get(params), self.mcfg,
+                   tokenizer_dir=self.config.model.path or None)
+
+    def finish(self, trainer, state, out):
+        if out["best"] is None:
+            self.export(trainer, state["params"])
+        rows = read_metrics(self.workdir)
         tr = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
         if tr:
-            plot_series(os.path.join(workdir, "loss.png"), {"train loss": tuple(zip(*tr))}, "step", "loss")
+            plot_series(os.path.join(self.workdir, "loss.png"), {"train loss": tuple(zip(*tr))}, "step", "loss")
+        return out
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """Train (config.mode == 'train') or only evaluate ('eval') a masked-diffusion LM."""
+    rng = jax.random.PRNGKey(config.seed)
+    mcfg, params, train, evals, mask_id, prompt_len = _build(config, workdir, rng)
+    task = DiffusionTask(config, workdir, mcfg, train, evals, mask_id, prompt_len)
+    summary: dict = {"task": config.data.task, "mask_id": mask_id, "causal": task.causal,
+                     "objective": config.diffusion.objective}
+    if config.mode == "train":
+        trainer = Trainer(config, task, workdir)
+        out = trainer.fit(trainer.init_state(params, task.total), task.num_epochs)
+        if out["stopped"]:
+            return out
+        summary.update(steps=out["step"], history=out["history"], best=out["best"])
+        _, params = load_any(os.path.join(workdir, "model"))
     if prompt_len is not None:
-        summary.update(evaluate_answers(params, mcfg, ids_ev, prompt_len, mask_id, causal))
+        summary.update(evaluate_answers(params, mcfg, evals[0], prompt_len, mask_id, task.causal))
         summary["chance_token_acc"] = 1.0 / config.data.base
-    writer.write(steps, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, prefix="final/")
-    writer.close()
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(workdir, "results.json"), summary)
     return summary

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.data.hico import compression_ratio, merge_clip_tokens, merge_tokens, select_video_tokens
+from latent_jax.models.hico import compression_ratio, merge_clip_tokens, merge_tokens, select_video_tokens
 
 
 def test_merge_counts_as_configured():

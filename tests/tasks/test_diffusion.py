@@ -9,13 +9,13 @@ import pytest
 
 from configs.diffusion_lm import get_config
 from latent_jax.train.checkpoint import load_any
-from latent_jax.train.diffusion_loop import run, toy_examples
+from latent_jax.tasks.diffusion import run, toy_examples
 
 
 def test_toy_task_is_learned(tmp_path):
     c = get_config()
-    c.max_steps = 250
-    c.eval_every = 0
+    c.train_steps = 250
+    c.eval_every_steps = 0
     c.progress = False
     c.data.num_train = 2048
     c.data.num_eval = 128

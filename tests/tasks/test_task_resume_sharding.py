@@ -1,0 +1,114 @@
+"""Every Trainer task other than Coconut (tests/tasks/test_coconut.py, test_mm_configs.py):
+ACT (digits), masked diffusion (toy SFT) and Medusa heads (self-distilled), each on its
+smoke preset cut to 6 updates. For each task, a run interrupted by max_steps=4 and resumed
+reproduces the uninterrupted run's per-step losses, and so does the same run on 8 fake CPU
+devices (data=2, fsdp=2, tensor=2), all three in one subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 6
+TASKS = ("act", "diffusion", "medusa")
+
+
+def task_config(name: str, max_steps: int = STEPS):
+    """The task's smoke preset with STEPS updates and a loss logged every step, stopped at
+    `max_steps` (STEPS: the whole run, stopped before the final evaluation, which these tests
+    do not need; epochs of 4 (ACT) and 3 (diffusion) steps, so a stop at 4 is mid-epoch)."""
+    sys.path.insert(0, ROOT)
+    if name == "act":
+        from configs.mnist_act import get_config
+
+        c = get_config("smoke")  # digits, 4 steps per epoch: the stop at 4 is an epoch end + 2
+    elif name == "diffusion":
+        from configs.diffusion_lm import get_config
+
+        c = get_config("smoke")
+        c.eval_every_steps = 3
+    else:
+        from configs.medusa_heads import get_config
+
+        c = get_config("smoke")
+        c.data.num_sequences = 16
+    c.train_steps = STEPS
+    c.eval_every_epochs = 100
+    c.log_every = 1
+    c.progress = False
+    c.max_steps = max_steps
+    return c
+
+
+def run_task(name: str, workdir: str, max_steps: int = STEPS, mesh=None) -> dict:
+    from latent_jax.main import resolve_workflow
+
+    c = task_config(name, max_steps)
+    if mesh:
+        c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+    return resolve_workflow(c.workflow)(c, workdir)
+
+
+def train_losses(workdir) -> dict:
+    from latent_jax.train.metrics import read_metrics
+
+    return {r["step"]: r["train/loss"] for r in read_metrics(str(workdir)) if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Per task: the uninterrupted 1-device run's losses and results."""
+    out = {}
+    for name in TASKS:
+        d = tmp_path_factory.mktemp(f"ref_{name}")
+        res = run_task(name, str(d))
+        out[name] = (train_losses(d), res)
+    return out
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_resume_equals_uninterrupted(reference, name, tmp_path):
+    part = run_task(name, str(tmp_path), max_steps=4)
+    assert part["stopped"] and part["step"] == 4
+    rest = run_task(name, str(tmp_path))
+    assert rest["stopped"] and rest["step"] == STEPS
+    ref_losses, ref_res = reference[name]
+    got = train_losses(tmp_path)
+    assert sorted(got) == sorted(ref_losses) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-5)
+    assert len(set(np.round(list(ref_losses.values()), 6))) > 1  # training moved the loss
+
+
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+    assert jax.device_count() == 8
+    from test_task_resume_sharding import TASKS, run_task, train_losses
+    out = {{}}
+    for name in TASKS:
+        wd = {workdir!r} + "/" + name
+        run_task(name, wd, mesh=(2, 2, 2))
+        out[name] = train_losses(wd)
+    print("LOSSES", json.dumps(out))
+""")
+
+
+def test_eight_fake_devices_match_one(reference, tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    code = _SCRIPT.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), workdir=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    eight = json.loads([x for x in r.stdout.splitlines() if x.startswith("LOSSES")][-1][len("LOSSES "):])
+    for name in TASKS:
+        one = reference[name][0]
+        got = {int(k): v for k, v in eight[name].items()}
+        assert sorted(got) == sorted(one) == list(range(1, STEPS + 1)), name
+        np.testing.assert_allclose([got[s] for s in sorted(got)], [one[s] for s in sorted(one)], rtol=2e-4,
+                                   err_msg=name)
