@@ -251,7 +251,7 @@ def restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: 
         tree = getattr(tree, "tree", tree)
 
         def abstract(m, s=None):
-            sh = s if s is not None else jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            sh = s if s is not None else jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh)
 
         if shardings is None:
@@ -275,6 +275,8 @@ def restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: 
     for record in hold.held:
         logger.handle(record)
     params = _to_dict(params)
+    if shardings is None and jax.process_count() > 1:  # host arrays: each process places its own shards
+        params = jax.device_get(params)
     if dtype is not None:
         params = cast_params(params, dtype)
         config = config.replace(param_dtype=str(dtype))
