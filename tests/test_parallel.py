@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,3 +73,28 @@ def test_one_vs_eight_devices_same_loss_and_grads():
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_initialize_distributed_reads_all_three_env_vars(monkeypatch):
+    """jax reads only JAX_COORDINATOR_ADDRESS ("Number of processes must be defined"); the
+    launch path reads the process count and id too, and picks gloo for CPU collectives."""
+    import latent_jax.parallel as par
+
+    seen = []
+    monkeypatch.setattr(par.jax.distributed, "initialize", lambda *a: seen.append(a))
+    monkeypatch.setattr(par.jax.config, "update", lambda k, v: seen.append((k, v)))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    par.initialize_distributed()
+    assert seen == [("jax_cpu_collectives_implementation", "gloo"), ("127.0.0.1:1234", 2, 1)]
+    monkeypatch.setenv("JAX_PROCESS_ID", "2")
+    with pytest.raises(ValueError, match=r"JAX_PROCESS_ID=2 must be in \[0, 2\)"):
+        par.initialize_distributed()
+    monkeypatch.delenv("JAX_PROCESS_ID")
+    with pytest.raises(ValueError, match="set both JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+        par.initialize_distributed()
+    monkeypatch.setenv("JAX_PROCESS_ID", "one")
+    with pytest.raises(ValueError, match="not an integer"):
+        par.initialize_distributed()
