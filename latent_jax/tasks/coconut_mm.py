@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from latent_jax import testing as fx
 from latent_jax.data.hf_datasets import is_hub_name
 from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData
 from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
@@ -87,7 +88,6 @@ def _require(path: str, key: str, hint: str) -> str:
 
 def _ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
     """Build the tiny model and dataset the :smoke presets point at (nothing downloaded)."""
-    from latent_jax import testing as fx
 
     fdir = config.get("fixtures_dir") or os.path.join(workdir, "fixtures")
     fam = config.model.family
@@ -95,6 +95,7 @@ def _ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
     if not os.path.exists(os.path.join(mdir, "config.json")):
         fx.make_tiny_vlm(fam, mdir, seed=config.seed)
     with config.unlocked():
+        config.fixtures_dir = fdir  # chained runs share these fixtures
         config.model.path = mdir
         if config.data.dataset == "cinepile":
             root = os.path.join(fdir, "cinepile")

@@ -25,9 +25,9 @@ def _config(spec: str, fx: str):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two aokvqa smoke runs: a CoT run whose validation accuracy is 0.5 after epoch 1 and
-    0.0 after epoch 2 (so the best model is epoch 1's), and a Coconut run scheduled up to 3
-    thoughts but trained for 2 epochs (stages 0 and 1)."""
+    """aokvqa smoke runs: a CoT run whose validation accuracy is 0.5 after epoch 1 and 0.0
+    after epoch 2 (so the best model is epoch 1's); a chained CoT -> Coconut run; a Coconut run
+    scheduled up to 3 thoughts but trained for 2 epochs (stages 0 and 1)."""
     from latent_jax.tasks import coconut as text_task
     from latent_jax.tasks import coconut_mm
 
@@ -53,6 +53,19 @@ def runs(tmp_path_factory):
         mp.setattr(text_task.CoconutTask, "score", score)
         c = _config("aokvqa_cot.py:smoke", fx)
         res["best"] = coconut_mm.run(c, str(out / "best"))
+    loads = []
+    real_load = coconut_mm.load_vlm_any
+
+    def load(path, *a, **kw):
+        loads.append(str(path))
+        return real_load(path, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(coconut_mm, "load_vlm_any", load)
+        c = _config("aokvqa_coconut.py:smoke", fx)
+        c.chain = "cot,coconut"
+        res["chain"] = coconut_mm.run(c, str(out / "chain"))
+        res["chain_loads"] = loads
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(text_task, "coconut_generate", gen)
         c = _config("aokvqa_coconut.py:smoke", fx)
@@ -141,3 +154,17 @@ def test_best_model_converts_to_hf_with_equal_logits(runs, tmp_path):
                                          attention_mask=jnp.asarray(mask)).logits
     assert ref.shape[-1] == V
     assert np.abs(np.asarray(got) - ref.detach().numpy()).max() <= 1e-4
+
+
+def test_chained_multimodal_runs_start_coconut_from_the_best_cot_model(runs):
+    """chain='cot,coconut': two runs in workdir/<mode>/, the Coconut run loading the CoT run's
+    best_model (an Orbax VLM checkpoint), one table and results.json for the chain."""
+    wd = runs["_out"] / "chain"
+    r = runs["chain"]
+    assert r["modes"] == ["cot", "coconut"]
+    assert set(r["test"]) == {"cot", "coconut"} and all(r["test"][m]["n"] == 2 for m in r["test"])
+    # ... the CoT run's best model scored, then loaded to start the Coconut run, whose best is scored
+    assert runs["chain_loads"][-3:] == [str(wd / m / "best_model") for m in ("cot", "cot", "coconut")]
+    assert (wd / "cot" / "best_model").is_dir() and (wd / "coconut" / "best_model").is_dir()
+    assert json.load(open(wd / "results.json"))["modes"] == ["cot", "coconut"]
+    assert os.path.exists(wd / "results_table.txt")
