@@ -33,7 +33,8 @@ from latent_jax.data.augment import AugmentConfig, affine_augment, dataset_multi
 from latent_jax.latent.act import ACTConfig, act_apply, act_loss, init_params
 from latent_jax.models import vision_tokens as vt
 from latent_jax.models.config import ModelConfig
-from latent_jax.train.checkpoint import TrainCheckpointer, load_any
+from latent_jax.models.io import load_any
+from latent_jax.train.checkpoint import TrainCheckpointer
 from latent_jax.train.metrics import MetricsWriter, plot_series
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
 

@@ -57,7 +57,6 @@ from latent_jax.latent.coconut import (
     diffusion_as_generate_output,
     thought_topk,
 )
-from latent_jax.latent.probe import frontier_probe
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
     extract_answer,
@@ -66,10 +65,11 @@ from latent_jax.latent.curriculum import (
     stage_boundaries,
     stage_changed,
 )
+from latent_jax.latent.probe import frontier_probe
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
+from latent_jax.models.io import load_any, save_model
 from latent_jax.parallel import make_mesh, param_shardings
-from latent_jax.train.checkpoint import load_any, save_model
 from latent_jax.train.metrics import plot_series, read_metrics
 from latent_jax.train.trainer import Batch, Task, Trainer, write_json
 
@@ -285,7 +285,12 @@ def build_tokenizer(config: ConfigDict, workdir: str, train_path: str):
     """(tokenizer, tokenizer dir). From load_model_path / model.path when they hold tokenizer
     files, else trained on the training texts (saved, and reused on resume)."""
     from latent_jax.data.coconut_json import load_coconut_json
-    from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, text_corpus, train_tokenizer
+    from latent_jax.data.tokenizer import (
+        add_coconut_tokens,
+        load_tokenizer,
+        text_corpus,
+        train_tokenizer,
+    )
 
     for src in (config.get("load_model_path", ""), config.model.path):
         if src and os.path.isdir(src) and any(

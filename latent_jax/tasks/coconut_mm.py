@@ -47,12 +47,16 @@ from ml_collections import ConfigDict
 from latent_jax import testing as fx
 from latent_jax.data.hf_datasets import is_hub_name
 from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData
-from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
+from latent_jax.data.tokenizer import (
+    add_coconut_tokens,
+    load_tokenizer,
+    resize_embeddings,
+)
 from latent_jax.latent.curriculum import TokenizedExample
 from latent_jax.models.hf_vlm import load_vlm_any, save_vlm, save_vlm_checkpoint
-from latent_jax.models.multimodal import VLMConfig, VisionLanguageModel
+from latent_jax.models.io import restack_layers
+from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
 from latent_jax.tasks.coconut import MODES, CoconutTask, curriculum_config, run_chain
-from latent_jax.train.checkpoint import restack_layers
 from latent_jax.train.trainer import Trainer, write_json
 
 IMAGE_PLACEHOLDER = "<image>"

@@ -29,10 +29,14 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from latent_jax.decoding.diffusion import DiffusionOptions, diffusion_generate, masked_diffusion_loss
+from latent_jax.decoding.diffusion import (
+    DiffusionOptions,
+    diffusion_generate,
+    masked_diffusion_loss,
+)
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
-from latent_jax.train.checkpoint import load_any, save_model
+from latent_jax.models.io import load_any, save_model
 from latent_jax.train.metrics import plot_series, read_metrics
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
 

@@ -30,7 +30,7 @@ from latent_jax.decoding.speculative import (
 )
 from latent_jax.models.config import ModelConfig, tiny_config
 from latent_jax.models.decoder import init_params
-from latent_jax.train.checkpoint import load_any
+from latent_jax.models.io import load_any
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
 
 
