@@ -3,9 +3,10 @@ jax.distributed (coordinator 127.0.0.1, gloo CPU collectives, 4 fake devices eac
 text Coconut smoke preset through `python -m latent_jax.main --multihost`, configured only by
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID as launch/gpu.sh documents.
 
-One test, three runs: a single-process 8-device reference (2 epochs), then the 2-process run
+Text: one test, three runs: a single-process 8-device reference (2 epochs), then the 2-process run
 for epoch 1, then the same 2 processes again with num_epochs=2, which must resume from the
 checkpoint. Losses of every step equal the reference; checkpoints and metrics are written once.
+Multimodal (A-OKVQA / InternVL smoke): 2 processes x 4 devices against 1 x 8, losses equal.
 Slow (minutes on 2 shared cores): marked `multihost`, still part of the default suite."""
 
 import json
@@ -86,3 +87,38 @@ def test_two_processes_match_one_and_resume(tmp_path):
         assert got[step] == pytest.approx(loss, rel=2e-4, abs=1e-5), (step, got, want)
     res = json.load(open(mh / "coconut" / "test" / "results.json"))
     assert 0.0 <= res["accuracy"] <= 1.0
+
+
+MM_ARGS = ["--config=configs/aokvqa_coconut.py:smoke", "--config.num_epochs=1", "--config.batch_size=8",
+           "--config.data.max_train=8", "--config.data.max_eval=8"]
+
+
+def test_multimodal_two_processes_match_one(tmp_path):
+    """The A-OKVQA (InternVL) multimodal Coconut smoke preset: 2 processes x 4 devices train
+    with the losses of 1 process x 8 devices (fixtures prebuilt once, shared by both runs)."""
+    from latent_jax import testing as fx
+
+    fixtures = tmp_path / "fixtures"
+    fx.make_tiny_vlm("internvl", str(fixtures / "tiny_internvl"), seed=0)
+    fx.write_aokvqa_fixture(str(fixtures / "aokvqa"), n_train=8, n_val=6)
+    args = [*MM_ARGS, f"--config.fixtures_dir={fixtures}"]
+    ref = tmp_path / "ref"
+    p = subprocess.run([sys.executable, "-m", "latent_jax.main", *args, f"--workdir={ref}"], cwd=ROOT, env=_env(8),
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    mh = tmp_path / "mh"
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "latent_jax.main", *args, f"--workdir={mh}", "--multihost"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                       JAX_PROCESS_ID=str(i))) for i in range(2)]
+    outs = [q.communicate(timeout=900)[0] for q in procs]
+    for q, out in zip(procs, outs):
+        assert q.returncode == 0, out[-4000:]
+
+    def losses(d):
+        return [json.loads(line)["train/loss"] for line in open(d / "metrics.jsonl") if "train/loss" in line]
+
+    want, got = losses(ref), losses(mh)
+    assert len(want) == 1 and got == pytest.approx(want, rel=2e-4)
+    assert (mh / "best_model").is_dir() and os.listdir(mh / "checkpoints") == os.listdir(ref / "checkpoints")
