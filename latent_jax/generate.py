@@ -160,7 +160,7 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
             setattr(args, name, resolve_path(getattr(args, name)))
 
     from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir
-    from latent_jax.train.checkpoint import _resolve, load_any
+    from latent_jax.models.io import load_any, resolve_checkpoint
 
     if os.path.isdir(args.model) and (is_vlm_dir(args.model) or is_vlm_checkpoint(args.model)):
         return _run_vlm(args)
@@ -169,7 +169,7 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
     over = {"dtype": args.dtype} if args.dtype else {}
     config, params = load_any(args.model, dtype=args.dtype, **over)
     _validate(args, config)
-    tokenizer = load_tokenizer(_resolve(args.model))
+    tokenizer = load_tokenizer(resolve_checkpoint(args.model))
     prompts = read_prompts(args, tokenizer, config.vocab_size)
     return get_strategy(args.strategy).run_cli(params, config, tokenizer, prompts, args)
 
@@ -177,7 +177,7 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
 def _run_vlm(args) -> list[dict[str, Any]]:
     from latent_jax.decoding.vlm import run_cli
     from latent_jax.models.hf_vlm import load_vlm_any
-    from latent_jax.train.checkpoint import _resolve
+    from latent_jax.models.io import resolve_checkpoint
 
     if not (args.image or args.video):
         raise ValueError(f"{args.model} is a vision-language model; pass --image PATH or --video PATH")
@@ -187,7 +187,7 @@ def _run_vlm(args) -> list[dict[str, Any]]:
     cfg, params, _ = load_vlm_any(args.model, dtype=args.dtype)
     if args.dtype:
         cfg = cfg.replace(text=cfg.text.replace(dtype=args.dtype))
-    return run_cli(args, cfg, params, load_tokenizer(_resolve(args.model)))
+    return run_cli(args, cfg, params, load_tokenizer(resolve_checkpoint(args.model)))
 
 
 def main(argv: list[str] | None = None) -> int:
