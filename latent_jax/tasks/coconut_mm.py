@@ -322,7 +322,7 @@ class MMCoconutTask(CoconutTask):
         return out
 
 
-def _load_model(config: ConfigDict):
+def load_model(config: ConfigDict):
     """(VLMConfig, params, unused HF tensors, tokenizer, latent ids): from an HF directory or an
     Orbax VLM checkpoint, the vocabulary grown for the Coconut tokens, the language model's
     dtype / remat / scan_layers from config.model."""
@@ -378,7 +378,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     if not is_hub_name(d.path):
         _require(d.path, "data.path", "python -m latent_jax.data.cinepile prepare --root DIR"
                  if d.dataset == "cinepile" else "the A-OKVQA v1p0 JSON directory")
-    cfg, params, unused, tok, ids = _load_model(config)
+    cfg, params, unused, tok, ids = load_model(config)
     feats = FeatureCache(cfg, params, config)
     cc = curriculum_config(config)
     B = int(config.batch_size)

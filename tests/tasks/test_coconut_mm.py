@@ -168,3 +168,25 @@ def test_chained_multimodal_runs_start_coconut_from_the_best_cot_model(runs):
     assert (wd / "cot" / "best_model").is_dir() and (wd / "coconut" / "best_model").is_dir()
     assert json.load(open(wd / "results.json"))["modes"] == ["cot", "coconut"]
     assert os.path.exists(wd / "results_table.txt")
+
+
+def test_language_model_dtype_remat_and_scan_come_from_the_config(tmp_path):
+    """model.dtype / param_dtype / remat_policy / scan_layers reach the VLM's language model
+    (a 5.6B Phi-4-MM would otherwise train in float32 without remat)."""
+    import jax
+    import jax.numpy as jnp
+
+    from latent_jax.tasks.coconut_mm import load_model
+    from latent_jax.testing import make_tiny_vlm
+
+    c = _config("aokvqa_coconut.py:smoke", "")
+    c.model.path = make_tiny_vlm("internvl", str(tmp_path / "vlm"))
+    c.model.dtype, c.model.param_dtype, c.model.remat_policy, c.model.scan_layers = "bfloat16", "bfloat16", "full", True
+    cfg, params, _, tok, ids = load_model(c)
+    t = cfg.text
+    assert (t.dtype, t.remat_policy, t.scan_layers) == ("bfloat16", "full", True)
+    lm = params["language_model"]
+    assert "layers" in lm and not any(k.startswith("layers_") for k in lm)
+    assert {x.shape[0] for x in jax.tree.leaves(lm["layers"])} == {t.num_hidden_layers}
+    assert {jnp.asarray(x).dtype for x in jax.tree.leaves(lm)} == {jnp.dtype("bfloat16")}
+    assert max(ids.start_id, ids.latent_id, ids.end_id) < t.vocab_size  # the Coconut tokens have embedding rows

@@ -1,8 +1,10 @@
-"""Every Trainer task other than Coconut (tests/tasks/test_coconut.py, test_mm_configs.py):
-ACT (digits), masked diffusion (toy SFT) and Medusa heads (self-distilled), each on its
-smoke preset cut to 6 updates. For each task, a run interrupted by max_steps=4 and resumed
-reproduces the uninterrupted run's per-step losses, and so does the same run on 8 fake CPU
-devices (data=2, fsdp=2, tensor=2), all three in one subprocess."""
+"""Every Trainer task other than text Coconut (tests/tasks/test_coconut.py): ACT (digits),
+masked diffusion (toy SFT) and Medusa heads (self-distilled), each on its smoke preset cut
+to 6 updates. For each, a run interrupted by max_steps=4 and resumed reproduces the
+uninterrupted run's per-step losses, and so does the same run on 8 fake CPU devices (data=2,
+fsdp=2, tensor=2). Multimodal Coconut (A-OKVQA smoke, 4 updates; its resume test is in
+tests/test_mm_configs.py) on 8 devices (data=2, tensor=4: its batch is 2) matches 1 device
+too. All 8-device runs share one subprocess."""
 
 import json
 import os
@@ -45,10 +47,22 @@ def task_config(name: str, max_steps: int = STEPS):
     return c
 
 
-def run_task(name: str, workdir: str, max_steps: int = STEPS, mesh=None) -> dict:
+def mm_config(fixtures: str):
+    """aokvqa_coconut:smoke (2 epochs of 2 steps: stages 0 and 1), stopped before evaluation."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("aokvqa_cfg", os.path.join(ROOT, "configs", "aokvqa_coconut.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("smoke")
+    c.fixtures_dir, c.max_steps = fixtures, 4
+    return c
+
+
+def run_task(name: str, workdir: str, max_steps: int = STEPS, mesh=None, fixtures: str = "") -> dict:
     from latent_jax.main import resolve_workflow
 
-    c = task_config(name, max_steps)
+    c = mm_config(fixtures) if name == "mm" else task_config(name, max_steps)
     if mesh:
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
     return resolve_workflow(c.workflow)(c, workdir)
@@ -68,6 +82,11 @@ def reference(tmp_path_factory):
         d = tmp_path_factory.mktemp(f"ref_{name}")
         res = run_task(name, str(d))
         out[name] = (train_losses(d), res)
+    fx = str(tmp_path_factory.mktemp("mm_fx"))
+    d = tmp_path_factory.mktemp("ref_mm")
+    res = run_task("mm", str(d), fixtures=fx)
+    out["mm"] = (train_losses(d), res)
+    out["_fx"] = fx
     return out
 
 
@@ -92,9 +111,9 @@ _SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8
     from test_task_resume_sharding import TASKS, run_task, train_losses
     out = {{}}
-    for name in TASKS:
+    for name in TASKS + ("mm",):
         wd = {workdir!r} + "/" + name
-        run_task(name, wd, mesh=(2, 2, 2))
+        run_task(name, wd, mesh=(2, 1, 4) if name == "mm" else (2, 2, 2), fixtures={fx!r})
         out[name] = train_losses(wd)
     print("LOSSES", json.dumps(out))
 """)
@@ -102,13 +121,14 @@ _SCRIPT = textwrap.dedent("""
 
 def test_eight_fake_devices_match_one(reference, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    code = _SCRIPT.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), workdir=str(tmp_path))
+    code = _SCRIPT.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), workdir=str(tmp_path),
+                          fx=reference["_fx"])
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     eight = json.loads([x for x in r.stdout.splitlines() if x.startswith("LOSSES")][-1][len("LOSSES "):])
-    for name in TASKS:
+    for name in TASKS + ("mm",):
         one = reference[name][0]
         got = {int(k): v for k, v in eight[name].items()}
-        assert sorted(got) == sorted(one) == list(range(1, STEPS + 1)), name
+        assert sorted(got) == sorted(one) == list(range(1, (4 if name == "mm" else STEPS) + 1)), name
         np.testing.assert_allclose([got[s] for s in sorted(got)], [one[s] for s in sorted(one)], rtol=2e-4,
                                    err_msg=name)
