@@ -11,7 +11,7 @@ and the curriculum fields of that run to train a Coconut policy, whose continuou
 deterministic while the tokens after them are sampled). Reward: 1 for the right answer (the
 Coconut exact match after "[A]"), optionally minus the seed's length penalty.
 
-Presets: "smoke" (toy sizes, seconds), "length" (the length penalty on: 0.2 per token past 3),
+Presets: "smoke" (toy sizes, seconds), "length" (the length penalty on: 0.2 per token past 4),
 "coconut" (a Coconut policy from a short Coconut run).
 """
 
@@ -73,7 +73,7 @@ def get_config(arg: str = "") -> ConfigDict:
         return c
     if arg == "length":
         c.rl.length_penalty.enabled = True
-        c.rl.length_penalty.threshold, c.rl.length_penalty.factor, c.rl.length_penalty.shape = 3, 0.2, "linear"
+        c.rl.length_penalty.threshold, c.rl.length_penalty.factor, c.rl.length_penalty.shape = 4, 0.2, "linear"
     elif arg == "coconut":
         c.coconut_mode = "coconut"
         c.rl.sft = ConfigDict(dict(num_epochs=4, data=ConfigDict(dict(max_train_rows=1920)), progress=False,

@@ -58,13 +58,14 @@ def cinepile_reward(text: str, row: dict, scorer: str = "official") -> float:
 
 
 def aokvqa_mc_reward(text: str, row: dict) -> float:
-    """1.0 when the response names the A-OKVQA row's correct choice, else 0.0."""
-    return float(aokvqa.mc_correct(text, row))
+    """1.0 when the response (its part after the last "###", as the A-OKVQA evaluation reads it)
+    names the row's correct choice, else 0.0."""
+    return float(aokvqa.mc_correct(aokvqa.final_answer(text), row))
 
 
 def aokvqa_da_reward(text: str, row: dict) -> float:
     """A-OKVQA direct-answer accuracy of the response: min(1, matching direct answers / 3)."""
-    return float(aokvqa.direct_answer_accuracy(text, row))
+    return float(aokvqa.direct_answer_accuracy(aokvqa.final_answer(text), row))
 
 
 # ----------------------------------------------------------------------------- format
@@ -144,7 +145,8 @@ def answer_rewards(texts: Sequence[str], refs: Sequence, lengths: Sequence[int],
         fmt = [cinepile_format_reward(t) for t in texts]
     elif task == "aokvqa_mc":
         acc = [aokvqa_mc_reward(t, r) for t, r in zip(texts, refs)]
-        fmt = [float(aokvqa.predicted_choice(t, r["choices"]) is not None) for t, r in zip(texts, refs)]
+        fmt = [float(aokvqa.predicted_choice(aokvqa.final_answer(t), r["choices"]) is not None)
+               for t, r in zip(texts, refs)]
     else:
         acc = [aokvqa_da_reward(t, r) for t, r in zip(texts, refs)]
         fmt = [float(t.strip() != "") for t in texts]

@@ -65,9 +65,14 @@ def rl_settings(config: ConfigDict) -> dict:
     if s["init"] not in INITS:
         raise ValueError(f"config.rl.init={s['init']!r}; use 'sft' (a short supervised run first) or 'model' "
                          "(start from config.load_model_path)")
-    if s["task"] != "prosqa":
-        raise ValueError(f"config.rl.task={s['task']!r}: the grpo workflow scores Coconut-format answers; use "
-                         "rl.task='prosqa' (CinePile / A-OKVQA rewards are in latent_jax.rl.rewards)")
+    from latent_jax.rl.rewards import TASKS
+
+    if s["task"] not in TASKS:
+        raise ValueError(f"config.rl.task={s['task']!r}; use one of {', '.join(TASKS)}")
+    dataset = config.get("data", {}).get("dataset", "")
+    if dataset and not s["task"].startswith(dataset):
+        raise ValueError(f"config.rl.task={s['task']!r} does not score data.dataset={dataset!r}; use rl.task="
+                         f"{'cinepile' if dataset == 'cinepile' else 'aokvqa_mc or aokvqa_da'}")
     for k in ("group_size", "prompts_per_step", "num_iterations"):
         if s[k] < 1:
             raise ValueError(f"config.rl.{k}={s[k]}; use >= 1")
@@ -93,6 +98,9 @@ def sft_config(config: ConfigDict, workdir: str) -> ConfigDict:
         sub.workflow = "coconut"
         sub.chain = ""
         sub.mode = "train"
+        if is_multimodal(config):
+            sub.workflow = "multimodal_coconut"
+            sub.fixtures_dir = config.get("fixtures_dir", "") or os.path.join(workdir, "fixtures")
         _merge(sub, config.rl.get("sft", ConfigDict()))
         if config.data.get("generate", ""):
             sub.data.generate_dir = config.data.get("generate_dir", "") or os.path.join(workdir, "data")
@@ -110,30 +118,52 @@ def start_model(config: ConfigDict, workdir: str) -> str:
         return path
     best = os.path.join(workdir, "sft", "best_model")
     if not os.path.isdir(best):
-        from latent_jax.tasks.coconut import run_single
+        if is_multimodal(config):
+            from latent_jax.tasks.coconut_mm import run_single
+        else:
+            from latent_jax.tasks.coconut import run_single
 
         print(f"== supervised start -> {os.path.join(workdir, 'sft')}", flush=True)
         run_single(sft_config(config, workdir), os.path.join(workdir, "sft"))
     return best
 
 
+def is_multimodal(config: ConfigDict) -> bool:
+    """Whether `config` is a multimodal Coconut config (CinePile video / A-OKVQA images)."""
+    return bool(config.get("data", {}).get("dataset", ""))
+
+
 # ----------------------------------------------------------------------------- prompts
 class PromptSet:
     """A split's generation prompts as fixed-shape batches (one compiled program): arrays
-    re-padded to one geometry, gold answers, and which rows are real."""
+    re-padded to one geometry, each row's reference (the gold answer text, or the data row for
+    `refs`), and which rows are real. With `embeds` (an EmbeddingSource of the multimodal
+    task, `split` its split name) each batch's image / video features are built on demand."""
 
-    def __init__(self, examples, cc, ids, pad_id: int, batch_size: int, stage: int, geom, bucket: int):
+    def __init__(self, examples, cc, ids, pad_id: int, batch_size: int, stage: int, geom, bucket: int,
+                 refs: list | None = None, embeds=None, split: str = ""):
         from latent_jax.data.pipeline import CoconutEvalData
         from latent_jax.tasks.coconut import repad
 
         ds = CoconutEvalData(examples, cc, ids, pad_id, batch_size, bucket=bucket).dataset(stage)
-        self.batches = []
+        self.batches, self.example_idx = [], []
         for i in range(len(ds)):
             eb = ds[i]
             a = repad({k: eb.arrays[k] for k in ("input_ids", "attention_mask", "latent_mask")}, eb.latent_start,
                       geom.start, geom.T, pad_id)
-            self.batches.append((a, list(eb.answers), np.asarray(eb.example_idx) >= 0))
+            idx = np.asarray(eb.example_idx)
+            r = list(eb.answers) if refs is None else [refs[j] if j >= 0 else None for j in idx]
+            self.batches.append((a, r, idx >= 0))
+            self.example_idx.append(idx)
         self.latent_start, self.num_latent, self.feedback = geom.start, geom.num_latent, cc.feedback
+        self.embeds, self.split = embeds, split
+
+    def extras(self, i: int) -> dict:
+        """rollout keyword arguments of batch i: embeds_override(_mask) for multimodal prompts."""
+        if self.embeds is None:
+            return {}
+        e = self.embeds.arrays(self.batches[i][0]["input_ids"], self.example_idx[i], self.split)
+        return {"embeds_override": e["embeds_override"], "embeds_override_mask": e["embeds_override_mask"]}
 
     def full_batches(self) -> list[int]:
         """Indices of batches without dummy rows (training draws only these)."""
@@ -154,7 +184,7 @@ def rollout_width(ps: PromptSet) -> int:
     from latent_jax.rl.rollout import left_padded
 
     a = ps.batches[0][0]
-    if ps.num_latent == 0:
+    if ps.num_latent == 0 and ps.embeds is None:
         cut = left_padded(a)
         if cut is not None:
             return int(cut["input_ids"].shape[1])
@@ -235,7 +265,9 @@ class GRPOTask(Task):
         from latent_jax.latent.curriculum import problem_format
 
         self.delimiter = problem_format(fmt_name).answer_delimiter
-        self.max_new = int(config.generation[self.mode].max_new_tokens)
+        gen = config.get("generation", None)  # text configs: per mode; multimodal: config.eval
+        self.max_new = int(gen[self.mode].max_new_tokens if gen is not None else config.eval.max_new_tokens)
+        self.scorer = str(config.get("eval", {}).get("scorer", "official")) if s["task"] == "cinepile" else "official"
         self.thought_norm = str(config.get("thought_norm", "none"))
         self.gen = dict(config=mcfg, max_new_tokens=self.max_new, stop_ids=(tok.eos_id,), pad_id=tok.pad_id,
                         feedback=train_set.feedback, thought_norm=self.thought_norm)
@@ -248,14 +280,16 @@ class GRPOTask(Task):
     def rewards(self, ro, golds) -> dict:
         s = self.s
         return answer_rewards(_texts(self.tok, ro.tokens, ro.lengths), golds, ro.lengths, task=s["task"],
-                              delimiter=self.delimiter, format_weight=s["format_weight"], penalty=s["penalty"])
+                              delimiter=self.delimiter, scorer=self.scorer, format_weight=s["format_weight"],
+                              penalty=s["penalty"])
 
     def rollout_batch(self, params, batch: Batch) -> tuple[Batch, dict]:
         s, G, ts = self.s, self.s["group_size"], self.train_set
         step = int(batch.arrays["step"])
-        a, answers, _ = ts.batches[int(batch.arrays["index"])]
+        i = int(batch.arrays["index"])
+        a, answers, _ = ts.batches[i]
         ro = rollout(params, a, ts.latent_start, ts.num_latent, jax.random.fold_in(self.rng, step), group_size=G,
-                     temperature=s["temperature"], top_p=s["top_p"], **self.gen)
+                     temperature=s["temperature"], top_p=s["top_p"], **self.gen, **ts.extras(i))
         r = self.rewards(ro, [x for x in answers for _ in range(G)])
         arrays = sequence_arrays(ro)
         arrays["advantages"] = np.asarray(group_advantages(jnp.asarray(r["reward"]), G, s["scale_rewards"]))
@@ -360,29 +394,126 @@ class GRPOTask(Task):
 def heldout(task: GRPOTask, params, ps: PromptSet) -> dict:
     """Greedy accuracy and mean generated tokens on a prompt set (task's scorer)."""
     acc, lens = [], []
-    for a, answers, real in ps.batches:
+    for i, (a, answers, real) in enumerate(ps.batches):
         ro = rollout(params, a, ps.latent_start, ps.num_latent, jax.random.PRNGKey(0), group_size=1, temperature=0.0,
-                     **task.gen)
+                     **task.gen, **ps.extras(i))
         r = task.rewards(ro, answers)
         acc += r["accuracy"][real].tolist()
         lens += ro.lengths[real].tolist()
     return {"accuracy": float(np.mean(acc)), "length": float(np.mean(lens)), "n": len(acc)}
 
 
-def run(config: ConfigDict, workdir: str) -> dict:
-    """GRPO from a supervised start (module docstring); returns results.json's dict."""
-    from absl import logging as absl_logging
-
+def _text_setup(cfg: ConfigDict, workdir: str, s: dict):
+    """Coconut-format text: (model config, params, tokenizer, curriculum, train / val / test
+    PromptSets, export function)."""
     from latent_jax.data.pipeline import load_split
     from latent_jax.latent.curriculum import problem_format, scheduled_stage
     from latent_jax.tasks.coconut import build_model, build_tokenizer, curriculum_config, eval_geometry, prepare_data
     from latent_jax.train.checkpoint import save_model
+
+    paths = prepare_data(cfg, workdir)
+    tok, tok_dir = build_tokenizer(cfg, workdir, paths["train"])
+    mcfg, params = build_model(cfg, tok)
+    cc = curriculum_config(cfg)
+    fmt = problem_format(str(cfg.data.get("format", "text")))
+    bucket = int(cfg.data.get("bucket", 16))
+    stage = int(cfg.get("eval_stage", -1))
+    stage = scheduled_stage(max(0, int(s["sft_epochs"]) - 1), cc) if stage < 0 else stage
+    bad = str(cfg.get("on_bad_row", "error"))
+
+    def load(path, max_rows):
+        return load_split(path, tok, cc, fmt=fmt, on_bad_row=bad, max_rows=max_rows or None)
+
+    exs = {"train": load(paths["train"], cfg.data.get("max_train_rows", 0)),
+           "val": load(paths["valid"], s["max_eval_rows"]), "test": load(paths["test"], s["max_eval_rows"])}
+    geom = eval_geometry([e for v in exs.values() for e in v], stage, cc, tok.latent_ids, bucket)
+    ebs = int(cfg.get("eval_batch_size", 64))
+    sets = [PromptSet(exs[k], cc, tok.latent_ids, tok.pad_id, s["prompts_per_step"] if k == "train" else ebs, stage,
+                      geom, bucket) for k in ("train", "val", "test")]
+    return mcfg, params, tok, cc, sets, lambda path, p: save_model(path, p, mcfg, tok_dir)
+
+
+def _smoke_paths(cfg: ConfigDict, workdir: str) -> None:
+    """The :smoke presets' tiny VLM and dataset (built by the supervised start, or here)."""
+    from latent_jax import testing as fx
+
+    fdir = cfg.get("fixtures_dir", "") or os.path.join(workdir, "fixtures")
+    mdir = os.path.join(fdir, f"tiny_{cfg.model.family}")
+    if not os.path.exists(os.path.join(mdir, "config.json")):
+        fx.make_tiny_vlm(cfg.model.family, mdir, seed=int(cfg.seed))
+    cfg.model.path = mdir
+    root = os.path.join(fdir, cfg.data.dataset)
+    if cfg.data.dataset == "cinepile":
+        if not os.path.exists(os.path.join(root, "test.parquet")):
+            fx.write_cinepile_fixture(root, n_train=8, n_test=6, n_clips=3, num_frames=8)
+    elif not os.path.exists(os.path.join(root, "aokvqa_v1p0_val.json")):
+        fx.write_aokvqa_fixture(root, n_train=8, n_val=6)
+    cfg.data.path = root
+    if cfg.data.dataset == "aokvqa":
+        cfg.data.coco_dir = os.path.join(root, "coco")
+
+
+def _mm_setup(cfg: ConfigDict, workdir: str, s: dict):
+    """CinePile (video) / A-OKVQA (images): the language model of the VLM is the policy, the
+    frozen vision features enter the prompts as embeds_override (tasks.coconut_mm pieces)."""
+    from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
+    from latent_jax.latent.curriculum import scheduled_stage
+    from latent_jax.models.hf_vlm import load_vlm_any, save_vlm_checkpoint
+    from latent_jax.tasks.coconut import curriculum_config, eval_geometry
+    from latent_jax.tasks.coconut_mm import FeatureCache, MMEmbeds, load_items, tokenize_items
+
+    if cfg.get("smoke"):
+        _smoke_paths(cfg, workdir)
+    src = cfg.load_model_path
+    vcfg, vparams, unused = load_vlm_any(src, dtype=cfg.model.param_dtype)
+    has_tok = any(os.path.exists(os.path.join(src, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+    tok_dir = src if has_tok else cfg.model.path
+    tok = load_tokenizer(tok_dir)
+    ids = add_coconut_tokens(tok)
+    lm, text = vparams["language_model"], vcfg.text
+    if tok.vocab_size > text.vocab_size:
+        lm, text = resize_embeddings(lm, text, tok.vocab_size)
+    vcfg = vcfg.replace(text=text.replace(dtype=cfg.model.dtype, remat_policy=cfg.model.remat_policy))
+    vparams = dict(vparams, language_model=lm)
+    feats = FeatureCache(vcfg, vparams, cfg)
+    d = cfg.data
+    train_items, _ = load_items(cfg, d.train_split)
+    eval_items, _ = load_items(cfg, d.eval_split)
+    if d.get("max_train"):
+        train_items = train_items[: int(d.max_train)]
+    if d.get("max_eval"):
+        eval_items = eval_items[: int(d.max_eval)]
+    hold = int(d.get("val_holdout", 0) or 0)
+    items = {"train": train_items[hold:], "val": train_items[:hold] if hold else eval_items, "test": eval_items}
+    tokd = {k: tokenize_items(v, tok, feats, vcfg.image_token_id) for k, v in items.items()}
+    embeds = MMEmbeds({k: f for k, (_, f) in tokd.items()}, vcfg.image_token_id, vcfg.text.hidden_size)
+    cc = curriculum_config(cfg)
+    stage = int(cfg.eval.get("stage", -1))
+    stage = scheduled_stage(max(0, int(s["sft_epochs"]) - 1), cc) if stage < 0 else stage
+    bucket = int(d.get("bucket", 16))
+    geom = eval_geometry([e for v in tokd.values() for e in v[0]], stage, cc, ids, bucket)
+    bs = int(cfg.batch_size)
+    sets = [PromptSet(tokd[k][0], cc, ids, tok.pad_id, s["prompts_per_step"] if k == "train" else bs, stage, geom,
+                      bucket, refs=[it.row for it in items[k]], embeds=embeds, split=k) for k in ("train", "val", "test")]
+
+    def export(path, p):
+        save_vlm_checkpoint(path, dict(vparams, language_model=p), vcfg, unused, tokenizer_dir=tok_dir)
+
+    return vcfg.text, lm, tok, cc, sets, export
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+    """GRPO from a supervised start (module docstring); returns results.json's dict."""
+    from absl import logging as absl_logging
 
     if not config.get("verbose", False):
         absl_logging.set_verbosity(absl_logging.WARNING)
     if config.mode not in ("train", "eval"):
         raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
     s = rl_settings(config)
+    # the curriculum stage the start model was trained to (the policy's prompts are at it)
+    sft = config.rl.get("sft", {}) if s["init"] == "sft" else {}
+    s["sft_epochs"] = int(sft.get("num_epochs", config.num_epochs))
     os.makedirs(workdir, exist_ok=True)
     t_wall, t_cpu = time.time(), time.process_time()
     start = start_model(config, workdir)
@@ -392,35 +523,18 @@ def run(config: ConfigDict, workdir: str) -> dict:
         cfg.load_model_path = start
         if config.data.get("generate", ""):
             cfg.data.generate_dir = config.data.get("generate_dir", "") or os.path.join(workdir, "data")
+        if is_multimodal(config):
+            cfg.fixtures_dir = config.get("fixtures_dir", "") or os.path.join(workdir, "fixtures")
         # one Trainer "epoch" per evaluation: rl.steps updates in rl.steps / rl.eval_every epochs
         cfg.num_epochs = -(-s["steps"] // max(1, s["eval_every"]))
         cfg.eval_every_epochs = 1
         cfg.log_every = 1
         cfg.max_steps = 0
-    paths = prepare_data(cfg, workdir)
-    tok, tok_dir = build_tokenizer(cfg, workdir, paths["train"])
-    mcfg, params = build_model(cfg, tok)
-    cc = curriculum_config(cfg)
-    fmt = problem_format(str(cfg.data.get("format", "text")))
-    bucket = int(cfg.data.get("bucket", 16))
-    stage = int(cfg.get("eval_stage", -1))
-    stage = scheduled_stage(max(0, int(config.num_epochs) - 1), cc) if stage < 0 else stage
-    bad = str(cfg.get("on_bad_row", "error"))
-
-    def load(path, max_rows):
-        return load_split(path, tok, cc, fmt=fmt, on_bad_row=bad, max_rows=max_rows or None)
-
-    train_ex = load(paths["train"], cfg.data.get("max_train_rows", 0))
-    val_ex, test_ex = load(paths["valid"], s["max_eval_rows"]), load(paths["test"], s["max_eval_rows"])
-    geom = eval_geometry(list(train_ex) + list(val_ex) + list(test_ex), stage, cc, tok.latent_ids, bucket)
-    ebs = int(cfg.get("eval_batch_size", 64))
-    train_set = PromptSet(train_ex, cc, tok.latent_ids, tok.pad_id, s["prompts_per_step"], stage, geom, bucket)
-    val_set = PromptSet(val_ex, cc, tok.latent_ids, tok.pad_id, ebs, stage, geom, bucket)
-    test_set = PromptSet(test_ex, cc, tok.latent_ids, tok.pad_id, ebs, stage, geom, bucket)
+        setup = _mm_setup if is_multimodal(config) else _text_setup
+        mcfg, params, tok, cc, (train_set, val_set, test_set), export = setup(cfg, workdir, s)
     if not train_set.full_batches():
         raise ValueError(f"the training split has fewer than rl.prompts_per_step={s['prompts_per_step']} prompts; "
                          "lower rl.prompts_per_step")
-    export = lambda path, p: save_model(path, p, mcfg, tok_dir)  # noqa: E731
 
     start_path = os.path.join(workdir, "start_eval.json")
     task = GRPOTask(cfg, workdir, s, mcfg, tok, cc, train_set, val_set, test_set, export, start, {})

@@ -72,6 +72,7 @@ def test_aokvqa_rewards():
     assert R.aokvqa_mc_reward("dog", row) == 1.0
     assert R.aokvqa_mc_reward("B", row) == 1.0
     assert R.aokvqa_mc_reward("cat", row) == 0.0
+    assert R.aokvqa_mc_reward("the cat sat on the mat\n### dog", row) == 1.0  # the answer after "###"
     assert R.aokvqa_da_reward("dog", row) == pytest.approx(2 / 3)
     assert R.aokvqa_da_reward("puppy", row) == 1.0
 
