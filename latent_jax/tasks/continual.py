@@ -21,7 +21,6 @@ their new-task curves in one plasticity.png.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import time
@@ -40,48 +39,6 @@ from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write
 
 VARIANTS = ("bp", "cbp", "l2", "snp")
 VARIANT_TITLES = {"bp": "backprop", "cbp": "continual backprop", "l2": "L2", "snp": "shrink & perturb"}
-
-
-# ============================================================================ the trainer hook
-class ContinualTrainer(Trainer):
-    """The Trainer with config.continual: the optimizer wrapped by `continual.wrap_optimizer`
-    (layers from the task's `continual_layers(params)` when it has one, else the decoder MLPs
-    matching continual.layers), and the MLP activations a task returns in its metrics under
-    `continual.ACTIVATIONS` passed to the optimizer's update instead of being logged."""
-
-    def init_state(self, params, total_updates, frozen=None, tx=None):
-        from latent_jax.train.optim import make_optimizer
-
-        c = self.config.get("continual")
-        if tx is None and c is not None:
-            tx = make_optimizer(params, self.config.optim, total_updates, frozen=frozen)
-            get_layers = getattr(self.task, "continual_layers", None)
-            layers = get_layers(params) if get_layers is not None and c.get("enabled", False) else None
-            tx = C.wrap_optimizer(tx, params, c, layers)
-            state = super().init_state(params, total_updates, frozen, tx)
-            self.tx_key = json.dumps([self.config.optim.to_dict(), c.to_dict(), int(total_updates)], sort_keys=True)
-            return state
-        return super().init_state(params, total_updates, frozen, tx)
-
-    def _compile(self, static, sig):
-        from latent_jax.parallel import batch_sharding, replicated
-
-        task, tx = self.task, self.tx
-
-        def step(state, batch):
-            (loss, aux), grads = jax.value_and_grad(lambda p: task.loss_fn(p, batch, static), has_aux=True)(
-                state["params"])
-            aux = dict(aux)
-            acts = aux.pop(C.ACTIVATIONS, None)
-            extra = {"activations": acts} if acts is not None and C.cbp_state(state["opt_state"]) is not None else {}
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"], **extra)
-            params = optax.apply_updates(state["params"], updates)
-            metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
-            return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-        bsh = {k: batch_sharding(self.mesh, nd) for k, nd in sig}
-        return jax.jit(step, in_shardings=(self._sh, bsh), out_shardings=(self._sh, replicated(self.mesh)),
-                       donate_argnums=0)
 
 
 # ============================================================================ model and one task
@@ -368,7 +325,7 @@ def run_one(config: ConfigDict, workdir: str) -> dict:
         config.num_epochs = seq.num_epochs
     x0 = tasks[0].data.x_train[:1]
     params = jax.jit(model.init)(jax.random.PRNGKey(int(config.seed)), x0)["params"]
-    trainer = ContinualTrainer(config, seq, workdir)
+    trainer = Trainer(config, seq, workdir)
     state = trainer.init_state(params, seq.num_epochs * seq.steps_per_epoch())
     t0, c0 = time.time(), time.process_time()
     res = trainer.fit(state)

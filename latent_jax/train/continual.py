@@ -451,3 +451,27 @@ def cbp_state(opt_state: Any) -> CBPState | None:
     found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, CBPState))
              if isinstance(s, CBPState)]
     return found[0] if found else None
+
+
+# ------------------------------------------------------------------ the Trainer's hooks
+def trainer_optimizer(tx: optax.GradientTransformation, params: Any, config: Any, task: Any = None
+                      ) -> tuple[optax.GradientTransformation, str]:
+    """(tx wrapped per config.continual, a key for the compile cache). Continual backprop's
+    layers come from task.continual_layers(params) when the task defines it (plain MLPs),
+    else from the decoder MLPs matching continual.layers."""
+    c = config.get("continual") if hasattr(config, "get") else None
+    if c is None:
+        return tx, ""
+    layers = None
+    if bool(_get(c, "enabled", False)) and hasattr(task, "continual_layers"):
+        layers = task.continual_layers(params)
+    d = c.to_dict() if hasattr(c, "to_dict") else dict(c)
+    return wrap_optimizer(tx, params, c, layers), repr(sorted(d.items()))
+
+
+def update_extras(aux: dict, opt_state: Any) -> dict:
+    """Pops the activations a loss_fn returned under ACTIVATIONS from its metrics `aux` and
+    returns the optimizer update's extra arguments ({'activations': ...} when continual
+    backprop is on)."""
+    acts = aux.pop(ACTIVATIONS, None)
+    return {"activations": acts} if acts is not None and cbp_state(opt_state) is not None else {}

@@ -63,6 +63,7 @@ from ml_collections import ConfigDict
 
 from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated
 from latent_jax.train.checkpoint import TrainCheckpointer
+from latent_jax.train.continual import trainer_optimizer, update_extras
 from latent_jax.train.metrics import MetricsWriter
 from latent_jax.train.optim import make_optimizer
 
@@ -162,8 +163,9 @@ class Trainer:
         or with the given `tx`."""
         if tx is None:
             tx = make_optimizer(params, self.config.optim, total_updates, frozen=frozen)
+            tx, continual_key = trainer_optimizer(tx, params, self.config, self.task)  # config.continual
             self.tx_key = json.dumps([self.config.optim.to_dict(), int(total_updates),
-                                      _frozen_labels(params, frozen)], sort_keys=True, default=str)
+                                      _frozen_labels(params, frozen), continual_key], sort_keys=True, default=str)
         else:
             self.tx_key = str(id(tx))
         self.tx = tx
@@ -202,7 +204,9 @@ class Trainer:
         def step(state, batch):
             (loss, aux), grads = jax.value_and_grad(lambda p: task.loss_fn(p, batch, static), has_aux=True)(
                 state["params"])
-            updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+            aux = dict(aux)
+            extras = update_extras(aux, state["opt_state"])  # MLP activations for continual backprop
+            updates, opt_state = tx.update(grads, state["opt_state"], state["params"], **extras)
             params = optax.apply_updates(state["params"], updates)
             metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
             return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
