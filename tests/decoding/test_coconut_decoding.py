@@ -166,24 +166,47 @@ def test_tova_coconut_compiled_memory_independent_of_length(setup):
     assert grow_tova <= 4 * B * 4 * 80 < slot_bytes * 80
 
 
-def test_tova_in_vlm_generation(tmp_path_factory):
-    """Video / image rows are the long part of a VLM prompt: TOVA over them, one `tova` option."""
-    from latent_jax.testing import IMAGE_TOKEN_ID, make_tiny_vlm
-    from latent_jax.decoding.tova import TovaOptions
-    from latent_jax.decoding.vlm import embed_prompt, generate_vlm
-    from latent_jax.models.decoder import Decoder
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    """A tiny InternVL-style VLM, a prompt with 12 media rows, and its plain greedy generation."""
+    from latent_jax.decoding.vlm import generate_vlm
     from latent_jax.models.hf_vlm import load_vlm
-    from latent_jax.models.layers import KVCache
+    from latent_jax.testing import IMAGE_TOKEN_ID, make_tiny_vlm
 
     vcfg, vparams = load_vlm(make_tiny_vlm("internvl", str(tmp_path_factory.mktemp("tova_vlm")), with_tokenizer=False))
     vparams = jax.tree.map(lambda x: x * 4.0 if x.ndim == 2 else x, vparams)  # sharper attention: no near-ties
-    n_media, new = 12, 8
+    n_media = 12
     prompt = [1, 9, 10] + [IMAGE_TOKEN_ID] * n_media + [11, 12]
     ids = jnp.asarray([prompt], jnp.int32)
     feats = jnp.asarray(np.random.default_rng(0).standard_normal((n_media, vcfg.text.hidden_size)), jnp.float32)
+    full = generate_vlm(vparams, ids, jnp.ones_like(ids), feats, jax.random.PRNGKey(0), SamplingParams.make(0.0),
+                        NO_STOP, cfg=vcfg, max_new_tokens=8)
+    return vcfg, vparams, prompt, ids, feats, full
+
+
+def test_typical_acceptance_in_vlm_generation(vlm):
+    from latent_jax.decoding.speculative import TypicalOptions, init_heads
+    from latent_jax.decoding.vlm import generate_vlm
+
+    vcfg, vparams, prompt, ids, feats, full = vlm
+    heads = init_heads(vcfg.text, 2, 0, base_params=vparams["language_model"])
+    out = generate_vlm(vparams, ids, jnp.ones_like(ids), feats, jax.random.PRNGKey(0), SamplingParams.make(0.0),
+                       NO_STOP, cfg=vcfg, max_new_tokens=8, medusa=(heads, TypicalOptions(tree_topk=2, num_paths=2)))
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(full.tokens))
+    assert 1 <= int(out.steps[0]) <= 7
+
+
+def test_tova_in_vlm_generation(vlm):
+    """Video / image rows are the long part of a VLM prompt: TOVA over them, one `tova` option."""
+    from latent_jax.decoding.tova import TovaOptions
+    from latent_jax.decoding.vlm import embed_prompt, generate_vlm
+    from latent_jax.models.decoder import Decoder
+    from latent_jax.models.layers import KVCache
+
+    vcfg, vparams, prompt, ids, feats, full = vlm
+    new = 8
     sp, key = SamplingParams.make(0.0), jax.random.PRNGKey(0)
     kw = dict(cfg=vcfg, max_new_tokens=new)
-    full = generate_vlm(vparams, ids, jnp.ones_like(ids), feats, key, sp, NO_STOP, **kw)
     big = generate_vlm(vparams, ids, jnp.ones_like(ids), feats, key, sp, NO_STOP, tova=TovaOptions(cache_size=64), **kw)
     np.testing.assert_array_equal(np.asarray(big.tokens), np.asarray(full.tokens))
     C = 6
