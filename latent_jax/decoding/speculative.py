@@ -259,7 +259,8 @@ def candidate_tree(num_paths: int, depth: int) -> dict[str, np.ndarray]:
     return {"mask": mask, "depth": dep, "parent": parent, "node": node}
 
 
-def _generate_row(params, heads, ids, mask, rng, sp, stop_ids, *, config, max_new_tokens, opts, top_k, pad_id):
+def _generate_row(params, heads, ids, mask, rng, sp, stop_ids, emb=None, *, config, max_new_tokens, opts, top_k,
+                  pad_id):
     model = Decoder(config)
     N = opts.num_heads or num_heads_of(heads)
     T = ids.shape[0]
@@ -268,7 +269,10 @@ def _generate_row(params, heads, ids, mask, rng, sp, stop_ids, *, config, max_ne
     tree = candidate_tree(P, N) if one_pass else None
     S = T + max_new_tokens + (1 + P * N if one_pass else N + 1)
     cache = KVCache.init(config, 1, S)
-    out = model.apply({"params": params}, ids[None], attention_mask=mask[None], cache=cache)
+    if emb is None:
+        out = model.apply({"params": params}, ids[None], attention_mask=mask[None], cache=cache)
+    else:  # prompt embeddings (VLM: image / video rows spliced in)
+        out = model.apply({"params": params}, inputs_embeds=emb[None], attention_mask=mask[None], cache=cache)
     p_last = jnp.sum(mask).astype(jnp.int32) - 1
     rng, sub = jax.random.split(rng)
     t0 = sample_logits(out.logits[:, -1], sub, sp, top_k)[0]
@@ -349,9 +353,11 @@ def _generate_row(params, heads, ids, mask, rng, sp, stop_ids, *, config, max_ne
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "opts", "top_k"))
 def typical_generate(params: dict, heads: dict, input_ids: Array, attention_mask: Array, rng: Array,
                      sp: SamplingParams, stop_ids: Array, *, config: ModelConfig, max_new_tokens: int,
-                     opts: TypicalOptions = TypicalOptions(), top_k: int = 0, pad_id: int = 0) -> TypicalOutput:
+                     opts: TypicalOptions = TypicalOptions(), top_k: int = 0, pad_id: int = 0,
+                     inputs_embeds: Array | None = None) -> TypicalOutput:
     """Generate up to max_new_tokens for left-padded prompts (B, T) with Medusa heads and
-    typical acceptance (exact greedy matching at temperature 0)."""
+    typical acceptance (exact greedy matching at temperature 0). inputs_embeds (B, T, D), when
+    given, replace the prompt's token embeddings (VLM prompts, see vlm.generate_vlm)."""
     if opts.num_heads > num_heads_of(heads):
         raise ValueError(f"TypicalOptions.num_heads={opts.num_heads} but only {num_heads_of(heads)} heads were given")
     N = opts.num_heads or num_heads_of(heads)
@@ -365,8 +371,8 @@ def typical_generate(params: dict, heads: dict, input_ids: Array, attention_mask
     rngs = jax.random.split(rng, B)
     fn = functools.partial(_generate_row, config=config, max_new_tokens=max_new_tokens, opts=opts, top_k=top_k,
                            pad_id=pad_id)
-    tokens, lengths, steps, acc = jax.vmap(fn, in_axes=(None, None, 0, 0, 0, None, None))(
-        params, heads, input_ids, attention_mask, rngs, sp, stop_ids)
+    tokens, lengths, steps, acc = jax.vmap(fn, in_axes=(None, None, 0, 0, 0, None, None, 0))(
+        params, heads, input_ids, attention_mask, rngs, sp, stop_ids, inputs_embeds)
     N = opts.num_heads or num_heads_of(heads)
     return TypicalOutput(tokens=tokens, lengths=lengths, steps=steps, accepted=acc, drafted=jnp.asarray(N))
 

@@ -32,6 +32,7 @@ from latent_jax.decoding.sampling import (
     needs_long_switch,
     sample_logits,
 )
+from latent_jax.decoding.speculative import TypicalOptions, TypicalOutput, typical_generate
 from latent_jax.decoding.tova import TovaOptions, TovaOutput, tova_generate
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -130,20 +131,30 @@ def _check_length(cfg: VLMConfig, total: int) -> None:
 
 def generate_vlm(params: dict, input_ids: Array, attention_mask: Array, features: Array, rng: Array,
                  sp: SamplingParams, stop_ids: Array, *, cfg: VLMConfig, max_new_tokens: int, top_k: int = 0,
-                 pad_id: int = 0, tova: TovaOptions | None = None,
-                 head_weights: Array | None = None) -> GenerateOutput | TovaOutput:
+                 pad_id: int = 0, tova: TovaOptions | None = None, head_weights: Array | None = None,
+                 medusa: tuple[dict, TypicalOptions] | None = None) -> GenerateOutput | TovaOutput | TypicalOutput:
     """Batched KV-cached generation for left-padded prompts whose image tokens take `features`
     rows in row-major order (features from `media_features` / VisionLanguageModel).
 
     tova: decode with a TOVA cache of tova.budget(T + max_new_tokens) slots instead of the
     full cache (the `cache.policy: tova` config): the prompt, video tokens included, is
     prefilled whole and cut to the budget by its last token's attention, then every step
-    evicts one slot (see decoding/tova.py); returns a TovaOutput."""
+    evicts one slot (see decoding/tova.py); returns a TovaOutput.
+    medusa: (heads, TypicalOptions): typical-acceptance speculative decoding with Medusa heads
+    trained on the language model (decoding/speculative.py); returns a TypicalOutput."""
     try:  # the longest real prompt; under an outer jit only the padded width is known
         longest = int(np.asarray(attention_mask).sum(-1).max())
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         longest = input_ids.shape[1]
     _check_length(cfg, longest + max_new_tokens)
+    if tova is not None and medusa is not None:
+        raise ValueError("pass tova or medusa, not both: typical acceptance keeps the full cache")
+    if medusa is not None:
+        heads, opts = medusa
+        emb = _embed_jit(params, cfg, jnp.asarray(input_ids), jnp.asarray(features))
+        return typical_generate(params["language_model"], heads, input_ids, attention_mask, rng, sp, stop_ids,
+                                config=cfg.text, max_new_tokens=max_new_tokens, opts=opts, top_k=top_k, pad_id=pad_id,
+                                inputs_embeds=emb)
     if tova is not None:
         emb = _embed_jit(params, cfg, jnp.asarray(input_ids), jnp.asarray(features))
         return tova_generate(params["language_model"], input_ids, attention_mask, rng, sp, stop_ids, config=cfg.text,
