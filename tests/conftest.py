@@ -29,3 +29,27 @@ def tiny_hf_dir(tmp_path_factory):
         return made[key]
 
     return make
+
+
+# The second tier: minutes-long end-to-end runs (multi-process, 8-device subprocesses, VLM
+# smokes through main). The README's test command runs everything else (`-m "not slow"`);
+# .ci/run runs this tier right after it (`-m slow`). Listed here, in one place, so the split
+# is visible and a new slow test is added deliberately.
+SLOW = (
+    "tests/test_multihost.py::",
+    "tests/tasks/test_task_resume_sharding.py::test_eight_fake_devices_match_one",
+    "tests/test_mm_configs.py::test_cinepile_coconut_smoke_through_main",
+    "tests/test_generate_cli.py::test_vlm_video_equals_direct_call_and_checkpoint",
+    "tests/test_no_torch.py::test_smoke_presets_and_export_run_without_torch",
+    "tests/tasks/test_act.py::test_smoke_through_main",
+    "tests/train/test_continual_sharded.py::",
+    "tests/tasks/test_coconut.py::test_eight_fake_devices_match_one",
+    "tests/models/test_prefix_cache.py::test_prefix_cache_equals_concatenated_cache[False]",
+    "tests/decoding/test_diffusion.py::test_caches_exact_on_causal_model_and_after_prefix",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)

@@ -71,6 +71,7 @@ from latent_jax.models.decoder import init_params
 from latent_jax.models.io import load_any, save_model
 from latent_jax.parallel import make_mesh, param_shardings
 from latent_jax.train.metrics import plot_series, read_metrics
+from latent_jax.paths import write_text
 from latent_jax.train.trainer import Batch, Task, Trainer, write_json
 
 log = logging.getLogger(__name__)
@@ -154,10 +155,8 @@ def run_chain(config: ConfigDict, workdir: str, modes: list[str], run_one: Calla
         "plot": plot,
         "probe": probe,
     }
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    with open(os.path.join(workdir, "results_table.txt"), "w") as f:
-        f.write(table + "\n")
+    write_json(os.path.join(workdir, "results.json"), summary)
+    write_text(os.path.join(workdir, "results_table.txt"), table + "\n")
     return summary
 
 
@@ -730,8 +729,8 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
                                   bucket=bucket)
     task = CoconutTask(config, workdir, mcfg, tok, cc, train_data, eval_set(paths["valid"], "valid"), test_data, export,
                        test_stage=int(config.eval_stage))
-    with open(os.path.join(workdir, "stages.json"), "w") as f:
-        json.dump({"boundaries": stage_boundaries(task.num_epochs, cc), "final_stage": task.final_stage}, f)
+    write_json(os.path.join(workdir, "stages.json"),
+               {"boundaries": stage_boundaries(task.num_epochs, cc), "final_stage": task.final_stage})
     trainer = Trainer(config, task, workdir)
     accum = int(config.optim.get("grad_accum", 1) or 1)
     state = trainer.init_state(params, max(1, task.num_epochs * train_data.steps_per_epoch // accum))

@@ -61,6 +61,7 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from latent_jax import paths
 from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated
 from latent_jax.train.checkpoint import TrainCheckpointer
 from latent_jax.train.continual import trainer_optimizer, update_extras
@@ -133,12 +134,9 @@ class IndexedBatches:
 
 
 def write_json(path: str, obj: Any) -> str:
-    """Write JSON atomically (a temporary file renamed over `path`)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+    """Write JSON through the path layer: atomically for local paths, one upload for URIs
+    (gs://...), and only on process 0 of a multi-host run (no two hosts race on one file)."""
+    return paths.write_json(path, obj)
 
 
 _STEP_CACHE: dict[tuple, Any] = {}  # jitted train steps shared by runs in one process
@@ -153,7 +151,7 @@ class Trainer:
         self.tx: optax.GradientTransformation | None = None
         self.tx_key = ""
         self._sh = None
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
 
     # ------------------------------------------------------------------ state
     def init_state(self, params: Any, total_updates: int, frozen: Callable[[str], bool] | None = None,
