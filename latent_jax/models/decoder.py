@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from latent_jax.models.config import ModelConfig
-from latent_jax.models.layers import DecoderLayer, KVCache, RMSNorm, _dense
+from latent_jax.models.layers import DecoderLayer, KVCache, RMSNorm, dense
 
 Array = jax.Array
 
@@ -93,7 +93,7 @@ class Decoder(nn.Module):
             self.layers = [layer_cls(cfg) for _ in range(cfg.num_hidden_layers)]
         self.norm = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype)
         if not cfg.tie_word_embeddings:
-            self.lm_head = _dense(cfg.vocab_size, False, cfg, "lm_head")
+            self.lm_head = dense(cfg.vocab_size, False, cfg, "lm_head")
 
     # ----------------------------------------------------------------- pieces
     def embed(self, input_ids: Array) -> Array:

@@ -202,7 +202,7 @@ def attention_mask_from_positions(
 
 
 # ------------------------------------------------------------------------ attention
-def _dense(features: int, bias: bool, cfg: ModelConfig, name: str) -> nn.Dense:
+def dense(features: int, bias: bool, cfg: ModelConfig, name: str) -> nn.Dense:
     return nn.Dense(
         features,
         use_bias=bias,
@@ -236,12 +236,12 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         if cfg.fused_qkv:
-            qkv = _dense(cfg.q_size + 2 * cfg.kv_size, cfg.attention_bias, cfg, "qkv_proj")(x)
+            qkv = dense(cfg.q_size + 2 * cfg.kv_size, cfg.attention_bias, cfg, "qkv_proj")(x)
             q, k, v = jnp.split(qkv, [cfg.q_size, cfg.q_size + cfg.kv_size], axis=-1)
         else:
-            q = _dense(cfg.q_size, cfg.attention_bias, cfg, "q_proj")(x)
-            k = _dense(cfg.kv_size, cfg.attention_bias, cfg, "k_proj")(x)
-            v = _dense(cfg.kv_size, cfg.attention_bias, cfg, "v_proj")(x)
+            q = dense(cfg.q_size, cfg.attention_bias, cfg, "q_proj")(x)
+            k = dense(cfg.kv_size, cfg.attention_bias, cfg, "k_proj")(x)
+            v = dense(cfg.kv_size, cfg.attention_bias, cfg, "v_proj")(x)
         q = q.reshape(B, T, H, D)
         k = k.reshape(B, T, Hkv, D)
         v = v.reshape(B, T, Hkv, D)
@@ -304,7 +304,7 @@ class Attention(nn.Module):
         else:
             out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(v_all.dtype), v_all)
         out = out.reshape(B, T, H * D)
-        out = _dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
+        out = dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
         attn_last = probs[:, :, :, -1, :].reshape(B, H, -1)
         return out, new_cache, attn_last
 
@@ -317,16 +317,16 @@ class MLP(nn.Module):
         cfg = self.config
         act = ACTIVATIONS[cfg.hidden_act]
         if cfg.fused_gate_up:
-            gu = _dense(2 * cfg.intermediate_size, cfg.mlp_bias, cfg, "gate_up_proj")(x)
+            gu = dense(2 * cfg.intermediate_size, cfg.mlp_bias, cfg, "gate_up_proj")(x)
             gate, up = jnp.split(gu, 2, axis=-1)
         else:
-            gate = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "gate_proj")(x)
-            up = _dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "up_proj")(x)
+            gate = dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "gate_proj")(x)
+            up = dense(cfg.intermediate_size, cfg.mlp_bias, cfg, "up_proj")(x)
         h = act(gate) * up
         # the hidden units' activations, for continual backprop (train/continual.py); a no-op
         # unless apply() is called with mutable=['intermediates']
         self.sow("intermediates", "hidden", h)
-        return _dense(cfg.hidden_size, cfg.mlp_bias, cfg, "down_proj")(h)
+        return dense(cfg.hidden_size, cfg.mlp_bias, cfg, "down_proj")(h)
 
 
 class DecoderLayer(nn.Module):
