@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 
 from latent_jax.models.config import HF_CONFIG_FIX, ConfigError, ModelConfig, read_json_object
+from latent_jax.models.decoder import init_params
+from latent_jax.models.safetensors_np import SafetensorsError, cast_for_save, load_file, save_file
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -73,8 +75,6 @@ def _get(tree: dict, path: Iterable[str]):
 def expected_shapes(cfg: ModelConfig, prefix: str = "model.") -> dict[str, tuple[int, ...]]:
     """HF tensor name -> shape for `cfg` (torch layout)."""
     import jax
-
-    from latent_jax.models.decoder import init_params
 
     shapes = jax.eval_shape(lambda: init_params(cfg.replace(scan_layers=False), 0))
     shapes = jax.tree.map(lambda s: np.empty(s.shape, np.float32), shapes)
@@ -165,8 +165,6 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
     """All tensors of an HF directory: model.safetensors, or shards listed in
     model.safetensors.index.json, as numpy arrays in their stored dtype (bf16 stays bf16, as
     ml_dtypes.bfloat16). Read with numpy alone: torch is not needed."""
-    from latent_jax.models.safetensors_np import SafetensorsError, load_file
-
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
     if os.path.exists(index):
@@ -216,8 +214,6 @@ def save_hf(
 ) -> None:
     """Write safetensors (sharded with an index past max_shard_bytes) + config.json (+ tokenizer
     and generation_config) that transformers' AutoModelForCausalLM.from_pretrained loads."""
-    from latent_jax.models.safetensors_np import cast_for_save, save_file
-
     os.makedirs(out_dir, exist_ok=True)
     state = params_to_hf(params, cfg)
     dtype_name = dtype or ("float32" if cfg.param_dtype == "float32" else cfg.param_dtype)

@@ -22,7 +22,10 @@ import numpy as np
 
 from latent_jax.models.config import CHECKPOINT_FIX, HF_CONFIG_FIX, ConfigError, ModelConfig, read_json_object
 from latent_jax.models.hf import WeightsError, copy_tokenizer_files, hf_to_params, params_to_hf, read_safetensors_dir
+from latent_jax.models.io import (MODEL_CONFIG_FILE, CheckpointError, cast_params, is_model_checkpoint, quiet_orbax,
+                                  read_model_config, resolve_checkpoint, restore_params, save_model)
 from latent_jax.models.multimodal import VLMConfig
+from latent_jax.models.safetensors_np import cast_for_save, load_file, save_file
 from latent_jax.models.vision import VisionConfig
 
 VLM_MODEL_TYPES = {"internvl": "internvl", "phi4_multimodal": "phi4mm"}
@@ -391,8 +394,6 @@ def merge_lora(state: dict[str, np.ndarray], hf_cfg: dict, adapter_dir: str | No
             raise WeightsError(f"{adapter_dir} is not a PEFT adapter (needs adapter_config.json + adapter_model.safetensors)")
         with open(cpath) as f:
             ac = json.load(f)
-        from latent_jax.models.safetensors_np import load_file
-
         ad = load_file(wpath)
         scale = float(ac.get("lora_alpha", ac["r"])) / float(ac["r"])
         n = 0
@@ -446,8 +447,6 @@ def save_vlm(
 ) -> None:
     """Write model.safetensors + config.json (+ tokenizer and processor files) that
     transformers loads as InternVLForConditionalGeneration / Phi4MultimodalForCausalLM."""
-    from latent_jax.models.safetensors_np import cast_for_save, save_file
-
     state = vlm_params_to_hf(params, cfg)
     for k, x in (unused or {}).items():
         state.setdefault(k, x)
@@ -492,8 +491,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 def is_vlm_checkpoint(path: str) -> bool:
     """True when path is a latent_jax checkpoint (save_vlm_checkpoint) of a vision-language model."""
-    from latent_jax.models.io import MODEL_CONFIG_FILE, is_model_checkpoint, resolve_checkpoint
-
     src = resolve_checkpoint(path)
     if not is_model_checkpoint(src):
         return False
@@ -505,8 +502,6 @@ def save_vlm_checkpoint(path: str, params: dict, cfg: VLMConfig, unused: dict[st
                         tokenizer_dir: str | None = None) -> str:
     """Write an Orbax checkpoint (params + model_config.json = VLMConfig.to_json, tokenizer and
     processor files). `unused` HF tensors (Phi-4-MM audio) are kept so an export is complete."""
-    from latent_jax.models.io import save_model
-
     tree = dict(params)
     if unused:
         tree[_UNUSED_KEY] = _nest(unused)
@@ -519,9 +514,6 @@ def save_vlm_checkpoint(path: str, params: dict, cfg: VLMConfig, unused: dict[st
 
 def load_vlm_checkpoint(path: str, dtype: str | None = None) -> tuple[VLMConfig, dict, dict[str, np.ndarray]]:
     """(config, params, unused HF tensors) from a save_vlm_checkpoint directory."""
-    from latent_jax.models.io import (CheckpointError, cast_params, quiet_orbax, read_model_config,
-                                      resolve_checkpoint, restore_params)
-
     src = resolve_checkpoint(path)
     if not is_vlm_checkpoint(src):
         raise CheckpointError(f"{path} is not a latent_jax vision-language checkpoint; create one with "
@@ -544,7 +536,5 @@ def load_vlm_any(path: str, dtype: str | None = None) -> tuple[VLMConfig, dict, 
     over = {"param_dtype": str(dtype)} if dtype else {}
     cfg, params, unused = load_vlm(path, return_unused=True, **over)
     if dtype is not None:
-        from latent_jax.models.io import cast_params
-
         params = cast_params(params, dtype)
     return cfg, params, unused

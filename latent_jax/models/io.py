@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from latent_jax.models.config import CHECKPOINT_FIX, ModelConfig, read_json_object
+from latent_jax.models.hf import TOKENIZER_FILES, copy_tokenizer_files, load_hf
 from latent_jax.paths import as_path, is_uri, resolve_path
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -99,8 +100,6 @@ def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str |
     An existing checkpoint at `path` is replaced only once the new one is complete.
     Returns the absolute path.
     """
-    from latent_jax.models.hf import copy_tokenizer_files
-
     path = resolve_path(path)
     if is_uri(path):
         return _save_model_uri(path, params, config, tokenizer_dir)
@@ -160,8 +159,6 @@ def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: 
         return path
     (dst / MODEL_CONFIG_FILE).write_text(config.to_json())
     if tokenizer_dir and os.path.isdir(tokenizer_dir):
-        from latent_jax.models.hf import TOKENIZER_FILES
-
         for fn in TOKENIZER_FILES:
             if os.path.exists(os.path.join(tokenizer_dir, fn)):
                 (dst / fn).write_bytes(open(os.path.join(tokenizer_dir, fn), "rb").read())
@@ -347,8 +344,6 @@ def load_any(path: str, dtype: str | None = None, **config_overrides) -> tuple[M
             config = config.replace(**config_overrides)
         return config, params
     if os.path.isdir(src) and is_hf_dir(src):
-        from latent_jax.models.hf import load_hf
-
         if dtype is not None:
             config_overrides["param_dtype"] = str(dtype)
         return load_hf(src, **config_overrides)
