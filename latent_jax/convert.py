@@ -21,6 +21,11 @@ import os
 import sys
 import time
 
+from latent_jax.models.config import ConfigError
+from latent_jax.models.hf import WeightsError, load_hf, save_hf
+from latent_jax.models.hf_vlm import (is_vlm_checkpoint, is_vlm_dir, load_vlm, load_vlm_checkpoint, save_vlm,
+                                      save_vlm_checkpoint)
+from latent_jax.models.io import CheckpointError, cast_params, load_model, resolve_checkpoint, save_model
 from latent_jax.paths import resolve_path
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -43,13 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, scan_layers: bool = False) -> str:
     """Convert an HF directory to a latent_jax checkpoint; returns the checkpoint path."""
-    from latent_jax.models.hf import load_hf
-    from latent_jax.models.io import cast_params, save_model
-
     if not os.path.isdir(hf_dir):
         raise FileNotFoundError(f"--hf {hf_dir} is not a directory; pass a local Hugging Face model directory")
-    from latent_jax.models.hf_vlm import is_vlm_dir
-
     if is_vlm_dir(hf_dir):
         return _vlm_hf_to_orbax(hf_dir, out, dtype, scan_layers)
     over = {"scan_layers": True} if scan_layers else {}
@@ -62,10 +62,6 @@ def hf_to_orbax(hf_dir: str, out: str, dtype: str | None = None, scan_layers: bo
 
 def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None) -> str:
     """Convert a latent_jax checkpoint to an HF directory; returns the directory."""
-    from latent_jax.models.hf import save_hf
-    from latent_jax.models.hf_vlm import is_vlm_checkpoint, load_vlm_checkpoint, save_vlm
-    from latent_jax.models.io import load_model, resolve_checkpoint
-
     if is_vlm_checkpoint(ckpt):
         vcfg, vparams, unused = load_vlm_checkpoint(ckpt)
         save_vlm(vparams, vcfg, out, unused=unused, tokenizer_dir=resolve_checkpoint(ckpt), dtype=dtype or "float32")
@@ -76,9 +72,6 @@ def orbax_to_hf(ckpt: str, out: str, dtype: str | None = None) -> str:
 
 
 def _vlm_hf_to_orbax(hf_dir: str, out: str, dtype: str | None, scan_layers: bool) -> str:
-    from latent_jax.models.hf_vlm import load_vlm, save_vlm_checkpoint
-    from latent_jax.models.io import cast_params
-
     if scan_layers:
         raise ValueError("--scan-layers is for text decoders; vision-language checkpoints keep per-layer params")
     cfg, params, unused = load_vlm(hf_dir, return_unused=True)
@@ -94,10 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("hf", "ckpt", "out"):  # relative to the current directory, once, here
         if getattr(args, name, None):
             setattr(args, name, resolve_path(getattr(args, name)))
-    from latent_jax.models.config import ConfigError
-    from latent_jax.models.hf import WeightsError
-    from latent_jax.models.io import CheckpointError
-
     t0 = time.perf_counter()
     try:
         if args.cmd == "hf-to-orbax":

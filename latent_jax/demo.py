@@ -16,6 +16,15 @@ import time
 
 import numpy as np
 
+from latent_jax.convert import hf_to_orbax, orbax_to_hf
+from latent_jax.decoding.sampling import left_pad
+from latent_jax.decoding.strategies import get_strategy
+from latent_jax.generate import load_tokenizer
+from latent_jax.models.config import SUPPORTED_MODEL_TYPES
+from latent_jax.models.decoder import Decoder
+from latent_jax.models.io import load_any
+from latent_jax.testing import make_tiny_hf, make_tiny_tokenizer
+
 
 def _torch_model(d: str):
     import torch
@@ -27,13 +36,6 @@ def _torch_model(d: str):
 
 def _roundtrip_one(name: str, hf_dir: str, workdir: str, rt) -> dict:
     import torch
-
-    from latent_jax.convert import hf_to_orbax, orbax_to_hf
-    from latent_jax.decoding.sampling import left_pad
-    from latent_jax.decoding.strategies import get_strategy
-    from latent_jax.generate import load_tokenizer
-    from latent_jax.models.decoder import Decoder
-    from latent_jax.train.checkpoint import load_any
 
     t0 = time.perf_counter()
     ckpt = hf_to_orbax(hf_dir, os.path.join(workdir, "orbax", name))
@@ -93,8 +95,6 @@ def run(config, workdir: str) -> dict:
     import jax
     from tqdm import tqdm
 
-    from latent_jax.testing import make_tiny_hf, make_tiny_tokenizer
-
     jax.config.update("jax_default_matmul_precision", "highest")  # parity is about the model, not XLA defaults
     rt = config.roundtrip
     os.makedirs(workdir, exist_ok=True)
@@ -104,8 +104,6 @@ def run(config, workdir: str) -> dict:
         todo = [(os.path.basename(os.path.normpath(config.model.path)), config.model.path)]
     else:
         fams = [f.strip() for f in str(rt.families).split(",") if f.strip()]
-        from latent_jax.models.config import SUPPORTED_MODEL_TYPES
-
         bad = [f for f in fams if f not in SUPPORTED_MODEL_TYPES]
         if bad:
             raise ValueError(f"config.roundtrip.families has {bad}; valid: {', '.join(SUPPORTED_MODEL_TYPES)}")

@@ -25,7 +25,11 @@ import os
 import sys
 from typing import Any
 
+from latent_jax.data.video import vlm_video_frames
 from latent_jax.decoding.strategies import STRATEGIES, get_strategy
+from latent_jax.decoding.vlm import run_cli
+from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir, load_vlm_any
+from latent_jax.models.io import load_any, resolve_checkpoint
 from latent_jax.paths import resolve_path
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -159,9 +163,6 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if getattr(args, name, None):
             setattr(args, name, resolve_path(getattr(args, name)))
 
-    from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir
-    from latent_jax.models.io import load_any, resolve_checkpoint
-
     if os.path.isdir(args.model) and (is_vlm_dir(args.model) or is_vlm_checkpoint(args.model)):
         return _run_vlm(args)
     if args.image or args.video:
@@ -175,10 +176,6 @@ def run(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def _run_vlm(args) -> list[dict[str, Any]]:
-    from latent_jax.decoding.vlm import run_cli
-    from latent_jax.models.hf_vlm import load_vlm_any
-    from latent_jax.models.io import resolve_checkpoint
-
     if not (args.image or args.video):
         raise ValueError(f"{args.model} is a vision-language model; pass --image PATH or --video PATH")
     for flag, path in (("--image", args.image), ("--video", args.video)):
@@ -187,7 +184,8 @@ def _run_vlm(args) -> list[dict[str, Any]]:
     cfg, params, _ = load_vlm_any(args.model, dtype=args.dtype)
     if args.dtype:
         cfg = cfg.replace(text=cfg.text.replace(dtype=args.dtype))
-    return run_cli(args, cfg, params, load_tokenizer(resolve_checkpoint(args.model)))
+    frames = vlm_video_frames(cfg, args.video, args.num_frames) if args.video else None
+    return run_cli(args, cfg, params, load_tokenizer(resolve_checkpoint(args.model)), frames=frames)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from latent_jax.parallel import initialize_distributed
 from latent_jax.paths import is_uri, resolve_config_paths, resolve_path
 
 # workflow name -> "module:function"; each function is run(config, workdir) -> dict
@@ -125,8 +126,6 @@ def main(argv):
     workdir = resolve_path(flags.FLAGS.workdir or config.get("workdir") or "runs/default")
     resolve_config_paths(config)
     if flags.FLAGS.multihost:
-        from latent_jax.parallel import initialize_distributed
-
         initialize_distributed()  # coordinator / process ids come from the TPU or SLURM environment
     run = resolve_workflow(config.workflow)
     if not is_uri(workdir):

@@ -25,6 +25,13 @@ import time
 
 import numpy as np
 
+from latent_jax.data.streaming import template_for
+from latent_jax.data.video import video_info, vlm_video_frames
+from latent_jax.decoding.streaming import StreamOptions, StreamSession
+from latent_jax.generate import load_tokenizer
+from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir, load_vlm_any
+from latent_jax.models.io import load_any
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m latent_jax.stream", description=__doc__.split("\n\n")[0])
@@ -73,29 +80,19 @@ def read_script(path: str) -> list[dict]:
 
 
 def _load(args):
-    from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir
-
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"--model {args.model} does not exist; pass an HF model directory or a checkpoint")
     if os.path.isdir(args.model) and (is_vlm_dir(args.model) or is_vlm_checkpoint(args.model)):
-        from latent_jax.models.hf_vlm import load_vlm_any
-
         vcfg, params, _ = load_vlm_any(args.model)
         return vcfg, params, vcfg.family
     if args.video:
         raise ValueError(f"--video needs a vision-language model (InternVL3 / Phi-4-multimodal); {args.model} is "
                          "a text model: drop --video and put the stream's text in the script's \"input\" rows")
-    from latent_jax.models.io import load_any
-
     cfg, params = load_any(args.model)
     return cfg, params, cfg.model_type
 
 
 def run(args) -> list[dict]:
-    from latent_jax.data.streaming import template_for
-    from latent_jax.decoding.streaming import StreamOptions, StreamSession
-    from latent_jax.generate import load_tokenizer
-
     events = read_script(args.script)
     cfg, params, family = _load(args)
     vlm = cfg if hasattr(cfg, "vision") else None
@@ -125,9 +122,6 @@ def run(args) -> list[dict]:
 
     frames, times = None, []
     if args.video:
-        from latent_jax.data.image_processing import vlm_video_frames
-        from latent_jax.data.video import video_info
-
         if args.fps <= 0:
             raise ValueError(f"--fps {args.fps}; must be > 0")
         info = video_info(args.video)

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from latent_jax.data.cinepile import clip_id
+
 
 def tiny_hf_config(family: str, **kw):
     """A small transformers config of `family` (mistral, llama, qwen2, phi3)."""
@@ -282,8 +284,6 @@ def write_cinepile_fixture(root: str, n_train: int = 8, n_test: int = 6, n_clips
                            num_frames: int = 8, make_clips: bool = True) -> str:
     """A CinePile directory: train/test parquet + clips/<video id>.mp4; returns root."""
     import datasets
-
-    from latent_jax.data.cinepile import clip_id
 
     os.makedirs(root, exist_ok=True)
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):

@@ -135,7 +135,7 @@ def test_vlm_image_equals_transformers_greedy(vlm_media, capsys):
     import torch
     import transformers
 
-    from latent_jax.data.image_processing import internvl_tiles
+    from latent_jax.models.image_processing import internvl_tiles
 
     d = vlm_media["internvl"]
     assert main(["--model", d, "--image", vlm_media["image"], "--prompt", "Q: <image>\nwhat?", "--max-new-tokens", "6",
@@ -159,7 +159,7 @@ def test_vlm_video_equals_direct_call_and_checkpoint(vlm_media, tmp_path, capsys
     import jax.numpy as jnp
 
     from latent_jax.convert import main as convert
-    from latent_jax.data.image_processing import vlm_video_frames
+    from latent_jax.data.video import vlm_video_frames
     from latent_jax.models.hf_vlm import load_vlm
     from latent_jax.models.multimodal import VisionLanguageModel
 

@@ -37,6 +37,7 @@ from collections import defaultdict
 from typing import Any, Iterable
 
 from latent_jax.data import hf_datasets
+from latent_jax.data.video import VideoError, check_readable
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +294,6 @@ def build_examples(rows: list[dict], clips_dir: str, fallback: str = "skip", max
     Errors (one line each): no rows; no example left because every clip is missing or
     unreadable (names `prepare_cmd`, the command that downloads them); more than
     `max_unreadable` (a fraction) of the distinct clips unreadable. Returns (examples, stats)."""
-    from latent_jax.data.video import VideoError, check_readable
-
     if fallback not in ("skip", "subtitles"):
         raise ValueError(f"config.{config_prefix}missing_clip={fallback!r}; use skip or subtitles")
     if not 0.0 <= float(max_unreadable) <= 1.0:

@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
-from latent_jax.data.coconut_json import CoconutExample, DataError
+from latent_jax.data.coconut_json import CoconutExample, DataError, load_coconut_json
 from latent_jax.data.tokenizer import Tokenizer
 from latent_jax.latent.curriculum import (
     FORMATS,
@@ -500,7 +500,5 @@ def load_split(
     fmt: ProblemFormat = FORMATS["text"],
 ) -> list[TokenizedExample]:
     """Coconut JSON file -> tokenized examples, length-filtered (never empty)."""
-    from latent_jax.data.coconut_json import load_coconut_json
-
     rows = load_coconut_json(path, on_bad_row=on_bad_row, max_rows=max_rows)
     return filter_by_length(tokenize_examples(rows, tok, fmt), cc, max_length, name=path)

@@ -45,7 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from latent_jax.data.coconut_json import save_coconut_json
+from latent_jax.data import prosqa_graph as G
+from latent_jax.data.coconut_json import DataError, save_coconut_json
 
 # Invented concept words in the style of ProntoQA / ProsQA.
 CONCEPT_WORDS = (
@@ -269,9 +270,6 @@ def write_prosqa(
 
 def graph_main(argv: list[str]) -> int:
     """`graph`: generated graph-token splits; `convert`: real ProsQA files -> graph tokens."""
-    from latent_jax.data.coconut_json import DataError
-    from latent_jax.data import prosqa_graph as G
-
     cmd, argv = argv[0], argv[1:]
     ap = argparse.ArgumentParser(prog=f"python -m latent_jax.data.prosqa {cmd}")
     ap.add_argument("--out", required=True, help="output directory")

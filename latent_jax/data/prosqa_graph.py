@@ -39,6 +39,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from latent_jax.data.coconut_json import DataError, load_coconut_json, save_coconut_json
+
 Q, R, A, SEP = "[Q]", "[R]", "[A]", "|"
 GRAPH_FIELDS = ("idx_to_symbol", "edges", "root", "target", "neg_target")
 
@@ -248,8 +250,6 @@ def write_graph_splits(out_dir: str, sizes: dict[str, int], seed: int = 0, prefi
     the paths. No question repeats within or across splits; deterministic in `seed`."""
     import os
 
-    from latent_jax.data.coconut_json import save_coconut_json
-
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
     paths = {}
@@ -288,8 +288,6 @@ def convert_file(src: str, out_dir: str, node_tokens: int = 32, seed: int = 0,
     index; with on_bad_row='skip' it is skipped and counted, else the conversion stops and
     nothing is written."""
     import os
-
-    from latent_jax.data.coconut_json import DataError, load_coconut_json, save_coconut_json
 
     path = os.path.join(out_dir, os.path.basename(src))
     if os.path.abspath(path) == os.path.abspath(src):

@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from latent_jax.data.tokenizer import load_tokenizer
+
 BYTE_BOS = 256
 BYTE_PAD = 257
 BYTE_VOCAB = 258
@@ -37,8 +39,6 @@ def load_tokens(path: str, tokenizer_dir: str = "", bin_dtype: str = "uint16") -
         text = f.read()
     docs = [d for d in text.split("\n\n") if d.strip()]
     if tokenizer_dir:
-        from latent_jax.data.tokenizer import load_tokenizer
-
         tok = load_tokenizer(tokenizer_dir)
         out: list[int] = []
         for ids in tok.encode_batch(docs):

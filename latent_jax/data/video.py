@@ -3,7 +3,8 @@
 `sample_indices(total, num_frames)` picks the centre frame of `num_frames` equal segments
 (InternVL / VideoChat-Flash `get_index`); `read_frames(path, num_frames)` decodes only those
 frames, as (F, H, W, 3) uint8 RGB; `check_readable(path)` opens a clip and decodes its first
-frame. Unreadable or missing files raise VideoError with the path.
+frame; `vlm_video_frames(cfg, path, num_frames)` reads them and preprocesses them for a
+vision-language model. Unreadable or missing files raise VideoError with the path.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from latent_jax.models.image_processing import vlm_frame_tiles
 
 
 class VideoError(ValueError):
@@ -98,3 +101,10 @@ def read_frames(path: str, num_frames: int, max_side: int | None = None) -> np.n
     if last is None:
         raise VideoError(f"no frames decoded from {path}")
     return np.stack([f if f is not None else last for f in out])
+
+
+def vlm_video_frames(cfg, path: str, num_frames: int) -> np.ndarray:
+    """(num_frames, 3, S, S): frames sampled uniformly from the clip at `path`, preprocessed as
+    `cfg.family` (a VLMConfig) expects (models.image_processing.vlm_frame_tiles)."""
+    frames = read_frames(path, int(num_frames), max_side=4 * cfg.vision.image_size)
+    return vlm_frame_tiles(cfg, frames)

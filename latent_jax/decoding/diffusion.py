@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_jax.decoding.sampling import needs_long_switch
+from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -467,8 +468,6 @@ def options_from_args(args: argparse.Namespace, tokenizer, config: ModelConfig) 
 
 def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int]], args) -> list[dict]:
     """--strategy diffusion: one JSON-able dict per prompt (output cut after the first stop token)."""
-    from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
-
     opts = options_from_args(args, tokenizer, config)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     stops = set(stop_ids_from(args, config))

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_jax.decoding.sampling import SamplingParams, needs_long_switch, sample_logits
+from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -401,8 +402,6 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int]], args) -> list[dict]:
     """--strategy typical: one JSON-able dict per prompt, with acceptance figures."""
-    from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
-
     if not args.heads:
         raise ValueError("--strategy typical needs --heads PATH (train heads with configs/medusa_heads.py)")
     heads, _ = load_heads(args.heads, config)

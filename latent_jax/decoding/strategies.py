@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_jax.decoding.sampling import SamplingParams, decode, left_pad, prefill
+
 # name -> module path (a module exposing add_cli_args and run_cli)
 STRATEGIES: dict[str, str] = {
     "greedy": "latent_jax.decoding.strategies",
@@ -79,8 +81,6 @@ def batches(items: Sequence, size: int) -> Iterator[tuple[int, list]]:
 def pad_batch(prompts: list[list[int]], rows: int, pad_id: int, min_bucket: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad prompts to a bucketed length and fill the batch to `rows` rows by repeating the
     first prompt (extra rows are discarded by the caller). Returns (ids, mask) int32."""
-    from latent_jax.decoding.sampling import left_pad
-
     filled = list(prompts) + [prompts[0]] * (rows - len(prompts))
     return left_pad(filled, pad_id, bucket=bucket_length(max(len(p) for p in filled), min_bucket))
 
@@ -117,8 +117,6 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def run_cli(params, config, tokenizer, prompts: list[list[int]], args) -> list[dict]:
     """Greedy (--strategy greedy) or temperature/top-k/top-p sampling (--strategy sample),
     batched and KV-cached; timing excludes compilation (programs are AOT-compiled first)."""
-    from latent_jax.decoding.sampling import SamplingParams, decode, prefill
-
     greedy = args.strategy == "greedy"
     sp = SamplingParams.make(0.0 if greedy else args.temperature, 1.0 if greedy else args.top_p)
     top_k = 0 if greedy else int(args.top_k)

@@ -40,6 +40,7 @@ from latent_jax.decoding.tova import keep_top, token_scores
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
+from latent_jax.models.multimodal import VisionLanguageModel
 
 Array = jax.Array
 POLICIES = ("none", "window", "tova")
@@ -335,8 +336,6 @@ class StreamSession:
         if self.vlm is None:
             raise ValueError("ingest_frames needs a vision-language session (StreamSession(..., vlm=VLMConfig))")
         if self._frame_fn is None:
-            from latent_jax.models.multimodal import VisionLanguageModel
-
             model, tpf, cf = VisionLanguageModel(self.vlm), self.hico_tokens_per_frame or None, self.hico_clip_frames
             self._frame_fn = jax.jit(lambda p, f: model.apply({"params": p}, f, tpf, cf, method="video_features"))
         return self._frame_fn(self.vlm_params, jnp.asarray(frames))

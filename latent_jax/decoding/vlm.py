@@ -29,12 +29,15 @@ from latent_jax.decoding.sampling import (
     decode,
     decode_loop,
     is_stop,
+    left_pad,
     needs_long_switch,
     sample_logits,
 )
 from latent_jax.decoding.speculative import TypicalOptions, TypicalOutput, typical_generate
+from latent_jax.decoding.strategies import bucket_length, decode_text
 from latent_jax.decoding.tova import TovaOptions, TovaOutput, tova_generate
 from latent_jax.models.decoder import Decoder
+from latent_jax.models.image_processing import vlm_image_inputs
 from latent_jax.models.layers import KVCache
 from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
 
@@ -43,17 +46,15 @@ PLACEHOLDERS = ("<image>", "<video>")
 
 
 # ------------------------------------------------------------------------ features
-def media_features(cfg: VLMConfig, params: dict, image: str | None = None, video: str | None = None,
-                   num_frames: int = 8, max_tiles: int = 12, hico_tokens_per_frame: int = 0,
-                   hico_clip_frames: int = 4) -> np.ndarray:
-    """Feature rows (N, D_text) of one image or one video (exactly one of the two)."""
-    from latent_jax.data.image_processing import vlm_image_inputs, vlm_video_frames
-
-    if (image is None) == (video is None):
+def media_features(cfg: VLMConfig, params: dict, image=None, frames: np.ndarray | None = None,
+                   max_tiles: int = 12, hico_tokens_per_frame: int = 0, hico_clip_frames: int = 4) -> np.ndarray:
+    """Feature rows (N, D_text) of one image (a path or a PIL image) or one video's preprocessed
+    frames (F, 3, S, S), as data.video.vlm_video_frames reads them; exactly one of the two."""
+    if (image is None) == (frames is None):
         raise ValueError("pass exactly one of --image PATH or --video PATH")
     model = VisionLanguageModel(cfg)
-    if video is not None:
-        frames = jnp.asarray(vlm_video_frames(cfg, video, num_frames))
+    if frames is not None:
+        frames = jnp.asarray(frames)
         tpf = int(hico_tokens_per_frame) or None
         fn = jax.jit(lambda p, f: model.apply({"params": p}, f, tpf, int(hico_clip_frames), method="video_features"))
         return np.asarray(fn(params, frames))
@@ -177,11 +178,9 @@ def _generate_vlm(params, input_ids, attention_mask, features, rng, sp, stop_ids
 
 
 # ------------------------------------------------------------------------------ CLI
-def run_cli(args, cfg: VLMConfig, params: dict, tokenizer) -> list[dict[str, Any]]:
-    """`python -m latent_jax.generate --image/--video` with --strategy greedy or sample."""
-    from latent_jax.decoding.sampling import left_pad
-    from latent_jax.decoding.strategies import bucket_length, decode_text
-
+def run_cli(args, cfg: VLMConfig, params: dict, tokenizer, frames: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """`python -m latent_jax.generate --image/--video` with --strategy greedy or sample; `frames`
+    are the --video's preprocessed frames (data.video.vlm_video_frames), which the CLI reads."""
     if args.strategy not in ("greedy", "sample"):
         raise ValueError(f"--strategy {args.strategy} does not take images or videos; use greedy or sample")
     if args.prompts_file is not None:
@@ -189,7 +188,9 @@ def run_cli(args, cfg: VLMConfig, params: dict, tokenizer) -> list[dict[str, Any
     t = cfg.text
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens}; must be >= 1")
-    feats = media_features(cfg, params, image=args.image, video=args.video, num_frames=args.num_frames,
+    if args.video and frames is None:
+        raise ValueError("--video: pass its frames (latent_jax.data.video.vlm_video_frames)")
+    feats = media_features(cfg, params, image=args.image, frames=frames if args.video else None,
                            max_tiles=args.max_tiles, hico_tokens_per_frame=args.hico_tokens_per_frame,
                            hico_clip_frames=args.hico_clip_frames)
     n = feats.shape[0]

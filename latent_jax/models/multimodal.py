@@ -16,7 +16,7 @@ Families:
   gives (S/p * downsample)^2 tokens.
 - phi4mm (Phi4MultimodalForCausalLM): pixel_values (N_images, max_crops, 3, S, S) with the
   global view first, patch_mask (N_images, max_crops, S/p, S/p) and static `layouts`, one
-  (h_crops, w_crops, useful_h, useful_w) per image (latent_jax.data.image_processing). The
+  (h_crops, w_crops, useful_h, useful_w) per image (latent_jax.models.image_processing). The
   audio tower is not ported: audio inputs raise.
 """
 
@@ -175,7 +175,7 @@ class VisionLanguageModel(nn.Module):
             return self.project(f.reshape(-1, f.shape[-1]))
         # phi4mm: HD layout per image
         if pixel_values.ndim != 5:
-            raise ValueError("phi4mm pixel_values must be (images, crops, 3, H, W); use latent_jax.data.image_processing")
+            raise ValueError("phi4mm pixel_values must be (images, crops, 3, H, W); use latent_jax.models.image_processing")
         if layouts is None:
             raise ValueError("phi4mm needs `layouts` (one (h_crops, w_crops, useful_h, useful_w) per image)")
         n_img, n_crops = pixel_values.shape[:2]

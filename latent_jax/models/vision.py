@@ -234,7 +234,7 @@ class VisionTower(nn.Module):
             if pos.shape[1] != x.shape[1]:
                 raise ValueError(
                     f"InternViT got {x.shape[1] - 1} patches but was trained on {pos.shape[1] - 1}; "
-                    f"resize images to {cfg.image_size}x{cfg.image_size} tiles (latent_jax.data.image_processing)"
+                    f"resize images to {cfg.image_size}x{cfg.image_size} tiles (latent_jax.models.image_processing)"
                 )
             x = x + pos.astype(x.dtype)
         else:

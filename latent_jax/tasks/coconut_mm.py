@@ -177,7 +177,7 @@ class FeatureCache:
         self._img = _FEATURE_FNS
 
     def video(self, path: str) -> np.ndarray:
-        from latent_jax.data.image_processing import vlm_video_frames
+        from latent_jax.data.video import vlm_video_frames
 
         if path not in self.cache:
             px = vlm_video_frames(self.cfg, path, int(self.config.data.num_frames))
@@ -188,7 +188,7 @@ class FeatureCache:
         return self.cache[path]
 
     def image(self, path: str) -> np.ndarray:
-        from latent_jax.data.image_processing import vlm_image_inputs
+        from latent_jax.models.image_processing import vlm_image_inputs
 
         if path not in self.cache:
             px, pm, layouts = vlm_image_inputs(self.cfg, path, int(self.config.data.max_tiles))

@@ -36,11 +36,6 @@ from latent_jax.paths import is_uri, orbax_path, resolve_path
 
 _REPLACED_SUFFIX = ".replaced"  # a training step being re-saved (TrainCheckpointer.save of an existing step)
 
-# transitional names for callers that still import the model-checkpoint helpers from here
-_resolve, _cast, _quiet, _restore_params, _first_line = (
-    resolve_checkpoint, cast_params, quiet_orbax, restore_params, first_line)
-_PREVIOUS_SUFFIX = PREVIOUS_SUFFIX
-
 
 def _ocp():
     import orbax.checkpoint as ocp

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from latent_jax.train.muon import muon_adamw
+
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -73,10 +75,6 @@ def make_optimizer(params: Any, optim_config: Any, total_steps: int,
         raise ValueError(f"optim.name={name!r}; use one of {', '.join(OPTIMIZERS)}")
     schedule = make_schedule(optim_config, total_steps)
     if name == "muon":
-        try:
-            from latent_jax.train.muon import muon_adamw
-        except ImportError as e:  # pragma: no cover - muon ships with the package
-            raise ValueError(f"optim.name='muon' needs latent_jax.train.muon.muon_adamw ({e}); use optim.name='adamw'")
         core = muon_adamw(params, optim_config, schedule)
     else:
         mu_dtype = str(_get(optim_config, "mu_dtype", "") or "") or None

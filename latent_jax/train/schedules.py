@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from latent_jax.train.optim import make_optimizer, param_path
+
 REST = "rest"
 
 
@@ -98,8 +100,6 @@ def parse_groups(spec: str) -> list[GroupSchedule]:
 
 def group_labels(params: Any, groups: Sequence[GroupSchedule]) -> Any:
     """Pytree of group names (first matching group; 'rest' when none matches)."""
-    from latent_jax.train.optim import param_path
-
     def one(path, _):
         p = param_path(path)
         for g in groups:
@@ -127,14 +127,10 @@ def staged(params: Any, groups: Sequence[GroupSchedule], make_tx: Callable[[], o
 
 def staged_optimizer(params: Any, optim_config: Any, total_steps: int, groups: Sequence[GroupSchedule] | str):
     """`staged` with config.optim's optimizer (train/optim.make_optimizer) in every group."""
-    from latent_jax.train.optim import make_optimizer
-
     if isinstance(groups, str):
         groups = parse_groups(groups)
     return staged(params, groups, lambda: make_optimizer(params, optim_config, total_steps), total_steps)
 
 
 def _paths(params):
-    from latent_jax.train.optim import param_path
-
     return [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]

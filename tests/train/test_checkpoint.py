@@ -55,15 +55,12 @@ def test_save_model_replace_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "ck")
     save_model(path, p0, cfg)
     # a failing second write must leave the first checkpoint intact and no temp dirs behind
-    import latent_jax.train.checkpoint as ck
+    import latent_jax.models.io as mio
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ck, "copy_tokenizer_files", boom, raising=False)
-    import latent_jax.models.hf as hf
-
-    monkeypatch.setattr(hf, "copy_tokenizer_files", boom)
+    monkeypatch.setattr(mio, "copy_tokenizer_files", boom)
     tok = tmp_path / "tok"
     tok.mkdir()
     with pytest.raises(RuntimeError):

@@ -4,7 +4,7 @@ the documented algorithm and agree with the model's placeholder count."""
 import numpy as np
 import pytest
 
-from latent_jax.data.image_processing import (
+from latent_jax.models.image_processing import (
     IMAGENET_MEAN, IMAGENET_STD, best_grid, internvl_tiles, phi4_grid, phi4_hd_crops, stack_hd,
 )
 from latent_jax.testing import synthetic_image

@@ -1,4 +1,5 @@
-"""Host-side image preprocessing (NumPy + PIL) for the vision-language families.
+"""Host-side image preprocessing (NumPy + PIL) for the vision-language families: the model's
+input processing (as transformers' image processors), below decoding and data.
 
 - InternVL dynamic tiling (`internvl_tiles`): the image is resized to the tile grid whose
   aspect ratio is closest to the image's (1..max_tiles tiles), cut into S x S tiles, plus a
@@ -208,12 +209,10 @@ def vlm_image_inputs(cfg, path_or_image, max_tiles: int = 12) -> tuple[np.ndarra
     return stack_hd([hd])
 
 
-def vlm_video_frames(cfg, path: str, num_frames: int) -> np.ndarray:
-    """(num_frames, 3, S, S): frames sampled uniformly from the clip, one tile (InternVL,
-    ImageNet normalisation) or one global crop (Phi-4-MM, [-1, 1]) each."""
-    from latent_jax.data.video import read_frames
-
+def vlm_frame_tiles(cfg, frames: np.ndarray) -> np.ndarray:
+    """Video frames (F, H, W, 3) uint8 -> (F, 3, S, S) as `cfg.family` (a VLMConfig) expects: one
+    tile per frame, ImageNet normalisation (InternVL) or one global crop in [-1, 1] (Phi-4-MM).
+    Reading the frames from a file is data.video.vlm_video_frames."""
     v = cfg.vision
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.family == "internvl" else ((0.5,) * 3, (0.5,) * 3)
-    frames = read_frames(path, int(num_frames), max_side=4 * v.image_size)
     return frame_tiles(frames, v.image_size, mean, std)
