@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from latent_jax.latent import act as A  # noqa: E402
-from latent_jax.models.config import tiny_config  # noqa: E402
+from latent_jax.testing import tiny_config  # noqa: E402
 
 
 def _digits_setup(workdir: str, preset: str):

@@ -65,7 +65,7 @@ from latent_jax.latent.coconut import (  # noqa: E402
     naive_coconut_logits,
     naive_generate_one,
 )
-from latent_jax.models.config import tiny_config  # noqa: E402
+from latent_jax.testing import tiny_config  # noqa: E402
 from latent_jax.models.decoder import init_params  # noqa: E402
 
 LAT, START, END, EOS = 3, 4, 5, 2

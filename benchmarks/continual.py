@@ -62,7 +62,7 @@ def mlp_setup(sizes, batch):
 
 
 def lm_setup(batch, length):
-    from latent_jax.models.config import tiny_config
+    from latent_jax.testing import tiny_config
     from latent_jax.models.decoder import Decoder, init_params
 
     cfg = tiny_config("llama", vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4,

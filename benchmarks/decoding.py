@@ -32,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from latent_jax.decoding.sampling import SamplingParams, generate  # noqa: E402
-from latent_jax.models.config import tiny_config  # noqa: E402
+from latent_jax.testing import tiny_config  # noqa: E402
 from latent_jax.models.decoder import init_params  # noqa: E402
 
 NO_STOP = np.zeros((0,), np.int32)

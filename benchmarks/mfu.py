@@ -35,7 +35,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from latent_jax.models.config import tiny_config  # noqa: E402
+from latent_jax.testing import tiny_config  # noqa: E402
 from latent_jax.models.decoder import Decoder, init_params  # noqa: E402
 from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated  # noqa: E402
 

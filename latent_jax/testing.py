@@ -2,7 +2,10 @@
 (nothing downloaded): tiny random Hugging Face checkpoints of the real transformers classes
 (language models and vision-language models), tokenizers, synthetic images, short synthetic
 videos written with PyAV, and dataset rows in the real CinePile / A-OKVQA schemas.
-(Tiny in-memory ModelConfigs: latent_jax.models.config.tiny_config.)
+Also tiny in-memory ModelConfigs (`tiny_config`).
+
+Library code below the tasks does not import this module: tests, benchmarks, the CLIs and the
+tasks' `:smoke` presets do (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations
@@ -13,6 +16,31 @@ import os
 import numpy as np
 
 from latent_jax.data.cinepile import clip_id
+from latent_jax.models.config import ModelConfig
+
+
+def tiny_config(model_type: str = "llama", **kw) -> ModelConfig:
+    """A small random-init ModelConfig for tests, benchmarks and laptop demos."""
+    base = dict(
+        model_type=model_type,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        fused_qkv=model_type == "phi3",
+        fused_gate_up=model_type == "phi3",
+        attention_bias=model_type == "qwen2",
+        bos_token_id=1,
+        eos_token_id=(2,),
+        pad_token_id=0,
+    )
+    base.update(kw)
+    return ModelConfig(**base)
 
 
 def tiny_hf_config(family: str, **kw):

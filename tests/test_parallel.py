@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np, optax
     jax.config.update("jax_default_matmul_precision", "highest")
     from latent_jax import parallel
-    from latent_jax.models.config import tiny_config
+    from latent_jax.testing import tiny_config
     from latent_jax.models.decoder import Decoder, init_params
 
     assert len(jax.devices()) == 8

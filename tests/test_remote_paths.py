@@ -58,7 +58,7 @@ def test_path_layer_keeps_uris():
 
 
 def test_file_uri_workdir_checkpoints_metrics_results(tmp_path, monkeypatch):
-    from latent_jax.models.config import tiny_config
+    from latent_jax.testing import tiny_config
     from latent_jax.models.decoder import init_params
     from latent_jax.models.io import load_model, save_model
     from latent_jax.train.checkpoint import TrainCheckpointer

@@ -377,27 +377,3 @@ class ModelConfig:
         for k in ("rope_short_factor", "rope_long_factor"):
             d[k] = _tup(d.get(k))
         return cls(**d)
-
-
-def tiny_config(model_type: str = "llama", **kw) -> ModelConfig:
-    """A small random-init config for tests and laptop demos."""
-    base = dict(
-        model_type=model_type,
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-5,
-        fused_qkv=model_type == "phi3",
-        fused_gate_up=model_type == "phi3",
-        attention_bias=model_type == "qwen2",
-        bos_token_id=1,
-        eos_token_id=(2,),
-        pad_token_id=0,
-    )
-    base.update(kw)
-    return ModelConfig(**base)

@@ -28,7 +28,8 @@ from latent_jax.decoding.speculative import (
     save_heads,
     typical_generate,
 )
-from latent_jax.models.config import ModelConfig, tiny_config
+from latent_jax.models.config import ModelConfig
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 from latent_jax.models.io import load_any
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json

@@ -10,7 +10,7 @@ import pytest
 from latent_jax.data import tokenizer as T
 from latent_jax.data.prosqa import generate_splits
 from latent_jax.data.coconut_json import CoconutExample
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import Decoder, init_params
 
 

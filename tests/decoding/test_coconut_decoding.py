@@ -9,7 +9,7 @@ import pytest
 from latent_jax.decoding.diffusion import DiffusionOptions
 from latent_jax.decoding.sampling import SamplingParams
 from latent_jax.latent.coconut import coconut_diffusion_generate, coconut_generate
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 
 LAT, START, END, MASK = 5, 6, 7, 31

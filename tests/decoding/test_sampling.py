@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_jax.decoding import sampling as S
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 
 

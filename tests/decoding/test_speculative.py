@@ -10,7 +10,7 @@ from latent_jax.decoding.sampling import SamplingParams, generate, left_pad, tri
 from latent_jax.decoding.speculative import (
     TypicalOptions, acceptance_stats, init_heads, load_heads, save_heads, train_heads, typical_generate,
 )
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 
 PROMPTS = [[5, 9, 17, 3, 44, 8, 21], [12, 99, 4]]

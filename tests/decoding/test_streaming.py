@@ -10,7 +10,7 @@ import pytest
 
 from latent_jax.decoding.sampling import SamplingParams, generate
 from latent_jax.decoding.streaming import StreamOptions, StreamSession, ingest_ids, init_state, respond
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 
 EOS = 2

@@ -9,7 +9,7 @@ import pytest
 
 from latent_jax.decoding.sampling import SamplingParams, generate, left_pad, trim_output
 from latent_jax.decoding.speculative import TypicalOptions, candidate_tree, init_heads, typical_generate
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import Decoder, init_params
 from latent_jax.models.layers import KVCache
 

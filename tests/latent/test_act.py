@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from latent_jax.latent import act as A
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import Decoder
 
 MC = tiny_config("llama", vocab_size=64, hidden_size=32, intermediate_size=64, head_dim=8,

@@ -17,7 +17,7 @@ from latent_jax.latent.coconut import (
     thought_input,
     thought_topk,
 )
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 
 LAT, START, END, PAD = 5, 6, 7, 0

@@ -10,7 +10,7 @@ from latent_jax.data.pipeline import collate_eval, collate_train
 from latent_jax.decoding.sampling import SamplingParams
 from latent_jax.latent import curriculum as C
 from latent_jax.latent.coconut import coconut_generate, coconut_loss, masked_cross_entropy, naive_coconut_logits, naive_generate_one
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 
 PAD, BOS, EOS, START, END, LAT, A = 0, 1, 2, 3, 4, 5, 6

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import Decoder, init_params
 from latent_jax.models.layers import KVCache
 from latent_jax.train.checkpoint import restack_layers

@@ -7,7 +7,7 @@ import pytest
 
 from latent_jax.latent import act as A
 from latent_jax.models import vision_tokens as vt
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 
 MC = tiny_config("llama", vocab_size=vt.vocab_size(10), hidden_size=32, intermediate_size=64, head_dim=8,
                  num_hidden_layers=1)

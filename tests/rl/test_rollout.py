@@ -9,7 +9,7 @@ import pytest
 from latent_jax.data.pipeline import collate_eval
 from latent_jax.latent.coconut import naive_coconut_logits
 from latent_jax.latent.curriculum import EvalPrompt
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 from latent_jax.rl.rollout import completion_logprobs_jit, rollout, sequence_arrays
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from latent_jax.latent.curriculum import CurriculumConfig, LatentTokenIds, TokenizedExample
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 from latent_jax.rl.workflow import GRPOTask, GRPOTrainer, PromptSet, rl_settings
 from latent_jax.tasks.coconut import eval_geometry

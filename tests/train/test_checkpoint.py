@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 from latent_jax.train.checkpoint import (
     CheckpointError,

@@ -130,7 +130,7 @@ def test_adam_moments_reset_and_output_unchanged(net):
 
 
 def test_decoder_mlps_and_config_errors():
-    from latent_jax.models.config import tiny_config
+    from latent_jax.testing import tiny_config
     from latent_jax.models.decoder import Decoder
 
     cfg = tiny_config("phi3", num_hidden_layers=1, intermediate_size=32)  # fused gate_up

@@ -8,7 +8,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from latent_jax.latent import act as A
-from latent_jax.models.config import tiny_config
+from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import Decoder, init_params as init_decoder
 from latent_jax.train.muon import muon_adamw, muon_labels
 
