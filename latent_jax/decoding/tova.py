@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_jax.decoding.sampling import SamplingParams, emit_token, is_stop, needs_long_switch, sample_logits
+from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -361,8 +362,6 @@ def options_from_args(args: argparse.Namespace) -> TovaOptions:
 
 def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int]], args) -> list[dict]:
     """--strategy tova: one JSON-able dict per prompt, with the cache budget and its bytes."""
-    from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
-
     opts = options_from_args(args)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     sp = SamplingParams.make(args.temperature, args.top_p)
