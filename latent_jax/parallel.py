@@ -3,14 +3,21 @@
 Params stay plain pytrees: their logical axes are derived from their names (one table,
 `PARAM_AXES`), and one rules table (`DEFAULT_RULES`) maps logical axes to mesh axes
 ('data', 'fsdp', 'tensor'). Batches are split over ('data', 'fsdp').
+
+Activations are pinned by `constrain(x, logical_axes)` (the decoder calls it on the hidden
+states at every layer boundary): with a mesh active while the step is traced (`use_mesh`, or
+`jax.set_mesh`), hidden states stay split by batch and FSDP gathers each layer's weights,
+instead of contracting over the sharded hidden dimension; without a mesh it is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -30,7 +37,10 @@ DEFAULT_RULES: dict[str, Any] = {
     "norm": None,
     "layers": None,
     "vision": None,
+    "act_embed": None,  # the hidden dimension of activations: whole on every device
 }
+
+_RULES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("latent_jax_rules", default=None)
 
 # (regex on the '/'-joined param path, logical axes of the unstacked array); first match wins.
 PARAM_AXES: list[tuple[str, tuple[str | None, ...]]] = [
@@ -114,7 +124,7 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules
             out.append(None)
             continue
         cand = (m,) if isinstance(m, str) else tuple(m)
-        cand = tuple(c for c in cand if c not in used and mesh.shape[c] > 1)
+        cand = tuple(c for c in cand if c not in used and mesh.shape.get(c, 1) > 1)
         size = math.prod(mesh.shape[c] for c in cand) if cand else 1
         if not cand or dim % size:
             out.append(None)
@@ -155,6 +165,28 @@ def shard_batch(batch, mesh: Mesh, rules: dict | None = None):
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: dict | None = None) -> Iterator[Mesh]:
+    """Trace (jit, lower, first call) under this to make `mesh` and `rules` the ones that
+    `constrain` pins activations to (jax.set_mesh plus the rules table)."""
+    token = _RULES.set(rules)
+    try:
+        with jax.set_mesh(mesh):
+            yield mesh
+    finally:
+        _RULES.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: dict | None = None) -> jax.Array:
+    """`x` sharded by its logical `axes` on the mesh active during tracing (`use_mesh` or
+    jax.set_mesh); unchanged when no mesh (or a one-device mesh) is active."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    rules = rules if rules is not None else (_RULES.get() or DEFAULT_RULES)
+    return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
