@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from latent_jax.models.config import ModelConfig
-from latent_jax.models.layers import DecoderLayer, KVCache, RMSNorm, dense
+from latent_jax.models.layers import HIDDEN_AXES, DecoderLayer, KVCache, RMSNorm, dense
+from latent_jax.parallel import constrain
 
 Array = jax.Array
 
@@ -98,7 +99,7 @@ class Decoder(nn.Module):
     # ----------------------------------------------------------------- pieces
     def embed(self, input_ids: Array) -> Array:
         """Token embeddings (B, T, D) in the compute dtype."""
-        return self.embed_tokens(input_ids)
+        return constrain(self.embed_tokens(input_ids), HIDDEN_AXES)
 
     def head(self, hidden: Array) -> Array:
         """Logits (float32) from final-normed hidden states."""
@@ -106,7 +107,7 @@ class Decoder(nn.Module):
             logits = self.embed_tokens.attend(hidden)
         else:
             logits = self.lm_head(hidden)
-        return logits.astype(jnp.float32)
+        return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
     # ---------------------------------------------------------------- forward
     def __call__(

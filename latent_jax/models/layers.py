@@ -14,8 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from latent_jax.models.config import ModelConfig
+from latent_jax.parallel import constrain
 
 Array = jax.Array
+HIDDEN_AXES = ("batch", "length", "act_embed")  # logical axes of hidden states (B, T, D)
 
 ACTIVATIONS = {
     "silu": nn.silu,
@@ -338,6 +340,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None,
                  prefix=None, key_mask=None):
         cfg = self.config
+        x = constrain(x, HIDDEN_AXES)  # split by batch under a mesh: FSDP gathers the weights instead
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype, name=name)
         h, new_cache, attn = Attention(cfg, name="self_attn")(
             norm("input_layernorm")(x), positions, key_pos, causal, window, layer_cache, cache_end, layer_idx, prefix,
@@ -345,4 +348,4 @@ class DecoderLayer(nn.Module):
         )
         x = x + h
         x = x + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x))
-        return x, new_cache, attn
+        return constrain(x, HIDDEN_AXES), new_cache, attn
