@@ -21,11 +21,24 @@ apart (they sit in HBM during feature extraction only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from latent_jax.latent.coconut import coconut_loss
+from latent_jax.models.config import HF_CONFIG_FIX, ModelConfig, read_json_object
+from latent_jax.models.decoder import init_params
+from latent_jax.models.hf_vlm import VLM_MODEL_TYPES, vlm_config_from_hf
+from latent_jax.models.multimodal import init_vlm_params
+from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated, use_mesh
 
 # chip: (HBM bytes per device, peak dense bf16 FLOP/s per device, what a device is)
 CHIPS = {
@@ -40,7 +53,7 @@ CHIPS = {
 GiB = 2**30
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m latent_jax.plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="HF config.json (or a directory holding one)")
     p.add_argument("--devices", type=int, required=True, help="number of devices (chips) of the slice")
@@ -54,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", default="full", choices=("none", "full", "dots", "dots_no_batch"))
     p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="master params and AdamW moments (compute is bf16 either way)")
+    p.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (scaling experiments)")
+    p.add_argument("--no-activation-sharding", action="store_true",
+                   help="trace without the mesh, so the decoder's activation constraints are off (for comparison)")
     p.add_argument("--json", default="", help="also write the plan as JSON here")
     return p
 
@@ -73,27 +89,18 @@ def _mesh_shape(spec: str, n: int) -> dict:
 
 def load_model_config(path: str):
     """(text ModelConfig, VLMConfig or None) from an HF config.json or a directory holding one."""
-    from latent_jax.models.config import HF_CONFIG_FIX, ModelConfig, read_json_object
-
     cpath = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.isfile(cpath):
         raise SystemExit(f"error: --config {path}: no config.json there; pass an HF config.json "
                          "(configs/hf/ has Phi-4-multimodal, InternVL3 and Mistral)")
     d = read_json_object(cpath, HF_CONFIG_FIX)
-    from latent_jax.models.hf_vlm import VLM_MODEL_TYPES
-
     if d.get("model_type") in VLM_MODEL_TYPES:
-        from latent_jax.models.hf_vlm import vlm_config_from_hf
-
         v = vlm_config_from_hf(d)
         return v.text, v
     return ModelConfig.from_hf(d), None
 
 
 def _bytes_per_device(tree, shardings) -> int:
-    import jax
-    import numpy as np
-
     total = 0
     for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings)):
         shard = s.shard_shape(x.shape)
@@ -102,29 +109,22 @@ def _bytes_per_device(tree, shardings) -> int:
 
 
 def _count(tree) -> int:
-    import jax
-    import numpy as np
-
     return sum(int(np.prod(x.shape, dtype=np.int64)) for x in jax.tree.leaves(tree))
 
 
-def make_plan(args) -> dict:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-
-    from latent_jax.latent.coconut import coconut_loss
-    from latent_jax.models.decoder import init_params
-    from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated
-
+def make_plan(args, devices=None) -> dict:
+    """The plan (a JSON-able dict) for parsed `args` (build_parser()) on `devices` (default: all)."""
     n = args.devices
-    if len(jax.devices()) != n:
-        raise SystemExit(f"error: {len(jax.devices())} devices visible, --devices {n}; run the plan in a fresh "
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) != n:
+        raise SystemExit(f"error: {len(devices)} devices visible, --devices {n}; run the plan in a fresh "
                          "process (it sets XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)")
     text, vlm = load_model_config(args.config)
     cfg = text.replace(dtype="bfloat16", param_dtype=args.param_dtype, scan_layers=True, remat_policy=args.remat)
-    mesh = make_mesh(_mesh_shape(args.mesh, n))
+    if args.layers:
+        w = tuple(cfg.layer_windows)
+        cfg = cfg.replace(num_hidden_layers=args.layers, layer_windows=(w * args.layers)[:args.layers])
+    mesh = make_mesh(_mesh_shape(args.mesh, n), devices)
     B = args.batch or n
     T, L = args.seq, args.latent
     P = args.latent_start or (T - 64 - L if T > 128 + L else T // 2)
@@ -162,7 +162,10 @@ def make_plan(args) -> dict:
     t0 = time.perf_counter()
     jitted = jax.jit(step, in_shardings=(p_sh, o_sh, b_sh), out_shardings=(p_sh, o_sh, replicated(mesh)),
                      donate_argnums=(0, 1))
-    lowered = jitted.lower(params, opt, batch)
+    # traced under the mesh: the decoder pins hidden states to the batch axes (parallel.constrain)
+    constrained = not args.no_activation_sharding
+    with use_mesh(mesh) if constrained else contextlib.nullcontext():
+        lowered = jitted.lower(params, opt, batch)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
@@ -199,6 +202,7 @@ def make_plan(args) -> dict:
         "vision_params": _vision_params(vlm) if vlm else 0,
         "devices": n, "mesh": {k: int(v) for k, v in mesh.shape.items()}, "chip": args.chip, "chip_desc": chip_desc,
         "global_batch": B, "seq": T, "latent": L, "latent_start": P, "media_tokens": args.media_tokens,
+        "layers": cfg.num_hidden_layers, "activation_sharding": constrained,
         "remat": args.remat, "param_dtype": args.param_dtype, "compute_dtype": "bfloat16",
         "bytes_per_device": {"params": p_bytes, "optimizer": o_bytes, "arguments": args_b, "outputs": out_b,
                              "aliased": alias, "temporaries": temp, "code": code, "peak": peak_bytes},
@@ -212,10 +216,6 @@ def make_plan(args) -> dict:
 
 
 def _vision_params(vlm) -> int:
-    import jax
-
-    from latent_jax.models.multimodal import init_vlm_params
-
     try:
         full = jax.eval_shape(lambda: init_vlm_params(vlm, 0))
     except Exception:  # noqa: BLE001 - the count is informative only
@@ -249,14 +249,16 @@ def format_plan(p: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.devices < 1:
         raise SystemExit("error: --devices must be >= 1")
-    if "jax" not in sys.modules:  # N fake CPU devices stand in for the slice
-        flags = os.environ.get("XLA_FLAGS", "")
-        flags = " ".join(f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count"))
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
-        os.environ["JAX_PLATFORMS"] = "cpu"
+    # N fake CPU devices stand in for the slice (read when jax's backend starts, at the first
+    # jax.devices(); make_plan checks that it took)
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = " ".join(f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count"))
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    jax.config.update("jax_platforms", "cpu")
     plan = make_plan(args)
     print(format_plan(plan))
     if args.json:

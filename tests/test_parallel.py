@@ -1,5 +1,6 @@
 """Sharding: the same loss and gradients on 1 device and on 8 fake CPU devices with a
-(data=2, fsdp=2, tensor=2) mesh; mesh-shape errors name the fix."""
+(data=2, fsdp=2, tensor=2) mesh, with and without the decoder's activation constraints
+(parallel.use_mesh while tracing); mesh-shape errors name the fix."""
 
 import os
 import subprocess
@@ -52,6 +53,15 @@ SCRIPT = textwrap.dedent(
         diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), g1, g8))
         assert max(diffs) < 1e-5, max(diffs)
         assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(g8))
+        # traced under the mesh, the decoder's activation constraints are on: same loss and grads
+        step_c = jax.jit(jax.value_and_grad(loss_fn))
+        with parallel.use_mesh(mesh):
+            assert "sharding_constraint" in step_c.lower(ps, bs).as_text()
+            lc, gc = step_c(ps, bs)
+        assert "sharding_constraint" not in jax.jit(jax.value_and_grad(loss_fn)).lower(ps, bs).as_text()
+        assert abs(float(l1) - float(lc)) < 1e-5, (float(l1), float(lc))
+        diffs_c = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), g1, gc))
+        assert max(diffs_c) < 1e-5, max(diffs_c)
         print("scan", scan, "loss", float(l1), "max grad diff", max(diffs))
 
     # mesh errors
