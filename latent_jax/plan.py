@@ -1,12 +1,12 @@
 """Plan a real-size Coconut training run without the hardware.
 
-    python -m latent_jax.plan --config=configs/hf/phi4_multimodal/config.json --devices 16 \
+    python -m latent_jax.plan --config=configs/hf/phi4_multimodal.json --devices 16 \
         --mesh data=1,fsdp=16,tensor=1 --chip v4 --batch 16 --seq 2048 --latent 3
 
 Builds the model's shapes from an HF config.json alone (text LMs: Mistral, Llama, Qwen2, Phi-3;
 VLMs: Phi-4-multimodal, InternVL3; no weights: params are jax.ShapeDtypeStruct), shards them
-with the library's rules (latent_jax.parallel) on `--devices` fake CPU devices, AOT-lowers and
-compiles the Coconut train step (latent.coconut.coconut_loss, value_and_grad, AdamW update;
+with the library's rules (latent_jax.parallel) on `--devices` fake CPU devices, AOT-lowers (under
+parallel.use_mesh, so the decoder's activation constraints apply) and compiles the Coconut train step (latent.coconut.coconut_loss, value_and_grad, AdamW update;
 bf16 compute, fp32 master params and moments, per-layer remat, scanned layers), and prints
 per-device bytes of params, optimizer state and the compiled step's temporaries
 (compiled.memory_analysis()), FLOPs per step (compiled.cost_analysis(), with the 6·N·tokens
