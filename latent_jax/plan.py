@@ -5,9 +5,10 @@
 
 Builds the model's shapes from an HF config.json alone (text LMs: Mistral, Llama, Qwen2, Phi-3;
 VLMs: Phi-4-multimodal, InternVL3; no weights: params are jax.ShapeDtypeStruct), shards them
-with the library's rules (latent_jax.parallel) on `--devices` fake CPU devices, AOT-lowers (under
-parallel.use_mesh, so the decoder's activation constraints apply) and compiles the Coconut train step (latent.coconut.coconut_loss, value_and_grad, AdamW update;
-bf16 compute, fp32 master params and moments, per-layer remat, scanned layers), and prints
+with the library's rules (latent_jax.parallel) on `--devices` fake CPU devices, AOT-lowers under
+parallel.use_mesh (so the decoder's activation constraints apply) and compiles the Coconut train
+step (latent.coconut.coconut_loss, value_and_grad, AdamW update; bf16 compute, fp32 master
+params and moments, per-layer remat, scanned layers), and prints
 per-device bytes of params, optimizer state and the compiled step's temporaries
 (compiled.memory_analysis()), FLOPs per step (compiled.cost_analysis(), with the 6·N·tokens
 estimate beside it), whether it fits the chip's HBM, and the step time at 50% MFU.
