@@ -94,7 +94,7 @@ def bench_tova(args) -> dict:
 def bench_diffusion(args) -> dict:
     from configs.diffusion_lm import get_config
     from latent_jax.decoding.diffusion import DiffusionOptions, diffusion_generate
-    from latent_jax.train.checkpoint import load_any
+    from latent_jax.models.io import load_any
     from latent_jax.tasks.diffusion import TOY_MASK, run, toy_examples
 
     c = get_config()

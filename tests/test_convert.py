@@ -39,7 +39,7 @@ def test_roundtrip_loaded_by_transformers(family, tiny_hf_dir, tmp_path, capsys)
     assert np.abs(ref - back)[mask.astype(bool)].max() <= 1e-4
     # and latent_jax on the Orbax checkpoint agrees with transformers on the original
     from latent_jax.models.decoder import Decoder
-    from latent_jax.train.checkpoint import load_any
+    from latent_jax.models.io import load_any
 
     cfg, params = load_any(ck)
     ours = np.asarray(Decoder(cfg).apply({"params": params}, ids, attention_mask=mask).logits)

@@ -409,7 +409,7 @@ def _text_setup(cfg: ConfigDict, workdir: str, s: dict):
     from latent_jax.data.pipeline import load_split
     from latent_jax.latent.curriculum import problem_format, scheduled_stage
     from latent_jax.tasks.coconut import build_model, build_tokenizer, curriculum_config, eval_geometry, prepare_data
-    from latent_jax.train.checkpoint import save_model
+    from latent_jax.models.io import save_model
 
     paths = prepare_data(cfg, workdir)
     tok, tok_dir = build_tokenizer(cfg, workdir, paths["train"])

@@ -1,8 +1,7 @@
 """Training-state checkpoints (TrainCheckpointer: best N by a metric plus the latest, with JSON
 side data) on Orbax, locally or under a URI (gs://...: the string reaches Orbax unchanged).
 
-Model weights (save_model / load_model / load_any) live in latent_jax.models.io; they are
-re-exported here for existing callers.
+Model weights (save_model / load_model / load_any) live in latent_jax.models.io.
 """
 
 from __future__ import annotations
@@ -14,24 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from latent_jax.models.io import (  # noqa: F401 - re-exported
-    MODEL_CONFIG_FILE,
-    PARAMS_DIR,
-    PREVIOUS_SUFFIX,
-    CheckpointError,
-    cast_params,
-    first_line,
-    is_hf_dir,
-    is_model_checkpoint,
-    load_any,
-    load_model,
-    quiet_orbax,
-    read_model_config,
-    resolve_checkpoint,
-    restack_layers,
-    restore_params,
-    save_model,
-)
+from latent_jax.models.io import quiet_orbax
 from latent_jax.paths import is_uri, orbax_path, resolve_path
 
 _REPLACED_SUFFIX = ".replaced"  # a training step being re-saved (TrainCheckpointer.save of an existing step)

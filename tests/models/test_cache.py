@@ -9,7 +9,7 @@ import pytest
 from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import Decoder, init_params
 from latent_jax.models.layers import KVCache
-from latent_jax.train.checkpoint import restack_layers
+from latent_jax.models.io import restack_layers
 
 CONFIGS = {
     "mistral": dict(layer_windows=(8, 8)),  # sequence below is longer than the window

@@ -11,7 +11,7 @@ import torch
 from latent_jax.decoding import sampling as S
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.hf import load_hf
-from latent_jax.train.checkpoint import restack_layers
+from latent_jax.models.io import restack_layers
 from tests.conftest import FAMILIES
 
 TOL = 1e-4

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from configs.diffusion_lm import get_config
-from latent_jax.train.checkpoint import load_any
+from latent_jax.models.io import load_any
 from latent_jax.tasks.diffusion import run, toy_examples
 
 

@@ -11,13 +11,8 @@ import pytest
 
 from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
-from latent_jax.train.checkpoint import (
-    CheckpointError,
-    TrainCheckpointer,
-    load_any,
-    load_model,
-    save_model,
-)
+from latent_jax.models.io import CheckpointError, load_any, load_model, save_model
+from latent_jax.train.checkpoint import TrainCheckpointer
 
 
 def _allclose_tree(a, b):
