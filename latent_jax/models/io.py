@@ -310,8 +310,23 @@ def _silence_closed_loop_callbacks() -> None:
                 or closed_loop(u.exc_type, u.exc_value, u.exc_traceback)):
             prev_unraisable(u)
 
+    def from_orbax(tb) -> bool:
+        while tb is not None:
+            if needle in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        return False
+
+    class NeverRetrieved(logging.Filter):  # asyncio logs a collected task's unread exception
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not str(record.msg).startswith("Task exception was never retrieved"):
+                return True
+            exc = record.exc_info[1] if record.exc_info else None
+            return not (needle in record.getMessage() or (exc is not None and from_orbax(exc.__traceback__)))
+
     excepthook._latent_jax = unraisablehook._latent_jax = True
     sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    logging.getLogger("asyncio").addFilter(NeverRetrieved())
 
 
 def _to_dict(tree):
