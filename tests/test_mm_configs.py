@@ -36,10 +36,10 @@ def _config(spec: str, fx: str):
 
 def _build_fixtures(fx: str) -> None:
     """What the :smoke presets build on first use (latent_jax.tasks.coconut_mm), once for all."""
-    from latent_jax.tasks.coconut_mm import _ensure_smoke_fixtures
+    from latent_jax.tasks.coconut_mm import ensure_smoke_fixtures
 
     for spec in ("cinepile_coconut.py:smoke", "aokvqa_coconut.py:smoke"):
-        _ensure_smoke_fixtures(_config(spec, fx), fx)
+        ensure_smoke_fixtures(_config(spec, fx), fx)
 
 
 @pytest.fixture(scope="module")

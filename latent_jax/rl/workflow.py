@@ -27,17 +27,38 @@ import copy
 import json
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from latent_jax.data.pipeline import CoconutEvalData, load_split
+from latent_jax.latent.curriculum import problem_format, scheduled_stage
+from latent_jax.models.hf_vlm import save_vlm_checkpoint
+from latent_jax.models.io import save_model
 from latent_jax.rl.grpo import check_aggregation, check_scale, group_advantages, grpo_objective
-from latent_jax.rl.rewards import answer_rewards, check_shape
-from latent_jax.rl.rollout import completion_logprobs, completion_logprobs_jit, rollout, sequence_arrays
-from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
+from latent_jax.rl.rewards import TASKS, answer_rewards, check_shape
+from latent_jax.rl.rollout import (
+    completion_logprobs,
+    completion_logprobs_jit,
+    left_padded,
+    rollout,
+    sequence_arrays,
+)
+from latent_jax.tasks import coconut, coconut_mm
+from latent_jax.tasks.coconut import (
+    build_model,
+    build_tokenizer,
+    curriculum_config,
+    deep_update,
+    eval_geometry,
+    prepare_data,
+    repad,
+)
+from latent_jax.tasks.coconut_mm import FeatureCache, MMEmbeds, ensure_smoke_fixtures, load_items, tokenize_items
+from latent_jax.train.metrics import read_metrics
+from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, check_mode, quiet_logs, write_json
 
 INITS = ("sft", "model")
 
@@ -65,8 +86,6 @@ def rl_settings(config: ConfigDict) -> dict:
     if s["init"] not in INITS:
         raise ValueError(f"config.rl.init={s['init']!r}; use 'sft' (a short supervised run first) or 'model' "
                          "(start from config.load_model_path)")
-    from latent_jax.rl.rewards import TASKS
-
     if s["task"] not in TASKS:
         raise ValueError(f"config.rl.task={s['task']!r}; use one of {', '.join(TASKS)}")
     dataset = config.get("data", {}).get("dataset", "")
@@ -82,14 +101,6 @@ def rl_settings(config: ConfigDict) -> dict:
 
 
 # ----------------------------------------------------------------------------- start point
-def _merge(dst: ConfigDict, src: Any) -> None:
-    for k, v in (src.items() if hasattr(src, "items") else []):
-        if hasattr(v, "items") and k in dst and hasattr(dst[k], "items"):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-
-
 def sft_config(config: ConfigDict, workdir: str) -> ConfigDict:
     """The supervised run the policy starts from: the same task and model with the
     config.rl.sft overrides (fewer epochs or rows: an under-trained start), data shared."""
@@ -101,7 +112,7 @@ def sft_config(config: ConfigDict, workdir: str) -> ConfigDict:
         if is_multimodal(config):
             sub.workflow = "multimodal_coconut"
             sub.fixtures_dir = config.get("fixtures_dir", "") or os.path.join(workdir, "fixtures")
-        _merge(sub, config.rl.get("sft", ConfigDict()))
+        deep_update(sub, config.rl.get("sft", ConfigDict()))
         if config.data.get("generate", ""):
             sub.data.generate_dir = config.data.get("generate_dir", "") or os.path.join(workdir, "data")
     return sub
@@ -118,11 +129,7 @@ def start_model(config: ConfigDict, workdir: str) -> str:
         return path
     best = os.path.join(workdir, "sft", "best_model")
     if not os.path.isdir(best):
-        if is_multimodal(config):
-            from latent_jax.tasks.coconut_mm import run_single
-        else:
-            from latent_jax.tasks.coconut import run_single
-
+        run_single = coconut_mm.run_single if is_multimodal(config) else coconut.run_single
         print(f"== supervised start -> {os.path.join(workdir, 'sft')}", flush=True)
         run_single(sft_config(config, workdir), os.path.join(workdir, "sft"))
     return best
@@ -138,14 +145,14 @@ class PromptSet:
     """A split's generation prompts as fixed-shape batches (one compiled program): arrays
     re-padded to one geometry, each row's reference (the gold answer text, or the data row for
     `refs`), and which rows are real. With `embeds` (an EmbeddingSource of the multimodal
-    task, `split` its split name) each batch's image / video features are built on demand."""
+    task, `split` its split name) each batch's image / video features are built on demand.
+    A training set holds this process's rows of each batch; an evaluation set (split val or
+    test) every row on every process (train/trainer.py)."""
 
     def __init__(self, examples, cc, ids, pad_id: int, batch_size: int, stage: int, geom, bucket: int,
-                 refs: list | None = None, embeds=None, split: str = ""):
-        from latent_jax.data.pipeline import CoconutEvalData
-        from latent_jax.tasks.coconut import repad
-
-        ds = CoconutEvalData(examples, cc, ids, pad_id, batch_size, bucket=bucket).dataset(stage)
+                 refs: list | None = None, embeds=None, split: str = "train"):
+        one = {} if split == "train" else {"process_index": 0, "process_count": 1}
+        ds = CoconutEvalData(examples, cc, ids, pad_id, batch_size, bucket=bucket, **one).dataset(stage)
         self.batches, self.example_idx = [], []
         for i in range(len(ds)):
             eb = ds[i]
@@ -181,8 +188,6 @@ def batch_for_step(step: int, full: list[int], seed: int) -> int:
 def rollout_width(ps: PromptSet) -> int:
     """The prompt width of this set's rollouts: plain prompts are cut after their last real
     column (`left_padded`), Coconut prompts keep the whole geometry."""
-    from latent_jax.rl.rollout import left_padded
-
     a = ps.batches[0][0]
     if ps.num_latent == 0 and ps.embeds is None:
         cut = left_padded(a)
@@ -261,10 +266,7 @@ class GRPOTask(Task):
         self.export_fn, self.start, self.start_eval = export_fn, start, start_eval
         self.name = "grpo"
         self.mode = str(config.coconut_mode)
-        fmt_name = str(config.data.get("format", "text"))
-        from latent_jax.latent.curriculum import problem_format
-
-        self.delimiter = problem_format(fmt_name).answer_delimiter
+        self.delimiter = problem_format(str(config.data.get("format", "text"))).answer_delimiter
         gen = config.get("generation", None)  # text configs: per mode; multimodal: config.eval
         self.max_new = int(gen[self.mode].max_new_tokens if gen is not None else config.eval.max_new_tokens)
         self.scorer = str(config.get("eval", {}).get("scorer", "official")) if s["task"] == "cinepile" else "official"
@@ -354,8 +356,6 @@ class GRPOTask(Task):
         self.export_fn(os.path.join(self.workdir, "best_model"), jax.device_get(params))
 
     def finish(self, trainer, state, out: dict) -> dict:
-        from latent_jax.train.metrics import read_metrics
-
         self.export_fn(os.path.join(self.workdir, "final_model"), jax.device_get(state["params"]))
         rows = read_metrics(os.path.join(self.workdir, "metrics.jsonl"))
         train = [{"step": r["step"], "reward": r["train/reward"], "accuracy": r["train/accuracy"],
@@ -406,11 +406,6 @@ def heldout(task: GRPOTask, params, ps: PromptSet) -> dict:
 def _text_setup(cfg: ConfigDict, workdir: str, s: dict):
     """Coconut-format text: (model config, params, tokenizer, curriculum, train / val / test
     PromptSets, export function)."""
-    from latent_jax.data.pipeline import load_split
-    from latent_jax.latent.curriculum import problem_format, scheduled_stage
-    from latent_jax.tasks.coconut import build_model, build_tokenizer, curriculum_config, eval_geometry, prepare_data
-    from latent_jax.models.io import save_model
-
     paths = prepare_data(cfg, workdir)
     tok, tok_dir = build_tokenizer(cfg, workdir, paths["train"])
     mcfg, params = build_model(cfg, tok)
@@ -429,52 +424,17 @@ def _text_setup(cfg: ConfigDict, workdir: str, s: dict):
     geom = eval_geometry([e for v in exs.values() for e in v], stage, cc, tok.latent_ids, bucket)
     ebs = int(cfg.get("eval_batch_size", 64))
     sets = [PromptSet(exs[k], cc, tok.latent_ids, tok.pad_id, s["prompts_per_step"] if k == "train" else ebs, stage,
-                      geom, bucket) for k in ("train", "val", "test")]
+                      geom, bucket, split=k) for k in ("train", "val", "test")]
     return mcfg, params, tok, cc, sets, lambda path, p: save_model(path, p, mcfg, tok_dir)
-
-
-def _smoke_paths(cfg: ConfigDict, workdir: str) -> None:
-    """The :smoke presets' tiny VLM and dataset (built by the supervised start, or here)."""
-    from latent_jax import testing as fx
-
-    fdir = cfg.get("fixtures_dir", "") or os.path.join(workdir, "fixtures")
-    mdir = os.path.join(fdir, f"tiny_{cfg.model.family}")
-    if not os.path.exists(os.path.join(mdir, "config.json")):
-        fx.make_tiny_vlm(cfg.model.family, mdir, seed=int(cfg.seed))
-    cfg.model.path = mdir
-    root = os.path.join(fdir, cfg.data.dataset)
-    if cfg.data.dataset == "cinepile":
-        if not os.path.exists(os.path.join(root, "test.parquet")):
-            fx.write_cinepile_fixture(root, n_train=8, n_test=6, n_clips=3, num_frames=8)
-    elif not os.path.exists(os.path.join(root, "aokvqa_v1p0_val.json")):
-        fx.write_aokvqa_fixture(root, n_train=8, n_val=6)
-    cfg.data.path = root
-    if cfg.data.dataset == "aokvqa":
-        cfg.data.coco_dir = os.path.join(root, "coco")
 
 
 def _mm_setup(cfg: ConfigDict, workdir: str, s: dict):
     """CinePile (video) / A-OKVQA (images): the language model of the VLM is the policy, the
     frozen vision features enter the prompts as embeds_override (tasks.coconut_mm pieces)."""
-    from latent_jax.data.tokenizer import add_coconut_tokens, load_tokenizer, resize_embeddings
-    from latent_jax.latent.curriculum import scheduled_stage
-    from latent_jax.models.hf_vlm import load_vlm_any, save_vlm_checkpoint
-    from latent_jax.tasks.coconut import curriculum_config, eval_geometry
-    from latent_jax.tasks.coconut_mm import FeatureCache, MMEmbeds, load_items, tokenize_items
-
     if cfg.get("smoke"):
-        _smoke_paths(cfg, workdir)
-    src = cfg.load_model_path
-    vcfg, vparams, unused = load_vlm_any(src, dtype=cfg.model.param_dtype)
-    has_tok = any(os.path.exists(os.path.join(src, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
-    tok_dir = src if has_tok else cfg.model.path
-    tok = load_tokenizer(tok_dir)
-    ids = add_coconut_tokens(tok)
-    lm, text = vparams["language_model"], vcfg.text
-    if tok.vocab_size > text.vocab_size:
-        lm, text = resize_embeddings(lm, text, tok.vocab_size)
-    vcfg = vcfg.replace(text=text.replace(dtype=cfg.model.dtype, remat_policy=cfg.model.remat_policy))
-    vparams = dict(vparams, language_model=lm)
+        ensure_smoke_fixtures(cfg, workdir)
+    vcfg, vparams, unused, tok, ids = coconut_mm.load_model(cfg)
+    tok_dir, lm = coconut_mm.tokenizer_dir(cfg), vparams["language_model"]
     feats = FeatureCache(vcfg, vparams, cfg)
     d = cfg.data
     train_items, _ = load_items(cfg, d.train_split)
@@ -504,12 +464,8 @@ def _mm_setup(cfg: ConfigDict, workdir: str, s: dict):
 
 def run(config: ConfigDict, workdir: str) -> dict:
     """GRPO from a supervised start (module docstring); returns results.json's dict."""
-    from absl import logging as absl_logging
-
-    if not config.get("verbose", False):
-        absl_logging.set_verbosity(absl_logging.WARNING)
-    if config.mode not in ("train", "eval"):
-        raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
+    quiet_logs(config)
+    check_mode(config)
     s = rl_settings(config)
     # the curriculum stage the start model was trained to (the policy's prompts are at it)
     sft = config.rl.get("sft", {}) if s["init"] == "sft" else {}

@@ -29,36 +29,25 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from latent_jax.data import text_tokens as tt
 from latent_jax.data.augment import AugmentConfig, affine_augment, dataset_multiplicity
+from latent_jax.data.digits import load_digits_splits
+from latent_jax.data.mnist import load_mnist
 from latent_jax.latent.act import ACTConfig, act_apply, act_loss, init_params
 from latent_jax.models import vision_tokens as vt
 from latent_jax.models.config import ModelConfig
-from latent_jax.models.io import load_any
-from latent_jax.train.checkpoint import TrainCheckpointer
+from latent_jax.tasks.common import load_model, model_config_from
 from latent_jax.train.metrics import MetricsWriter, plot_series
-from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
+from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, check_mode, quiet_logs, write_json
 
 TASKS = ("digits", "mnist", "text")
-_MODEL_FIELDS = (
-    "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "max_position_embeddings", "dtype", "param_dtype",
-    "scan_layers", "remat_policy",
-)
 
 
 # --------------------------------------------------------------------------- building
-def model_config_from(model_cfg: ConfigDict, vocab_size: int, **extra) -> ModelConfig:
-    """A from-scratch ModelConfig from config.model fields."""
-    kw = {k: model_cfg[k] for k in _MODEL_FIELDS if k in model_cfg}
-    kw.update(extra)
-    return ModelConfig(vocab_size=vocab_size, **kw)
-
-
 def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **extra) -> tuple[ModelConfig, dict]:
     """(model config, {'decoder', 'act'} params): from config.model.path when set, else random."""
     if config.model.get("path"):
-        mcfg, dec = load_any(config.model.path)
-        mcfg = mcfg.replace(dtype=config.model.dtype)
+        mcfg, dec = load_model(config)
         if mcfg.vocab_size < vocab_size:
             raise ValueError(
                 f"model at {config.model.path} has vocab_size={mcfg.vocab_size} < {vocab_size} needed by this task; "
@@ -71,6 +60,31 @@ def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **e
 
 def _count(params) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def padded_batches(arrays: dict, bs: int) -> list[dict]:
+    """`arrays` (rows first) in batches of `bs` rows, the last padded with zero rows; each
+    batch's "valid" marks its real rows."""
+    total, out = len(next(iter(arrays.values()))), []
+    for s in range(0, total, bs):
+        n = min(bs, total - s)
+        out.append({k: np.concatenate([a[s:s + n], np.zeros((bs - n,) + a.shape[1:], a.dtype)]) for k, a in arrays.items()})
+        out[-1]["valid"] = np.arange(bs) < n
+    return out
+
+
+def _eval_sums(out, valid, correct, ce) -> dict:
+    """An eval batch's sums over its valid rows (and the halting loop's inner steps)."""
+    v = valid.astype(jnp.float32)
+    return {
+        "n": jnp.sum(v),
+        "correct": jnp.sum(correct * v),
+        "ce": jnp.sum(ce * v),
+        "label_steps": jnp.sum(out.n_steps[:, -1] * v),
+        "expected_steps": jnp.sum(jnp.mean(out.expected_steps, -1) * v),
+        "mean_steps": jnp.sum(jnp.mean(out.n_steps.astype(jnp.float32), -1) * v),
+        "inner_steps": out.inner_steps.astype(jnp.float32),
+    }
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -90,12 +104,8 @@ class _Task:
 def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     d = config.data
     if config.task == "digits":
-        from latent_jax.data.digits import load_digits_splits
-
         train, test = load_digits_splits(d.get("test_fraction", 0.2), seed=config.seed)
     else:
-        from latent_jax.data.mnist import load_mnist
-
         train, test = load_mnist(d.get("data_dir", ""))
     if d.get("max_train", 0):
         train = dataclasses.replace(train, images=train.images[: d.max_train], labels=train.labels[: d.max_train])
@@ -131,17 +141,7 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
         return {"images": imgs, "labels": train.labels[idx]}
 
     def eval_batches() -> list[dict]:
-        out = []
-        for s in range(0, len(test), bs):
-            imgs, labs = test.images[s:s + bs], test.labels[s:s + bs]
-            n = len(labs)
-            pad = bs - n
-            out.append({
-                "images": np.concatenate([imgs, np.zeros((pad,) + imgs.shape[1:], imgs.dtype)]),
-                "labels": np.concatenate([labs, np.zeros((pad,), labs.dtype)]),
-                "valid": np.arange(bs) < n,
-            })
-        return out
+        return padded_batches({"images": test.images, "labels": test.labels}, bs)
 
     def targets(labels):
         B = labels.shape[0]
@@ -163,18 +163,9 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     def eval_fn(params, batch):
         emb = vt.image_inputs(params, batch["images"], vcfg, mcfg)
         out = act_apply(params, mcfg, acfg, inputs_embeds=emb, loop="while")
-        v = batch["valid"].astype(jnp.float32)
         lg = vt.label_logits(out.logits[:, -1], n_classes)
         ce = optax.softmax_cross_entropy_with_integer_labels(out.logits[:, -1], vt.label_token(batch["labels"]))
-        return {
-            "n": jnp.sum(v),
-            "correct": jnp.sum((jnp.argmax(lg, -1) == batch["labels"]) * v),
-            "ce": jnp.sum(ce * v),
-            "label_steps": jnp.sum(out.n_steps[:, -1] * v),
-            "expected_steps": jnp.sum(jnp.mean(out.expected_steps, -1) * v),
-            "mean_steps": jnp.sum(jnp.mean(out.n_steps.astype(jnp.float32), -1) * v),
-            "inner_steps": out.inner_steps.astype(jnp.float32),
-        }
+        return _eval_sums(out, batch["valid"], jnp.argmax(lg, -1) == batch["labels"], ce)
 
     frozen = (lambda p: p.startswith("encoder/")) if vcfg.freeze_encoder else None
     info = {"task": config.task, "train_examples": len(train), "test_examples": len(test),
@@ -183,8 +174,6 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
 
 
 def text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
-    from latent_jax.data import text_tokens as tt
-
     d = config.data
     path = d.get("path", "")
     if not path and d.get("synthetic", False):
@@ -212,12 +201,7 @@ def text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
         return {"tokens": train_w[order[i * bs:(i + 1) * bs]]}
 
     def eval_batches() -> list[dict]:
-        out = []
-        for s in range(0, len(eval_w), bs):
-            w = eval_w[s:s + bs]
-            n = len(w)
-            out.append({"tokens": np.concatenate([w, np.zeros((bs - n, S + 1), w.dtype)]), "valid": np.arange(bs) < n})
-        return out
+        return padded_batches({"tokens": eval_w}, bs)
 
     def loss_fn(params, batch):
         x, y = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
@@ -230,18 +214,8 @@ def text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
     def eval_fn(params, batch):
         x, y = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
         out = act_apply(params, mcfg, acfg, x, loop="while")
-        v = batch["valid"].astype(jnp.float32)
         ce = optax.softmax_cross_entropy_with_integer_labels(out.logits, y).mean(-1)
-        acc = (jnp.argmax(out.logits, -1) == y).mean(-1)
-        return {
-            "n": jnp.sum(v),
-            "correct": jnp.sum(acc * v),
-            "ce": jnp.sum(ce * v),
-            "label_steps": jnp.sum(out.n_steps[:, -1] * v),
-            "expected_steps": jnp.sum(jnp.mean(out.expected_steps, -1) * v),
-            "mean_steps": jnp.sum(jnp.mean(out.n_steps.astype(jnp.float32), -1) * v),
-            "inner_steps": out.inner_steps.astype(jnp.float32),
-        }
+        return _eval_sums(out, batch["valid"], (jnp.argmax(out.logits, -1) == y).mean(-1), ce)
 
     info = {"task": "text", "data": path, "tokens": int(len(tokens)), "train_windows": int(len(train_w)),
             "eval_windows": int(len(eval_w)), "seq_len": S}
@@ -309,11 +283,12 @@ class ACTTask(Task):
 
 
 def evaluate(eval_step, params, batches, trainer: Trainer) -> dict:
-    """Eval-set means of the halting while_loop's accuracy, CE and step counts."""
+    """Eval-set means of the halting while_loop's accuracy, CE and step counts (every process
+    evaluates every row: the batches are whole on each, sharded over the mesh's batch axes)."""
     tot: dict[str, float] = {}
     inner = []
     for b in batches:
-        r = jax.device_get(eval_step(params, trainer.place(b)))
+        r = jax.device_get(eval_step(params, trainer.place_all(b)))
         inner.append(float(r.pop("inner_steps")))
         for k, v in r.items():
             tot[k] = tot.get(k, 0.0) + float(v)
@@ -332,11 +307,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
     """Train (config.mode == 'train') or evaluate the best checkpoint ('eval'); returns results."""
     if config.task not in TASKS:
         raise ValueError(f"config.task={config.task!r}; use one of {', '.join(TASKS)}")
-    if config.mode not in ("train", "eval"):
-        raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
+    check_mode(config)
+    quiet_logs(config)
     acfg = ACTConfig.from_dict(config.act)
     rng = jax.random.PRNGKey(config.seed)
     t = text_task(config, acfg, rng, workdir) if config.task == "text" else image_task(config, acfg, rng)
@@ -349,13 +321,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
           f"k_max={acfg.k_max} tau={acfg.tau}")
     if config.mode == "train":
         return trainer.fit(state, task.num_epochs)
-    ckpt = TrainCheckpointer(os.path.join(workdir, "checkpoints"))
-    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = ckpt.restore_best(template) or ckpt.restore_latest(template)
-    ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints; train first (mode=train)")
-    state, _ = restored
+    state = trainer.restore_best(state)
     res = evaluate(task._eval_step, state["params"], task._eval_batches, trainer)
     writer = MetricsWriter(workdir, config.get("wandb_project", ""), config=config.to_dict())
     writer.write(int(state["step"]), res, prefix="eval/")

@@ -45,6 +45,18 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from latent_jax.data.coconut_json import load_coconut_json
+from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData, load_split
+from latent_jax.data.prosqa import write_prosqa
+from latent_jax.data.prosqa_graph import write_graph_splits
+from latent_jax.data.tokenizer import (
+    add_coconut_tokens,
+    coconut_init_token_id,
+    load_tokenizer,
+    resize_embeddings,
+    text_corpus,
+    train_tokenizer,
+)
 from latent_jax.decoding.diffusion import answer_options_from_config
 from latent_jax.decoding.sampling import SamplingParams
 from latent_jax.decoding.tova import tova_options_from_config
@@ -59,20 +71,22 @@ from latent_jax.latent.coconut import (
 )
 from latent_jax.latent.curriculum import (
     CurriculumConfig,
+    eval_prompt,
     extract_answer,
     problem_format,
     scheduled_stage,
     stage_boundaries,
     stage_changed,
+    train_sample,
 )
 from latent_jax.latent.probe import frontier_probe
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
-from latent_jax.models.io import load_any, save_model
-from latent_jax.parallel import make_mesh, param_shardings
-from latent_jax.train.metrics import plot_series, read_metrics
+from latent_jax.models.io import save_model
 from latent_jax.paths import write_text
-from latent_jax.train.trainer import Batch, Task, Trainer, write_json
+from latent_jax.tasks.common import load_model, model_config_from
+from latent_jax.train.metrics import plot_series, read_metrics
+from latent_jax.train.trainer import Batch, Task, Trainer, check_mode, quiet_logs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -82,28 +96,27 @@ BATCH_KEYS = ("input_ids", "attention_mask", "labels", "latent_mask", "position_
 
 
 # ============================================================================ entry point
-def run(config: ConfigDict, workdir: str) -> dict:
-    """Train and/or evaluate as `config` says; returns a dict of results."""
-    if not config.get("verbose", False):
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every read and write at INFO
-    if config.mode not in ("train", "eval"):
-        raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
+def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, result_key: str = "test") -> dict:
+    """Train and/or evaluate as `config` says (one run by `run_one`, default run_single, or the
+    chain of config.chain); returns a dict of results."""
+    check_mode(config)
+    quiet_logs(config)
     chain = [m.strip() for m in str(config.get("chain", "") or "").split(",") if m.strip()]
     if chain:
-        return run_chain(config, workdir, chain)
-    return run_single(config, workdir)
+        return run_chain(config, workdir, chain, run_one, result_key)
+    return (run_one or run_single)(config, workdir)
 
 
-def _sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None) -> ConfigDict:
+def sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None) -> ConfigDict:
+    """The config of the chained run of `mode` in workdir/<mode>/: its chain_overrides applied,
+    Coconut starting from cot_dir/best_model, generated data and tokenizer shared."""
     sub = copy.deepcopy(config)
     with sub.unlocked():
         sub.chain = ""
         sub.coconut_mode = mode
         over = config.get("chain_overrides", ConfigDict()).get(mode)
         if over is not None:
-            _deep_update(sub, over)
+            deep_update(sub, over)
         if config.mode == "eval":
             sub.load_model_path = os.path.join(workdir, mode, "best_model")
         elif mode == "coconut" and cot_dir and not sub.load_model_path:
@@ -115,10 +128,11 @@ def _sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None
     return sub
 
 
-def _deep_update(dst: ConfigDict, src: Any) -> None:
+def deep_update(dst: ConfigDict, src: Any) -> None:
+    """Set `src`'s keys (nested dicts merged key by key) into the ConfigDict `dst`."""
     for k, v in (src.items() if hasattr(src, "items") else []):
         if hasattr(v, "items") and k in dst and hasattr(dst[k], "items"):
-            _deep_update(dst[k], v)
+            deep_update(dst[k], v)
         else:
             dst[k] = v
 
@@ -138,7 +152,7 @@ def run_chain(config: ConfigDict, workdir: str, modes: list[str], run_one: Calla
     from_cot = "cot" in modes and bool(config.get("coconut_from_cot", True))
     cot_dir = os.path.join(workdir, "cot") if from_cot else None
     for m in modes:
-        sub = _sub_config(config, m, workdir, cot_dir)
+        sub = sub_config(config, m, workdir, cot_dir)
         print(f"== {MODE_TITLES[m]} run -> {os.path.join(workdir, m)}", flush=True)
         results[m] = run_one(sub, os.path.join(workdir, m))
     plot = _plot_chain(workdir, modes, config)
@@ -258,15 +272,11 @@ def prepare_data(config: ConfigDict, workdir: str) -> dict[str, str]:
         if all(os.path.exists(p) for p in paths.values()):
             return paths
         if d.generate == "prosqa_graph":
-            from latent_jax.data.prosqa_graph import write_graph_splits
-
             write_graph_splits(out, {"train": g.train, "valid": g.valid, "test": g.test}, seed=g.seed,
                                min_nodes=g.min_nodes, max_nodes=g.max_nodes, edges_per_node=g.edges_per_node,
                                min_hops=g.min_hops, max_hops=g.max_hops, node_tokens=g.node_tokens,
                                decoy=float(g.decoy))
         else:
-            from latent_jax.data.prosqa import write_prosqa
-
             write_prosqa(out, train=g.train, valid=g.valid, test=g.test, seed=g.seed, concepts=g.concepts,
                          min_hops=g.min_hops, max_hops=g.max_hops, branching=g.branching,
                          decoy=float(g.get("decoy", 1.0)), phrasing=str(g.get("phrasing", "sentences")))
@@ -283,14 +293,6 @@ def prepare_data(config: ConfigDict, workdir: str) -> dict[str, str]:
 def build_tokenizer(config: ConfigDict, workdir: str, train_path: str):
     """(tokenizer, tokenizer dir). From load_model_path / model.path when they hold tokenizer
     files, else trained on the training texts (saved, and reused on resume)."""
-    from latent_jax.data.coconut_json import load_coconut_json
-    from latent_jax.data.tokenizer import (
-        add_coconut_tokens,
-        load_tokenizer,
-        text_corpus,
-        train_tokenizer,
-    )
-
     for src in (config.get("load_model_path", ""), config.model.path):
         if src and os.path.isdir(src) and any(
             os.path.exists(os.path.join(src, f)) for f in ("tokenizer.json", "tokenizer_config.json")
@@ -315,32 +317,13 @@ def build_tokenizer(config: ConfigDict, workdir: str, train_path: str):
 def build_model(config: ConfigDict, tok) -> tuple[ModelConfig, dict]:
     """(ModelConfig, params): from load_model_path or model.path (HF dir or latent_jax
     checkpoint), or from scratch; the vocabulary grown to hold the Coconut tokens."""
-    from latent_jax.data.tokenizer import coconut_init_token_id, resize_embeddings
-
     m = config.model
-    overrides = dict(dtype=m.dtype, scan_layers=bool(m.scan_layers), remat_policy=m.remat_policy)
     src = config.get("load_model_path", "") or m.path
     if src:
-        mcfg, params = load_any(src, dtype=m.param_dtype, scan_layers=bool(m.scan_layers))
-        mcfg = mcfg.replace(dtype=m.dtype, remat_policy=m.remat_policy)
+        mcfg, params = load_model(config, src)
     else:
-        mcfg = ModelConfig(
-            model_type=m.model_type,
-            vocab_size=tok.vocab_size,
-            hidden_size=m.hidden_size,
-            intermediate_size=m.intermediate_size,
-            num_hidden_layers=m.num_hidden_layers,
-            num_attention_heads=m.num_attention_heads,
-            num_key_value_heads=m.num_key_value_heads,
-            head_dim=m.head_dim,
-            max_position_embeddings=m.max_position_embeddings,
-            tie_word_embeddings=bool(m.get("tie_word_embeddings", False)),
-            bos_token_id=tok.bos_id,
-            eos_token_id=(tok.eos_id,),
-            pad_token_id=tok.pad_id,
-            param_dtype=m.param_dtype,
-            **overrides,
-        )
+        mcfg = model_config_from(m, tok.vocab_size, tie_word_embeddings=bool(m.get("tie_word_embeddings", False)),
+                                 bos_token_id=tok.bos_id, eos_token_id=(tok.eos_id,), pad_token_id=tok.pad_id)
         params = init_params(mcfg, jax.random.PRNGKey(int(config.seed)))
     if tok.vocab_size > mcfg.vocab_size:
         init_id = coconut_init_token_id(tok) if config.get("latent_init", "copy") == "copy" else None
@@ -400,16 +383,12 @@ def repad(arrays: dict, latent_start: int, start: int, T: int, pad_id: int) -> d
     return out
 
 
-def train_geometry(examples, epoch: int, cc: CurriculumConfig, ids, bucket: int) -> tuple[int, int]:
-    from latent_jax.latent.curriculum import train_sample
-
+def train_geometry(examples, epoch: int, cc: CurriculumConfig, ids, bucket: int) -> Geometry:
     return geometry([(s.anchor, len(s.input_ids), s.n_latent) for s in (train_sample(e, epoch, cc, ids) for e in examples)],
                     bucket)
 
 
-def eval_geometry(examples, stage: int, cc: CurriculumConfig, ids, bucket: int) -> tuple[int, int]:
-    from latent_jax.latent.curriculum import eval_prompt
-
+def eval_geometry(examples, stage: int, cc: CurriculumConfig, ids, bucket: int) -> Geometry:
     return geometry([(p.anchor, len(p.input_ids), p.n_latent) for p in (eval_prompt(e, stage, cc, ids) for e in examples)],
                     bucket)
 
@@ -477,6 +456,7 @@ class CoconutTask(Task):
         # evaluation uses the thought count of the last trained stage unless test_stage is set
         self.final_stage = scheduled_stage(max(0, self.num_epochs - 1), cc)
         self.test_stage = self.final_stage if test_stage < 0 else int(test_stage)
+        self.test_dir = os.path.join(workdir, "test")
         self.reset_opt = bool(config.optim.reset_on_stage_change)
         self.progress = bool(config.get("progress", True))
         # decoding inside the workflow: the KV-cache policy and the answer decoder (base.py)
@@ -530,8 +510,8 @@ class CoconutTask(Task):
         self.export_fn(os.path.join(self.workdir, "best_model"), jax.device_get(params))
 
     def generate(self, params: dict, eb, rng, geom: Geometry | None = None, split: str = "eval"):
-        """`split` names the EmbeddingSource's rows (train | val | eval)."""
-        """Batched cached generation for an EvalBatch (re-padded to `geom` when given)."""
+        """Batched cached generation for an EvalBatch (re-padded to `geom` when given); `split`
+        names the EmbeddingSource's rows (train | val | eval)."""
         s = self.settings
         sp = SamplingParams.make(s["temperature"] if s["do_sample"] else 0.0, s["top_p"])
         a, start = _eval_arrays(eb, geom, self.tok.pad_id)
@@ -611,18 +591,14 @@ class CoconutTask(Task):
         if n_trunc:
             print(f"[{desc}] warning: {n_trunc} of {len(rows)} generations stopped at max_new_tokens={max_new} "
                   "before EOS (answers may be cut off); raise config.generation.<mode>.max_new_tokens", flush=True)
-        if out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+        if out_dir:  # process 0 writes (every process scored every row)
+            write_text(os.path.join(out_dir, "predictions.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
             write_json(os.path.join(out_dir, "results.json"), res)
         return res
 
     def test(self, params: dict, seed: int) -> dict:
-        """Score the test split at the test stage into workdir/test/."""
-        res = self.score(params, self.test_data, self.test_stage, seed, os.path.join(self.workdir, "test"),
-                         desc="test")
+        """Score the test split at the test stage into self.test_dir (workdir/test/)."""
+        res = self.score(params, self.test_data, self.test_stage, seed, self.test_dir, desc="test")
         if "probe" in res:
             res["probe"]["plot"] = plot_probe(os.path.join(self.workdir, "thought_probe.png"), res["probe"])
             print(format_probe(res["probe"]), flush=True)
@@ -640,19 +616,15 @@ class CoconutTask(Task):
                 "epoch", "validation accuracy", title=f"{title}: validation accuracy",
                 vlines=[b + 0.5 for b in stage_boundaries(self.num_epochs, self.cc)], vline_label="stage boundary",
             )
-        best_dir = os.path.join(self.workdir, "best_model")
-        if out["best"] is None:  # no validation at the final stage: use the last params
-            self.export(trainer, state["params"])
-        best = self.load_best(best_dir, trainer.mesh)
-        res = self.test(best, int(self.config.seed))
+        res = self.test(self.load_best(trainer), int(self.config.seed))
         trainer.writer.write(out["step"], {"accuracy": res["accuracy"], "mean_new_tokens": res["mean_new_tokens"]},
                              prefix="test/")
         out["test"] = res
         return out
 
-    def load_best(self, path: str, mesh) -> dict:
-        _, best = load_any(path)
-        return jax.device_put(best, param_shardings(best, mesh))
+    def load_best(self, trainer) -> dict:
+        """The exported best model (workdir/best_model) on the mesh."""
+        return trainer.put(load_model(self.config, os.path.join(self.workdir, "best_model"))[1])
 
 
 class Scorer(Protocol):
@@ -690,8 +662,6 @@ def _eval_arrays(eb, geom: Geometry | None, pad_id: int) -> tuple[dict, int]:
 # ============================================================================ one run
 def run_single(config: ConfigDict, workdir: str) -> dict:
     """Train (or, with mode == 'eval', only evaluate) one Coconut mode in `workdir`."""
-    from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData, load_split
-
     os.makedirs(workdir, exist_ok=True)
     if config.coconut_mode not in MODES:
         raise ValueError(f"config.coconut_mode={config.coconut_mode!r}; use one of {', '.join(MODES)}")
@@ -710,17 +680,16 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
         return load_split(path, tok, cc, max_length=max_len, max_rows=d.get(rows_key, None) or None, fmt=fmt,
                           on_bad_row=bad_rows)
 
-    def eval_set(path, name):
+    def eval_set(path, name):  # every process scores every row (train/trainer.py)
         return CoconutEvalData(load(path, "max_eval_rows"), cc, tok.latent_ids, tok.pad_id, eval_bs, bucket=bucket,
-                               name=name)
+                               name=name, process_index=0, process_count=1)
 
     test_data = eval_set(paths["test"], "test")
     export = lambda path, p: save_model(path, p, mcfg, tok_dir)  # noqa: E731
     if config.mode == "eval":
         task = CoconutTask(config, workdir, mcfg, tok, cc, None, test_data, test_data, export,
                            test_stage=int(config.eval_stage))
-        mesh = make_mesh(dict(config.mesh))
-        res = task.test(jax.device_put(params, param_shardings(params, mesh)), int(config.seed))
+        res = task.test(Trainer(config, task, workdir).put(params), int(config.seed))
         print(format_table({config.coconut_mode: res}), flush=True)
         return {"test": res}
 

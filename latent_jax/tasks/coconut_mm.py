@@ -45,6 +45,8 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from latent_jax import testing as fx
+from latent_jax.data import aokvqa as ak
+from latent_jax.data import cinepile as cp
 from latent_jax.data.hf_datasets import is_hub_name
 from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData
 from latent_jax.data.tokenizer import (
@@ -52,12 +54,16 @@ from latent_jax.data.tokenizer import (
     load_tokenizer,
     resize_embeddings,
 )
+from latent_jax.data.video import vlm_video_frames
 from latent_jax.latent.curriculum import TokenizedExample
 from latent_jax.models.hf_vlm import load_vlm_any, save_vlm, save_vlm_checkpoint
+from latent_jax.models.hico import compression_ratio
+from latent_jax.models.image_processing import vlm_image_inputs
 from latent_jax.models.io import restack_layers
 from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
-from latent_jax.tasks.coconut import MODES, CoconutTask, curriculum_config, run_chain
-from latent_jax.train.trainer import Trainer, write_json
+from latent_jax.tasks import coconut
+from latent_jax.tasks.coconut import MODES, CoconutTask, curriculum_config
+from latent_jax.train.trainer import Trainer, check_mode, quiet_logs, write_json
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -90,9 +96,9 @@ def _require(path: str, key: str, hint: str) -> str:
     return path
 
 
-def _ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
-    """Build the tiny model and dataset the :smoke presets point at (nothing downloaded)."""
-
+def ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
+    """Build the tiny model and dataset the :smoke presets point at (nothing downloaded) in
+    config.fixtures_dir (default workdir/fixtures; kept when present) and point config there."""
     fdir = config.get("fixtures_dir") or os.path.join(workdir, "fixtures")
     fam = config.model.family
     mdir = os.path.join(fdir, f"tiny_{fam}")
@@ -118,8 +124,6 @@ def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
     """The dataset's examples for `split` as MMItems (+ stats)."""
     d = config.data
     if d.dataset == "cinepile":
-        from latent_jax.data import cinepile as cp
-
         rows = cp.filter_rows(cp.load_rows(d.path, split), d.use_hard_split, d.visual_reliance, d.max_videos)
         clips = cp.default_clips_dir(d.path, d.clips_dir)
         exs, stats = cp.build_examples(rows, clips, d.missing_clip, float(d.get("max_unreadable_fraction", 0.1)),
@@ -133,8 +137,6 @@ def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
             items.append(MMItem(before, after, ("video", e.clip), [], e.answer, e.row))
         return items, stats
     if d.dataset == "aokvqa":
-        from latent_jax.data import aokvqa as ak
-
         rows = ak.load_rows(d.path, split)
         coco = _require(d.coco_dir, "data.coco_dir", "COCO 2017 with train2017/ and val2017/")
         items, missing = [], 0
@@ -177,8 +179,6 @@ class FeatureCache:
         self._img = _FEATURE_FNS
 
     def video(self, path: str) -> np.ndarray:
-        from latent_jax.data.video import vlm_video_frames
-
         if path not in self.cache:
             px = vlm_video_frames(self.cfg, path, int(self.config.data.num_frames))
             feats = np.asarray(self._video(self.params, jnp.asarray(px)))
@@ -188,8 +188,6 @@ class FeatureCache:
         return self.cache[path]
 
     def image(self, path: str) -> np.ndarray:
-        from latent_jax.models.image_processing import vlm_image_inputs
-
         if path not in self.cache:
             px, pm, layouts = vlm_image_inputs(self.cfg, path, int(self.config.data.max_tiles))
             model = self.model
@@ -247,18 +245,14 @@ def overrides(input_ids: np.ndarray, example_idx: np.ndarray, feats: list, image
 def score_item(config: ConfigDict, it: MMItem, text: str) -> dict:
     r = it.row
     if config.data.dataset == "cinepile":
-        from latent_jax.data.cinepile import score_response
-
         return {"question": r["question"], "response": text, "answer": it.answer,
-                "correct": score_response(text, r["answer_key_position"], r["answer_key"],
+                "correct": cp.score_response(text, r["answer_key_position"], r["answer_key"],
                                           config.eval.get("scorer", "official")),
                 "question_category": r.get("question_category"), "hard_split": r.get("hard_split"),
                 "visual_reliance": r.get("visual_reliance"), "video": it.media[1] is not None}
-    from latent_jax.data.aokvqa import direct_answer_accuracy, final_answer, mc_correct
-
-    ans = final_answer(text)
+    ans = ak.final_answer(text)
     return {"question_id": r.get("question_id"), "question": r["question"], "response": text, "answer": it.answer,
-            "mc_correct": mc_correct(ans, r), "da_accuracy": direct_answer_accuracy(ans, r)}
+            "mc_correct": ak.mc_correct(ans, r), "da_accuracy": ak.direct_answer_accuracy(ans, r)}
 
 
 class MMEmbeds:
@@ -282,44 +276,28 @@ class MMScorer:
         return score_item(self.config, self.items[split][int(eb.example_idx[row])], text)
 
     def results(self, rows: list[dict]) -> dict:
-        if self.config.data.dataset == "cinepile":
-            from latent_jax.data.cinepile import results
-        else:
-            from latent_jax.data.aokvqa import results
-        out = results(rows)
-        if self.config.data.dataset == "cinepile":
-            out["scorer"] = self.config.eval.get("scorer", "official")
-        return out
+        if self.config.data.dataset != "cinepile":
+            return ak.results(rows)
+        return {**cp.results(rows), "scorer": self.config.eval.get("scorer", "official")}
 
 
 class MMCoconutTask(CoconutTask):
     """CoconutTask whose validation / test sets are scored by the dataset's rules and whose
-    best model is the whole VLM (vision tower + trained language model) as an Orbax checkpoint."""
+    best model is the whole VLM (vision tower + trained language model) as an Orbax checkpoint;
+    the eval split's predictions.jsonl and results go to the workdir."""
 
     def __init__(self, *a, vlm_cfg: VLMConfig, vlm_params: dict, unused: dict, scorer: MMScorer, **kw):
         super().__init__(*a, scorer=scorer, **kw)
         self.vlm_cfg, self.vlm_params, self.unused = vlm_cfg, vlm_params, unused
+        self.test_dir = self.workdir
 
     def export(self, trainer, params):
         lm = jax.device_get(params)
         save_vlm_checkpoint(os.path.join(self.workdir, "best_model"), dict(self.vlm_params, language_model=lm),
                             self.vlm_cfg, self.unused, tokenizer_dir=self.config.model.path)
 
-    def load_best(self, path, mesh):
-        _, p, _ = load_vlm_any(path)
-        return self.place(p["language_model"], mesh)
-
-    def place(self, lm, mesh):
-        from latent_jax.parallel import param_shardings
-
-        return jax.device_put(lm, param_shardings(lm, mesh))
-
-    def finish(self, trainer, state, out):
-        if out["best"] is None:
-            self.export(trainer, state["params"])
-        best = self.load_best(os.path.join(self.workdir, "best_model"), trainer.mesh)
-        out["eval"] = self.score(best, self.test_data, self.test_stage, int(self.config.seed), self.workdir)
-        return out
+    def load_best(self, trainer):
+        return trainer.put(load_vlm_any(os.path.join(self.workdir, "best_model"))[1]["language_model"])
 
 
 def load_model(config: ConfigDict):
@@ -327,10 +305,8 @@ def load_model(config: ConfigDict):
     Orbax VLM checkpoint, the vocabulary grown for the Coconut tokens, the language model's
     dtype / remat / scan_layers from config.model."""
     m = config.model
-    src = config.get("load_model_path", "") or m.path
-    cfg, params, unused = load_vlm_any(src, dtype=m.param_dtype)
-    tok = load_tokenizer(src if os.path.exists(os.path.join(src, "tokenizer_config.json"))
-                         or os.path.exists(os.path.join(src, "tokenizer.json")) else m.path)
+    cfg, params, unused = load_vlm_any(config.get("load_model_path", "") or m.path, dtype=m.param_dtype)
+    tok = load_tokenizer(tokenizer_dir(config))
     ids = add_coconut_tokens(tok)
     lm, text = params["language_model"], cfg.text
     if tok.vocab_size > text.vocab_size:
@@ -342,37 +318,36 @@ def load_model(config: ConfigDict):
     return cfg.replace(text=text), dict(params, language_model=lm), unused, tok, ids
 
 
+def tokenizer_dir(config: ConfigDict) -> str:
+    """Where the tokenizer is: config.load_model_path when it holds tokenizer files, else model.path."""
+    src = config.get("load_model_path", "") or config.model.path
+    has_tok = any(os.path.exists(os.path.join(src, f)) for f in ("tokenizer_config.json", "tokenizer.json"))
+    return src if has_tok else config.model.path
+
+
 # --------------------------------------------------------------------------- run
 def run(config: ConfigDict, workdir: str) -> dict:
     """Train (config.mode == 'train') and evaluate a multimodal Coconut model, or a chain of
     modes (config.chain); returns the results."""
-    if config.mode not in ("train", "eval"):
-        raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
+    check_mode(config)
     if config.data.dataset == "cinepile":
-        from latent_jax.data.cinepile import check_scorer
-
-        check_scorer(config.eval.get("scorer", "official"))
-    chain = [x.strip() for x in str(config.get("chain", "") or "").split(",") if x.strip()]
-    if chain:
-        if config.get("smoke"):  # one set of fixtures for the chained runs
-            config = copy.deepcopy(config)
-            _ensure_smoke_fixtures(config, workdir)
-        return run_chain(config, workdir, chain, run_one=run_single, result_key="")
-    return run_single(config, workdir)
+        cp.check_scorer(config.eval.get("scorer", "official"))
+    if config.get("smoke"):  # one set of fixtures for chained runs
+        config = copy.deepcopy(config)
+        ensure_smoke_fixtures(config, workdir)
+    return coconut.run(config, workdir, run_one=run_single, result_key="")
 
 
 def run_single(config: ConfigDict, workdir: str) -> dict:
     """One multimodal Coconut mode in `workdir`."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every read and write at INFO
+    quiet_logs(config)
     t0 = time.time()
     os.makedirs(workdir, exist_ok=True)
     if config.coconut_mode not in MODES:
         raise ValueError(f"config.coconut_mode={config.coconut_mode!r}; use one of {', '.join(MODES)}")
     if config.get("smoke"):
         config = copy.deepcopy(config)
-        _ensure_smoke_fixtures(config, workdir)
+        ensure_smoke_fixtures(config, workdir)
     d = config.data
     _require(config.model.path, "model.path", MODEL_HINTS.get(config.model.get("family", ""), MODEL_HINTS["internvl"]))
     if not is_hub_name(d.path):
@@ -403,8 +378,9 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     embeds = MMEmbeds({k: f for k, (_, f) in tokd.items()}, cfg.image_token_id, cfg.text.hidden_size)
     scorer = MMScorer(config, sets)
 
-    def eval_set(name):
-        return CoconutEvalData(tokd[name][0], cc, ids, tok.pad_id, B, bucket=bucket, name=name)
+    def eval_set(name):  # every process scores every row (train/trainer.py)
+        return CoconutEvalData(tokd[name][0], cc, ids, tok.pad_id, B, bucket=bucket, name=name, process_index=0,
+                               process_count=1)
 
     eval_data = eval_set("eval")
     train_data = val_data = None
@@ -426,15 +402,12 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
         out = trainer.fit(state)
         if out.get("stopped"):
             return out
-        res, history = out.pop("eval"), out["history"]
+        res, history = out.pop("test"), out["history"]
     else:
-        res, history = task.score(task.place(params["language_model"], trainer.mesh), eval_data, task.test_stage,
-                                  int(config.seed), workdir), []
+        res, history = task.test(trainer.put(params["language_model"]), int(config.seed)), []
     res.update(eval_data=eval_stats, history=history, mode=config.coconut_mode, eval_stage=task.test_stage,
                seconds=round(time.time() - t0, 1))
     if feats.tokens_before:
-        from latent_jax.models.hico import compression_ratio
-
         res["video_tokens"] = {"before": feats.tokens_before, "after": feats.tokens_after,
                                "compression_ratio": compression_ratio(feats.tokens_before, feats.tokens_after)}
     write_json(os.path.join(workdir, "results.json"), res)

@@ -33,9 +33,11 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from latent_jax.data.digits import load_digits_splits
+from latent_jax.data.mnist import load_mnist
 from latent_jax.data.permuted import FlatTask, permuted_task
 from latent_jax.train import continual as C
-from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
+from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, quiet_logs, write_json
 
 VARIANTS = ("bp", "cbp", "l2", "snp")
 VARIANT_TITLES = {"bp": "backprop", "cbp": "continual backprop", "l2": "L2", "snp": "shrink & perturb"}
@@ -281,12 +283,8 @@ def digits_tasks(config: ConfigDict, model: MLPClassifier) -> list[ImageTask]:
     """config.data's permuted task sequence (digits or MNIST)."""
     d = config.data
     if d.source == "digits":
-        from latent_jax.data.digits import load_digits_splits
-
         train, test = load_digits_splits(float(d.test_fraction), int(config.seed))
     elif d.source == "mnist":
-        from latent_jax.data.mnist import load_mnist
-
         train, test = load_mnist(d.data_dir)
     else:
         raise ValueError(f"config.data.source={d.source!r}; use digits or mnist")
@@ -338,10 +336,7 @@ def run_one(config: ConfigDict, workdir: str) -> dict:
 def run(config: ConfigDict, workdir: str) -> dict:
     """config.compare empty: one run; else each listed variant in workdir/<variant>/, then
     plasticity.png and a results.json comparing their new-task accuracy."""
-    if not config.get("verbose", False):
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.WARNING)
+    quiet_logs(config)
     if config.mode != "train":
         raise ValueError(f"config.mode={config.mode!r}; the continual workflow only trains (mode=train)")
     variants = [v.strip() for v in str(config.get("compare", "") or "").split(",") if v.strip()]

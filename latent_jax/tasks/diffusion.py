@@ -34,16 +34,15 @@ from latent_jax.decoding.diffusion import (
     diffusion_generate,
     masked_diffusion_loss,
 )
+from latent_jax.data.text_tokens import BYTE_VOCAB, lm_windows, load_tokens
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
 from latent_jax.models.io import load_any, save_model
+from latent_jax.tasks.common import load_model, model_config_from
 from latent_jax.train.metrics import plot_series, read_metrics
-from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
+from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, check_mode, quiet_logs, write_json
 
 TASKS = ("toy", "text", "sft")
-_MODEL_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "max_position_embeddings", "dtype", "param_dtype",
-                 "scan_layers", "remat_policy")
 
 # toy task vocabulary: 0 pad, 1 bos, 2 sep, 3 mask, digits from 4
 TOY_PAD, TOY_BOS, TOY_SEP, TOY_MASK, TOY_DIGIT0 = 0, 1, 2, 3, 4
@@ -106,8 +105,6 @@ def _build(config: ConfigDict, workdir: str, rng):
         pm[:, :prompt_len] = 1
         vocab = TOY_DIGIT0 + data.base
     elif task == "text":
-        from latent_jax.data.text_tokens import BYTE_VOCAB, lm_windows, load_tokens
-
         tokdir = data.get("tokenizer_dir", "") or config.model.path
         toks = load_tokens(data.path, tokdir)
         ids = lm_windows(toks, data.seq_len - 1)
@@ -119,12 +116,10 @@ def _build(config: ConfigDict, workdir: str, rng):
         ids, valid, pm = _sft_rows(data.path, tokdir, data.seq_len)
         vocab = int(ids.max()) + 1
     if config.model.path:
-        mcfg, params = load_any(config.model.path)
-        mcfg = mcfg.replace(dtype=config.model.dtype)
+        mcfg, params = load_model(config)
     else:
         extra = 1 if task == "text" and d.mask_id < 0 else 0  # a fresh [MASK] id after the byte vocabulary
-        kw = {k: config.model[k] for k in _MODEL_FIELDS if k in config.model}
-        mcfg = ModelConfig(vocab_size=max(vocab + extra, int(d.mask_id) + 1), pad_token_id=0, eos_token_id=(), **kw)
+        mcfg = model_config_from(config.model, max(vocab + extra, int(d.mask_id) + 1), pad_token_id=0, eos_token_id=())
         params = init_params(mcfg, rng)
     mask_id = int(d.mask_id)
     if mask_id < 0:
@@ -219,8 +214,6 @@ class DiffusionTask(Task):
                    tokenizer_dir=self.config.model.path or None)
 
     def finish(self, trainer, state, out):
-        if out["best"] is None:
-            self.export(trainer, state["params"])
         rows = read_metrics(self.workdir)
         tr = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
         if tr:
@@ -230,6 +223,8 @@ class DiffusionTask(Task):
 
 def run(config: ConfigDict, workdir: str) -> dict:
     """Train (config.mode == 'train') or only evaluate ('eval') a masked-diffusion LM."""
+    check_mode(config)
+    quiet_logs(config)
     rng = jax.random.PRNGKey(config.seed)
     mcfg, params, train, evals, mask_id, prompt_len = _build(config, workdir, rng)
     task = DiffusionTask(config, workdir, mcfg, train, evals, mask_id, prompt_len)

@@ -1,8 +1,9 @@
 """Workflow "medusa": Medusa draft heads trained on a frozen base model, as a task of the one
 Trainer (configs/medusa_heads.py).
 
-The train state's params are {"heads", "base"} with "base" frozen (no updates, no optimizer
-state); the loss is decoding.speculative.heads_loss on the base model's final hidden states.
+The train state's params are the heads only; the frozen base model is a Trainer constant
+(trainer.const["base"]: no updates, no optimizer state, not in the checkpoints, which stay
+the heads' size; a resumed run loads the base again from config.model.path); the loss is decoding.speculative.heads_loss on the base model's final hidden states.
 data.task: "self_distill" (the base model's own greedy continuations of random prompts,
 Medusa-2's recipe when no chat data is at hand) or "text" (windows of a local .txt/.npy/.bin
 file via data.text_tokens). Training runs config.train_steps steps (batch i a function of
@@ -28,10 +29,11 @@ from latent_jax.decoding.speculative import (
     save_heads,
     typical_generate,
 )
+from latent_jax.data.text_tokens import lm_windows, load_tokens
 from latent_jax.models.config import ModelConfig
 from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
-from latent_jax.models.io import load_any
+from latent_jax.tasks.common import load_model
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
 
 
@@ -52,8 +54,6 @@ def sequences(config: ConfigDict, params: dict, mcfg: ModelConfig) -> np.ndarray
             outs.append(np.concatenate([p, np.asarray(g.tokens)], axis=1))
         return np.concatenate(outs)
     if d.task == "text":
-        from latent_jax.data.text_tokens import lm_windows, load_tokens
-
         seqs = lm_windows(load_tokens(d.path, d.get("tokenizer_dir", "") or config.model.path), int(d.seq_len) - 1)
         if int(seqs.max()) >= mcfg.vocab_size:
             raise ValueError(f"{d.path} has token ids >= the model vocabulary {mcfg.vocab_size}; set data.tokenizer_dir")
@@ -96,9 +96,9 @@ class MedusaTask(Task):
 
     def evaluate(self, trainer, params, epoch):
         prompts = self.held[:, : int(self.config.data.prompt_len)]
-        out = typical_generate(params["base"], params["heads"], prompts, np.ones_like(prompts), jax.random.PRNGKey(0),
-                               SamplingParams.make(), np.zeros((0,), np.int32), config=self.mcfg,
-                               max_new_tokens=self.held.shape[1] - prompts.shape[1])
+        out = typical_generate(trainer.const["base"], params["heads"], prompts, np.ones_like(prompts),
+                               jax.random.PRNGKey(0), SamplingParams.make(), np.zeros((0,), np.int32),
+                               config=self.mcfg, max_new_tokens=self.held.shape[1] - prompts.shape[1])
         stats = acceptance_stats(out)
         return stats, stats["mean_accepted_length"]
 
@@ -111,7 +111,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     """Train heads on the base model of config.model.path (or a random tiny one) and report
     their greedy acceptance on held-out prompts; returns the summary (also results.json)."""
     if config.model.path:
-        mcfg, params = load_any(config.model.path)
+        mcfg, params = load_model(config)
     else:  # a random base model (smoke tests)
         mcfg = tiny_config(config.model.model_type, vocab_size=int(config.model.vocab_size))
         params = init_params(mcfg, config.seed)
@@ -120,7 +120,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     task = MedusaTask(config, workdir, mcfg, seqs[n_eval:], seqs[:n_eval])
     heads = init_heads(mcfg, int(config.heads.num_heads), config.seed, base_params=params)
     trainer = Trainer(config, task, workdir)
-    state = trainer.init_state({"heads": heads, "base": params}, task.total, frozen=lambda p: p.startswith("base/"))
+    state = trainer.init_state({"heads": heads}, task.total, const={"base": params})
     out = trainer.fit(state, num_epochs=1)
     if out["stopped"]:
         return out

@@ -34,17 +34,17 @@ from latent_jax.data.streaming import (
     tokenize,
     vocabulary_texts,
 )
+from latent_jax.data.tokenizer import train_tokenizer
 from latent_jax.decoding.streaming import StreamOptions, StreamSession
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder, init_params
-from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
+from latent_jax.models.io import save_model
+from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, quiet_logs, write_json
 
 CATEGORIES = ("query", "noise", "stop")
 
 
 def build_tokenizer(workdir: str):
-    from latent_jax.data.tokenizer import train_tokenizer
-
     d = os.path.join(workdir, "tokenizer")
     return train_tokenizer(vocabulary_texts(), d, vocab_size=256, add_latent_tokens=False, kind="whitespace"), d
 
@@ -175,18 +175,13 @@ class StreamTask(Task):
         return metrics, metrics["mean_rate"]
 
     def export(self, trainer, params):
-        from latent_jax.models.io import save_model
-
         path = save_model(os.path.join(self.workdir, "best_model"), jax.device_get(params), self.mcfg, self.tok_dir)
         write_json(os.path.join(path, "stream.json"), {"template": self.template.name})
 
 
 def run(config: ConfigDict, workdir: str) -> dict:
     """Train on the mix, evaluate as a stream; returns (and writes) results.json's dict."""
-    from absl import logging as absl_logging
-
-    if not config.get("verbose", False):
-        absl_logging.set_verbosity(absl_logging.WARNING)
+    quiet_logs(config)
     t_wall, t_cpu = time.time(), time.process_time()
     random.seed(int(config.seed))
     task = StreamTask(config, workdir)

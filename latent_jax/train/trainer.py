@@ -8,6 +8,13 @@ data-iterator position, history, best score), the eval cadence (config.eval_ever
 keep-best-N by the task's metric, metrics.jsonl / TensorBoard / W&B, a progress bar, and an
 atomic results.json.
 
+Evaluation on several processes: every process evaluates every row. Evaluation sets are
+built with process_count=1 (each process collates the whole split, in the same order), the
+model is the same global params, and sampling keys are the same on every process; so each
+process computes the same results over all rows, and the files (results.json,
+predictions.jsonl) are written once, by process 0, through the path layer. Training batches
+stay process-local rows; only evaluation is replicated (it is generation-bound and small).
+
 A workflow is a Task: a small object with the pieces that differ. Subclass `Task` (its
 defaults make every hook optional but `loss_fn`, `train_batches` and `steps_per_epoch`):
 
@@ -30,14 +37,15 @@ defaults make every hook optional but `loss_fn`, `train_batches` and `steps_per_
     evaluate(trainer, params, epoch) -> (metrics, score)
                     validation; `score` ranks the model for export (None: this epoch cannot
                     be the best, e.g. an intermediate curriculum stage)
-    export(trainer, params)     save the model of a new best score (e.g. workdir/best_model)
+    export(trainer, params)     save the model of a new best score (e.g. workdir/best_model);
+                                at the end of a run that never scored, the last model
     finish(trainer, state, out) -> dict
                     after the last epoch (test split, plots); returns the run's results
 
 A worked example is in docs/architecture.md. Use:
 
     trainer = Trainer(config, task, workdir)
-    state = trainer.init_state(params, total_updates, frozen=None)
+    state = trainer.init_state(params, total_updates, frozen=None, const=None)
     results = trainer.fit(state)          # resumes from workdir/checkpoints when present
 
 config keys read here (defaults in configs/base.py): num_epochs, start_epoch (first epoch of
@@ -59,14 +67,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging as absl_logging
 from ml_collections import ConfigDict
+from tqdm import tqdm
 
 from latent_jax import paths
 from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated
 from latent_jax.train.checkpoint import TrainCheckpointer
 from latent_jax.train.continual import trainer_optimizer, update_extras
 from latent_jax.train.metrics import MetricsWriter
-from latent_jax.train.optim import make_optimizer
+from latent_jax.train.optim import make_optimizer, param_path
+
+
+def quiet_logs(config: ConfigDict) -> None:
+    """Orbax logs every read and write at INFO: keep absl at WARNING unless config.verbose."""
+    if not config.get("verbose", False):
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def check_mode(config: ConfigDict) -> None:
+    if config.mode not in ("train", "eval"):
+        raise ValueError(f"config.mode={config.mode!r}; use 'train' or 'eval'")
 
 
 class Batch(NamedTuple):
@@ -151,14 +172,18 @@ class Trainer:
         self.tx: optax.GradientTransformation | None = None
         self.tx_key = ""
         self._sh = None
+        self.const: dict = {}
         paths.makedirs(workdir)
 
     # ------------------------------------------------------------------ state
     def init_state(self, params: Any, total_updates: int, frozen: Callable[[str], bool] | None = None,
-                   tx: optax.GradientTransformation | None = None) -> dict:
+                   tx: optax.GradientTransformation | None = None, const: dict | None = None) -> dict:
         """The sharded train state for `params` with config.optim over `total_updates`
         optimizer updates (params whose '/'-joined path satisfies `frozen` are not updated);
-        or with the given `tx`."""
+        or with the given `tx`. `const` (a dict, e.g. {"base": frozen model params}) is placed
+        once on the mesh (self.const) and merged into the params every loss_fn sees, but is no
+        part of the state: not trained, no optimizer state, not checkpointed."""
+        self.const = self.put(const or {})
         if tx is None:
             tx = make_optimizer(params, self.config.optim, total_updates, frozen=frozen)
             tx, continual_key = trainer_optimizer(tx, params, self.config, self.task)  # config.continual
@@ -174,11 +199,24 @@ class Trainer:
         self._sh = param_shardings(state, self.mesh)
         return jax.device_put(state, self._sh)
 
+    def put(self, params: Any) -> Any:
+        """`params` placed on the mesh by the logical-axis rules."""
+        return jax.device_put(params, param_shardings(params, self.mesh))
+
     def reset_optimizer(self, state: dict) -> dict:
         """`state` with a freshly initialised optimizer state (same shardings)."""
         state = dict(state)
         state["opt_state"] = jax.jit(self.tx.init, out_shardings=self._sh["opt_state"])(state["params"])
         return state
+
+    def restore_best(self, state: dict) -> dict:
+        """`state` restored from the best (else the latest) checkpoint in workdir/checkpoints."""
+        ckpt = TrainCheckpointer(os.path.join(self.workdir, "checkpoints"))
+        restored = ckpt.restore_best(_template(state)) or ckpt.restore_latest(_template(state))
+        ckpt.close()
+        if restored is None:
+            raise FileNotFoundError(f"no checkpoint under {self.workdir}/checkpoints; train first (mode=train)")
+        return restored[0]
 
     # ------------------------------------------------------------------ steps
     def place(self, arrays: dict) -> dict:
@@ -186,22 +224,28 @@ class Trainer:
         return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, np.ndim(a)), np.asarray(a))
                 for k, a in arrays.items()}
 
+    def place_all(self, arrays: dict) -> dict:
+        """Arrays every process holds whole (evaluation sets), as global arrays sharded over
+        the batch axes (each device reads its block; nothing is sent between processes)."""
+        return {k: jax.make_array_from_callback(np.shape(a), batch_sharding(self.mesh, np.ndim(a)),
+                                                lambda i, a=np.asarray(a): a[i]) for k, a in arrays.items()}
+
     def train_step(self, state: dict, batch: Batch) -> tuple[dict, dict]:
         """One optimizer update on `batch` (compiled once per task, optimizer, mesh and static key)."""
         arrays = batch.arrays
         sig = tuple(sorted((k, np.ndim(a)) for k, a in arrays.items()))
-        key = (self.task.compile_key(), self.tx_key, self.mesh, batch.static, sig)
+        key = (self.task.compile_key(), self.tx_key, self.mesh, batch.static, sig, jax.tree.structure(self.const))
         fn = _STEP_CACHE.get(key)
         if fn is None:
             fn = _STEP_CACHE[key] = self._compile(batch.static, sig)
-        return fn(state, self.place(arrays))
+        return fn(state, self.place(arrays), self.const)
 
     def _compile(self, static: Hashable, sig: tuple):
         task, tx = self.task, self.tx
 
-        def step(state, batch):
-            (loss, aux), grads = jax.value_and_grad(lambda p: task.loss_fn(p, batch, static), has_aux=True)(
-                state["params"])
+        def step(state, batch, const):
+            (loss, aux), grads = jax.value_and_grad(lambda p: task.loss_fn({**p, **const}, batch, static),
+                                                    has_aux=True)(state["params"])
             aux = dict(aux)
             extras = update_extras(aux, state["opt_state"])  # MLP activations for continual backprop
             updates, opt_state = tx.update(grads, state["opt_state"], state["params"], **extras)
@@ -210,7 +254,8 @@ class Trainer:
             return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
         bsh = {k: batch_sharding(self.mesh, nd) for k, nd in sig}
-        return jax.jit(step, in_shardings=(self._sh, bsh), out_shardings=(self._sh, replicated(self.mesh)),
+        csh = param_shardings(self.const, self.mesh)
+        return jax.jit(step, in_shardings=(self._sh, bsh, csh), out_shardings=(self._sh, replicated(self.mesh)),
                        donate_argnums=0)
 
     # ------------------------------------------------------------------ the loop
@@ -218,8 +263,6 @@ class Trainer:
         """Train num_epochs (default config.num_epochs) epochs (resuming from workdir/checkpoints), evaluating every
         config.eval_every_epochs and at the end; returns task.finish's results, or
         {stopped: True, ...} when config.max_steps stopped the run (resumable)."""
-        from tqdm import tqdm
-
         c, task = self.config, self.task
         num_epochs = int(c.num_epochs if num_epochs is None else num_epochs)
         ckpt = TrainCheckpointer(os.path.join(self.workdir, "checkpoints"), keep_best=int(c.keep_best),
@@ -228,8 +271,7 @@ class Trainer:
         self.writer = writer
         start_epoch, data_state, history, best, loss_sum = int(c.get("start_epoch", 0) or 0), None, [], None, (0.0, 0)
         if ckpt.latest_step() is not None:
-            template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-            state, extra = ckpt.restore_latest(template)
+            state, extra = ckpt.restore_latest(_template(state))
             start_epoch, data_state = int(extra["next_epoch"]), extra.get("data_state")
             history, best = list(extra.get("history", [])), extra.get("best")
             if data_state is not None:  # mid-epoch: the epoch's training-loss sum so far
@@ -297,6 +339,8 @@ class Trainer:
         ckpt.close()
         out: dict[str, Any] = {"history": history, "step": step, "stopped": stopped, "best": best}
         if not stopped:
+            if best is None:  # never scored (e.g. no evaluation at the final stage): the last model
+                task.export(self, state["params"])
             out = task.finish(self, state, out)
         writer.close()
         return out
@@ -306,9 +350,11 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
+def _template(state: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
 def _frozen_labels(params: Any, frozen: Callable[[str], bool] | None) -> list[str]:
     if frozen is None:
         return []
-    from latent_jax.train.optim import param_path
-
     return sorted(param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0] if frozen(param_path(p)))

@@ -102,14 +102,14 @@ def test_chain_keeps_a_given_generate_dir(tmp_path):
     """A chained run shares one generated data set: workdir/data by default, or the
     data.generate_dir the user set (not silently replaced)."""
     from configs.prosqa_coconut import get_config
-    from latent_jax.tasks.coconut import _sub_config
+    from latent_jax.tasks.coconut import sub_config
 
     c = get_config("smoke")
-    sub = _sub_config(c, "cot", str(tmp_path), None)
+    sub = sub_config(c, "cot", str(tmp_path), None)
     assert sub.data.generate_dir == os.path.join(str(tmp_path), "data")
     c.data.generate_dir = str(tmp_path / "mine")
     for mode in ("no_cot", "cot", "coconut"):
-        assert _sub_config(c, mode, str(tmp_path), str(tmp_path / "cot")).data.generate_dir == str(tmp_path / "mine")
+        assert sub_config(c, mode, str(tmp_path), str(tmp_path / "cot")).data.generate_dir == str(tmp_path / "mine")
 
 
 def test_decode_thoughts_lists_each_thought_in_predictions(tmp_path):

@@ -101,6 +101,13 @@ def test_resume_equals_uninterrupted(reference, name, tmp_path):
     assert sorted(got) == sorted(ref_losses) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([got[s] for s in sorted(got)], [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-5)
     assert len(set(np.round(list(ref_losses.values()), 6))) > 1  # training moved the loss
+    if name == "medusa":  # checkpoints hold the trained heads, not the frozen base model
+        from latent_jax.train.checkpoint import TrainCheckpointer
+
+        ck = TrainCheckpointer(str(tmp_path / "checkpoints"))
+        state, _ = ck.restore_latest()
+        ck.close()
+        assert set(state["params"]) == {"heads"}
 
 
 _SCRIPT = textwrap.dedent("""
