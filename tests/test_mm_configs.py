@@ -2,8 +2,7 @@
 fixtures (tiny random InternVL3 / Phi-4-MM, synthetic images and videos, rows in the real
 schemas) built once per module:
 
-- cinepile_coconut through `python -m latent_jax.main` in a subprocess, started first so it
-  runs while the other presets run in this process;
+- cinepile_coconut through `python -m latent_jax.main` in a subprocess (the slow tier);
 - the others through the same path main takes (config file -> latent_jax.main.resolve_workflow
   -> run) in process, so compiled steps are shared between presets;
 - the pause_as_thought ablation reaches the loss and generation as feedback=False;
@@ -43,56 +42,52 @@ def _build_fixtures(fx: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Runs every preset once (plus the ablation and resume runs); yields their results."""
+def fixtures_dir(tmp_path_factory):
+    fx = str(tmp_path_factory.mktemp("mm_fx"))
+    _build_fixtures(fx)
+    return fx
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, fixtures_dir):
+    """Runs every in-process preset once (plus the ablation and resume runs); their results."""
     from latent_jax.main import resolve_workflow
     from latent_jax.tasks import coconut as text_loop
     from latent_jax.tasks import coconut_mm as mm_loop
 
     out = tmp_path_factory.mktemp("mm_runs")
-    fx = str(out / "fx")
-    _build_fixtures(fx)
-    main_wd = str(out / "cinepile_coconut")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "latent_jax.main", "--config=configs/cinepile_coconut.py:smoke", f"--workdir={main_wd}",
-         f"--config.fixtures_dir={fx}"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fx = fixtures_dir
     res: dict = {"_fx": fx, "_out": out}
-    try:
-        feedback = {"loss": [], "generate": []}
-        # the multimodal workflow is the text CoconutTask: one coconut_loss, one coconut_generate
-        loss0, gen0 = text_loop.coconut_loss, text_loop.coconut_generate
+    feedback = {"loss": [], "generate": []}
+    # the multimodal workflow is the text CoconutTask: one coconut_loss, one coconut_generate
+    loss0, gen0 = text_loop.coconut_loss, text_loop.coconut_generate
 
-        def loss(*a, **kw):
-            feedback["loss"].append(kw.get("feedback", True))
-            return loss0(*a, **kw)
+    def loss(*a, **kw):
+        feedback["loss"].append(kw.get("feedback", True))
+        return loss0(*a, **kw)
 
-        def gen(*a, **kw):
-            feedback["generate"].append(kw.get("feedback", True))
-            return gen0(*a, **kw)
+    def gen(*a, **kw):
+        feedback["generate"].append(kw.get("feedback", True))
+        return gen0(*a, **kw)
 
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(text_loop, "coconut_loss", loss)
-            mp.setattr(text_loop, "coconut_generate", gen)
-            for spec in IN_PROCESS:
-                c = _config(spec, fx)
-                res[spec] = resolve_workflow(c.workflow)(c, str(out / spec))
-            for v in feedback.values():
-                v.clear()
-            c = _config("aokvqa_coconut.py:smoke", fx)
-            c.coconut.ablation = "pause_as_thought"
-            res["pause"] = mm_loop.run(c, str(out / "pause"))
-            res["pause_feedback"] = {k: set(v) for k, v in feedback.items()}
-        # resume: stop after 3 of 4 steps (inside epoch 2), then restart in the same workdir
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(text_loop, "coconut_loss", loss)
+        mp.setattr(text_loop, "coconut_generate", gen)
+        for spec in IN_PROCESS:
+            c = _config(spec, fx)
+            res[spec] = resolve_workflow(c.workflow)(c, str(out / spec))
+        for v in feedback.values():
+            v.clear()
         c = _config("aokvqa_coconut.py:smoke", fx)
-        c.max_steps = 3
-        res["stopped"] = mm_loop.run(c, str(out / "resume"))
-        res["resumed"] = mm_loop.run(_config("aokvqa_coconut.py:smoke", fx), str(out / "resume"))
-        stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    res["main"] = (proc.returncode, stdout, stderr, main_wd)
-    yield res
+        c.coconut.ablation = "pause_as_thought"
+        res["pause"] = mm_loop.run(c, str(out / "pause"))
+        res["pause_feedback"] = {k: set(v) for k, v in feedback.items()}
+    # resume: stop after 3 of 4 steps (inside epoch 2), then restart in the same workdir
+    c = _config("aokvqa_coconut.py:smoke", fx)
+    c.max_steps = 3
+    res["stopped"] = mm_loop.run(c, str(out / "resume"))
+    res["resumed"] = mm_loop.run(_config("aokvqa_coconut.py:smoke", fx), str(out / "resume"))
+    return res
 
 
 def _check(wd, name):
@@ -104,8 +99,12 @@ def _check(wd, name):
     return res
 
 
-def test_cinepile_coconut_smoke_through_main(runs):
-    rc, stdout, stderr, wd = runs["main"]
+def test_cinepile_coconut_smoke_through_main(fixtures_dir, tmp_path):
+    wd = str(tmp_path / "cinepile_coconut")
+    p = subprocess.run(
+        [sys.executable, "-m", "latent_jax.main", "--config=configs/cinepile_coconut.py:smoke", f"--workdir={wd}",
+         f"--config.fixtures_dir={fixtures_dir}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    rc, stdout, stderr = p.returncode, p.stdout, p.stderr
     assert rc == 0, stderr[-3000:]
     res = _check(wd, "cinepile_coconut")
     assert res["video_tokens"]["compression_ratio"] == 2.0  # HiCo: 4 -> 2 tokens per frame

@@ -76,18 +76,20 @@ def train_losses(workdir) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Per task: the uninterrupted 1-device run's losses and results."""
+    """reference(name) -> the uninterrupted 1-device run's (losses, results), run on first use
+    (the multimodal one only in the slow tier's 8-device test); reference.fixtures: its VLM
+    fixtures directory."""
     out = {}
-    for name in TASKS:
-        d = tmp_path_factory.mktemp(f"ref_{name}")
-        res = run_task(name, str(d))
-        out[name] = (train_losses(d), res)
-    fx = str(tmp_path_factory.mktemp("mm_fx"))
-    d = tmp_path_factory.mktemp("ref_mm")
-    res = run_task("mm", str(d), fixtures=fx)
-    out["mm"] = (train_losses(d), res)
-    out["_fx"] = fx
-    return out
+
+    def get(name: str):
+        if name not in out:
+            d = tmp_path_factory.mktemp(f"ref_{name}")
+            res = run_task(name, str(d), fixtures=get.fixtures)
+            out[name] = (train_losses(d), res)
+        return out[name]
+
+    get.fixtures = str(tmp_path_factory.mktemp("mm_fx"))
+    return get
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -96,7 +98,7 @@ def test_resume_equals_uninterrupted(reference, name, tmp_path):
     assert part["stopped"] and part["step"] == 4
     rest = run_task(name, str(tmp_path))
     assert rest["stopped"] and rest["step"] == STEPS
-    ref_losses, ref_res = reference[name]
+    ref_losses, ref_res = reference(name)
     got = train_losses(tmp_path)
     assert sorted(got) == sorted(ref_losses) == list(range(1, STEPS + 1))
     np.testing.assert_allclose([got[s] for s in sorted(got)], [ref_losses[s] for s in sorted(ref_losses)], rtol=1e-5)
@@ -127,14 +129,16 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_eight_fake_devices_match_one(reference, tmp_path):
+    for name in TASKS + ("mm",):  # the 1-device runs first (they also build the VLM fixtures)
+        reference(name)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     code = _SCRIPT.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), workdir=str(tmp_path),
-                          fx=reference["_fx"])
+                          fx=reference.fixtures)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     eight = json.loads([x for x in r.stdout.splitlines() if x.startswith("LOSSES")][-1][len("LOSSES "):])
     for name in TASKS + ("mm",):
-        one = reference[name][0]
+        one = reference(name)[0]
         got = {int(k): v for k, v in eight[name].items()}
         assert sorted(got) == sorted(one) == list(range(1, (4 if name == "mm" else STEPS) + 1)), name
         np.testing.assert_allclose([got[s] for s in sorted(got)], [one[s] for s in sorted(one)], rtol=2e-4,
