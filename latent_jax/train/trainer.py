@@ -72,7 +72,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from latent_jax import paths
-from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated
+from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated, use_mesh
 from latent_jax.train.checkpoint import TrainCheckpointer
 from latent_jax.train.continual import trainer_optimizer, update_extras
 from latent_jax.train.metrics import MetricsWriter
@@ -238,7 +238,8 @@ class Trainer:
         fn = _STEP_CACHE.get(key)
         if fn is None:
             fn = _STEP_CACHE[key] = self._compile(batch.static, sig)
-        return fn(state, self.place(arrays), self.const)
+        with use_mesh(self.mesh):  # traced with the decoder's activation constraints (parallel.constrain)
+            return fn(state, self.place(arrays), self.const)
 
     def _compile(self, static: Hashable, sig: tuple):
         task, tx = self.task, self.tx
