@@ -61,3 +61,42 @@ def frontier_probe(rows: Sequence[tuple[Sequence, dict[str, Any]]]) -> dict[str,
         by.append({"thought": i + 1, "n": len(vals),
                    **{k: float(np.mean([v[k] for v in vals])) for k in vals[0]}})
     return {"by_thought": by}
+
+
+def format_probe(probe: dict[str, Any]) -> str:
+    """`frontier_probe`'s result as a table (one row per continuous thought)."""
+    lines = ["thought probe (test): per thought, its top-ranked nodes through the LM head vs the BFS frontier",
+             f"{'thought':>7} {'in frontier':>12} {'chance':>7} {'top-1 reach':>12} {'top-1 path':>11} {'n':>5}"]
+    for t in probe["by_thought"]:
+        lines.append(f"{t['thought']:>7} {100 * t['frontier_share']:>11.1f}% {100 * t['chance_share']:>6.1f}% "
+                     f"{100 * t['top1_in_reach']:>11.1f}% {100 * t['top1_on_path']:>10.1f}% {t['n']:>5}")
+    return "\n".join(lines)
+
+
+def plot_probe(path: str, probe: dict[str, Any]) -> str:
+    """A PNG of `frontier_probe`'s result: per continuous thought (= depth), grouped bars of the
+    share of its top-|frontier| nodes in the BFS frontier, its top-1 node on a shortest path,
+    and chance. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = probe["by_thought"]
+    xs = np.arange(len(by))
+    bars = (("top-|frontier| nodes in the BFS frontier", "frontier_share"),
+            ("top-1 node on a shortest path", "top1_on_path"), ("chance (frontier / nodes)", "chance_share"))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    w = 0.8 / len(bars)
+    for i, (label, key) in enumerate(bars):
+        ax.bar(xs + (i - 1) * w, [t[key] for t in by], w, label=label)
+    ax.set_xticks(xs, [str(t["thought"]) for t in by])
+    ax.set_xlabel("continuous thought (= depth in the graph)")
+    ax.set_ylabel("share of test problems")
+    ax.set_ylim(0, 1)
+    ax.set_title("what each continuous thought encodes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -51,8 +51,8 @@ from latent_jax.tasks.coconut import (
     build_model,
     build_tokenizer,
     curriculum_config,
-    deep_update,
     eval_geometry,
+    generation_settings,
     prepare_data,
     repad,
 )
@@ -112,7 +112,7 @@ def sft_config(config: ConfigDict, workdir: str) -> ConfigDict:
         if is_multimodal(config):
             sub.workflow = "multimodal_coconut"
             sub.fixtures_dir = config.get("fixtures_dir", "") or os.path.join(workdir, "fixtures")
-        deep_update(sub, config.rl.get("sft", ConfigDict()))
+        sub.update(config.rl.get("sft") or {})  # nested keys merged key by key
         if config.data.get("generate", ""):
             sub.data.generate_dir = config.data.get("generate_dir", "") or os.path.join(workdir, "data")
     return sub
@@ -267,8 +267,7 @@ class GRPOTask(Task):
         self.name = "grpo"
         self.mode = str(config.coconut_mode)
         self.delimiter = problem_format(str(config.data.get("format", "text"))).answer_delimiter
-        gen = config.get("generation", None)  # text configs: per mode; multimodal: config.eval
-        self.max_new = int(gen[self.mode].max_new_tokens if gen is not None else config.eval.max_new_tokens)
+        self.max_new = generation_settings(config)[0]["max_new_tokens"]  # text: per mode; multimodal: config.eval
         self.scorer = str(config.get("eval", {}).get("scorer", "official")) if s["task"] == "cinepile" else "official"
         self.thought_norm = str(config.get("thought_norm", "none"))
         self.gen = dict(config=mcfg, max_new_tokens=self.max_new, stop_ids=(tok.eos_id,), pad_id=tok.pad_id,

@@ -46,7 +46,7 @@ TASKS = ("digits", "mnist", "text")
 # --------------------------------------------------------------------------- building
 def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **extra) -> tuple[ModelConfig, dict]:
     """(model config, {'decoder', 'act'} params): from config.model.path when set, else random."""
-    if config.model.get("path"):
+    if config.model.path:
         mcfg, dec = load_model(config)
         if mcfg.vocab_size < vocab_size:
             raise ValueError(
@@ -104,13 +104,12 @@ class _Task:
 def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     d = config.data
     if config.task == "digits":
-        train, test = load_digits_splits(d.get("test_fraction", 0.2), seed=config.seed)
+        train, test = load_digits_splits(d.test_fraction, seed=config.seed)
     else:
-        train, test = load_mnist(d.get("data_dir", ""))
-    if d.get("max_train", 0):
-        train = dataclasses.replace(train, images=train.images[: d.max_train], labels=train.labels[: d.max_train])
-    if d.get("max_eval", 0):
-        test = dataclasses.replace(test, images=test.images[: d.max_eval], labels=test.labels[: d.max_eval])
+        train, test = load_mnist(d.data_dir)
+    n, m = d.max_train or None, d.max_eval or None
+    train = dataclasses.replace(train, images=train.images[:n], labels=train.labels[:n])
+    test = dataclasses.replace(test, images=test.images[:m], labels=test.labels[:m])
     vcfg = vt.VisionTokenConfig.from_dict(config.vision)
     n_classes = vcfg.num_labels
     H, W = train.image_shape
@@ -125,10 +124,9 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     bs = int(config.batch_size)
     if len(train) < bs:
         raise ValueError(f"batch_size={bs} is larger than the training set ({len(train)}); lower batch_size")
-    mult = dataset_multiplicity(d.get("token_param_ratio", 0.0), _count(params), len(train), T + 1,
-                                d.get("max_multiplicity", 0))
+    mult = dataset_multiplicity(d.token_param_ratio, _count(params), len(train), T + 1, d.max_multiplicity)
     steps_per_epoch = (len(train) * mult) // bs
-    ponder_all = config.get("ponder_on", "all") == "all"
+    ponder_all = config.ponder_on == "all"
 
     def train_batch(epoch: int, i: int, total: int) -> dict:
         order = np.concatenate([np.random.default_rng([config.seed, epoch, m]).permutation(len(train))
@@ -175,17 +173,14 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
 
 def text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
     d = config.data
-    path = d.get("path", "")
-    if not path and d.get("synthetic", False):
-        path = tt.write_smoke_text(os.path.join(workdir, "smoke_corpus.txt"))
+    path = d.path or (tt.write_smoke_text(os.path.join(workdir, "smoke_corpus.txt")) if d.synthetic else "")
     if not path:
         raise FileNotFoundError("data.path is empty; set --config.data.path to a local .txt, .npy or .bin token file")
-    tok_dir = d.get("tokenizer_dir", "") or (config.model.path if config.model.get("path") else "")
+    tok_dir = d.tokenizer_dir or config.model.path
     tokens = tt.load_tokens(path, tok_dir)
     S = int(d.seq_len)
-    train_w, eval_w = tt.split_windows(tt.lm_windows(tokens, S), d.get("eval_fraction", 0.1), config.seed)
-    if d.get("max_eval", 0):
-        eval_w = eval_w[: d.max_eval]
+    train_w, eval_w = tt.split_windows(tt.lm_windows(tokens, S), d.eval_fraction, config.seed)
+    eval_w = eval_w[: d.max_eval or None]
     vocab = int(tokens.max()) + 1 if tok_dir else tt.BYTE_VOCAB
     mcfg, params = _load_or_init(config, acfg, vocab, rng, bos_token_id=tt.BYTE_BOS, pad_token_id=tt.BYTE_PAD)
     if int(tokens.max()) >= mcfg.vocab_size:
@@ -228,22 +223,19 @@ class ACTTask(Task):
     early-halting while_loop over the eval set; best metric = eval accuracy."""
 
     name = "act"
-    best_metric = "accuracy"
 
     def __init__(self, config: ConfigDict, workdir: str, acfg: ACTConfig, t: _Task):
         self.config, self.workdir, self.acfg, self.t = config, workdir, acfg, t
-        spe = t.steps_per_epoch
-        self.total_steps = int(config.get("train_steps", 0) or 0) or spe * int(config.num_epochs)
-        self.num_epochs = math.ceil(self.total_steps / spe)
-        self._eval_step = jax.jit(t.eval_fn)
-        self._eval_batches = t.eval_batches()
+        self.total_steps = int(config.train_steps) or t.steps_per_epoch * int(config.num_epochs)
+        self.num_epochs = math.ceil(self.total_steps / t.steps_per_epoch)
+        self.eval_step, self.eval_batches = jax.jit(t.eval_fn), t.eval_batches()
         self.t_start = time.time()
 
     def compile_key(self):  # what loss_fn depends on besides shapes: equal keys share compiled steps
         c = self.config
         vision = c.vision.to_dict() if "vision" in c else {}
         return ("act", c.task, self.t.mcfg, self.acfg, json.dumps(vision, sort_keys=True),
-                str(c.get("ponder_on", "all")), int(c.data.get("seq_len", 0) or 0))
+                c.ponder_on, int(c.data.get("seq_len", 0)))
 
     def loss_fn(self, params, batch, static):
         return self.t.loss_fn(params, batch)
@@ -256,7 +248,19 @@ class ACTTask(Task):
         return IndexedBatches(n, lambda i: Batch(None, self.t.train_batch(epoch, i, self.total_steps)), data_state)
 
     def evaluate(self, trainer, params, epoch):
-        res = evaluate(self._eval_step, params, self._eval_batches, trainer)
+        """Eval-set means of the halting while_loop's accuracy, CE and step counts (every process
+        evaluates every row: the batches are whole on each, sharded over the mesh's batch axes)."""
+        tot: dict[str, float] = {}
+        inner = []
+        for b in self.eval_batches:
+            r = jax.device_get(self.eval_step(params, trainer.place_all(b)))
+            inner.append(float(r.pop("inner_steps")))
+            for k, v in r.items():
+                tot[k] = tot.get(k, 0.0) + float(v)
+        n = max(tot.get("n", 0.0), 1.0)
+        res = {"accuracy": tot["correct"] / n, "ce": tot["ce"] / n, "act_inner_steps": float(np.mean(inner)),
+               "act_expected_steps": tot["expected_steps"] / n, "act_mean_steps": tot["mean_steps"] / n,
+               "act_label_steps": tot["label_steps"] / n}
         return res, res["accuracy"]
 
     def finish(self, trainer, state, out):
@@ -282,27 +286,6 @@ class ACTTask(Task):
         return results
 
 
-def evaluate(eval_step, params, batches, trainer: Trainer) -> dict:
-    """Eval-set means of the halting while_loop's accuracy, CE and step counts (every process
-    evaluates every row: the batches are whole on each, sharded over the mesh's batch axes)."""
-    tot: dict[str, float] = {}
-    inner = []
-    for b in batches:
-        r = jax.device_get(eval_step(params, trainer.place_all(b)))
-        inner.append(float(r.pop("inner_steps")))
-        for k, v in r.items():
-            tot[k] = tot.get(k, 0.0) + float(v)
-    n = max(tot.get("n", 0.0), 1.0)
-    return {
-        "accuracy": tot["correct"] / n,
-        "ce": tot["ce"] / n,
-        "act_inner_steps": float(np.mean(inner)),
-        "act_expected_steps": tot["expected_steps"] / n,
-        "act_mean_steps": tot["mean_steps"] / n,
-        "act_label_steps": tot["label_steps"] / n,
-    }
-
-
 def run(config: ConfigDict, workdir: str) -> dict:
     """Train (config.mode == 'train') or evaluate the best checkpoint ('eval'); returns results."""
     if config.task not in TASKS:
@@ -322,8 +305,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
     if config.mode == "train":
         return trainer.fit(state, task.num_epochs)
     state = trainer.restore_best(state)
-    res = evaluate(task._eval_step, state["params"], task._eval_batches, trainer)
-    writer = MetricsWriter(workdir, config.get("wandb_project", ""), config=config.to_dict())
+    res, _ = task.evaluate(trainer, state["params"], 0)
+    writer = MetricsWriter(workdir, config.wandb_project, config=config.to_dict())
     writer.write(int(state["step"]), res, prefix="eval/")
     writer.close()
     res.update(step=int(state["step"]))

@@ -48,7 +48,6 @@ from latent_jax import testing as fx
 from latent_jax.data import aokvqa as ak
 from latent_jax.data import cinepile as cp
 from latent_jax.data.hf_datasets import is_hub_name
-from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData
 from latent_jax.data.tokenizer import (
     add_coconut_tokens,
     load_tokenizer,
@@ -62,11 +61,8 @@ from latent_jax.models.image_processing import vlm_image_inputs
 from latent_jax.models.io import restack_layers
 from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
 from latent_jax.tasks import coconut
-from latent_jax.tasks.coconut import MODES, CoconutTask, curriculum_config
+from latent_jax.tasks.coconut import CoconutTask, coconut_data, curriculum_config
 from latent_jax.train.trainer import Trainer, check_mode, quiet_logs, write_json
-
-IMAGE_PLACEHOLDER = "<image>"
-
 
 @dataclasses.dataclass
 class MMItem:
@@ -107,16 +103,13 @@ def ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
     with config.unlocked():
         config.fixtures_dir = fdir  # chained runs share these fixtures
         config.model.path = mdir
+        config.data.path = root = os.path.join(fdir, config.data.dataset)
         if config.data.dataset == "cinepile":
-            root = os.path.join(fdir, "cinepile")
             if not os.path.exists(os.path.join(root, "test.parquet")):
                 fx.write_cinepile_fixture(root, n_train=8, n_test=6, n_clips=3, num_frames=8)
-            config.data.path = root
         else:
-            root = os.path.join(fdir, "aokvqa")
             if not os.path.exists(os.path.join(root, "aokvqa_v1p0_val.json")):
                 fx.write_aokvqa_fixture(root, n_train=8, n_val=6)
-            config.data.path = root
             config.data.coco_dir = os.path.join(root, "coco")
 
 
@@ -126,16 +119,13 @@ def load_items(config: ConfigDict, split: str) -> tuple[list[MMItem], dict]:
     if d.dataset == "cinepile":
         rows = cp.filter_rows(cp.load_rows(d.path, split), d.use_hard_split, d.visual_reliance, d.max_videos)
         clips = cp.default_clips_dir(d.path, d.clips_dir)
-        exs, stats = cp.build_examples(rows, clips, d.missing_clip, float(d.get("max_unreadable_fraction", 0.1)),
+        exs, stats = cp.build_examples(rows, clips, d.missing_clip, float(d.max_unreadable_fraction),
                                        cp.prepare_command(d.path, split, d.clips_dir, d.max_videos,
                                                           d.use_hard_split, d.visual_reliance))
-        items = []
-        for e in exs:
-            before = "" if d.get("short_prompt") else cp.PROMPT + "\n"
-            subs = "" if d.get("short_prompt") else f"**Subtitles:**\n{e.row.get('subtitles') or ''}\n"
-            after = f"{subs}Question: {cp.format_question(e.row)}\n"
-            items.append(MMItem(before, after, ("video", e.clip), [], e.answer, e.row))
-        return items, stats
+        before = "" if d.short_prompt else cp.PROMPT + "\n"
+        subs = lambda row: "" if d.short_prompt else f"**Subtitles:**\n{row.get('subtitles') or ''}\n"  # noqa: E731
+        return [MMItem(before, f"{subs(e.row)}Question: {cp.format_question(e.row)}\n", ("video", e.clip), [],
+                       e.answer, e.row) for e in exs], stats
     if d.dataset == "aokvqa":
         rows = ak.load_rows(d.path, split)
         coco = _require(d.coco_dir, "data.coco_dir", "COCO 2017 with train2017/ and val2017/")
@@ -164,42 +154,41 @@ class FeatureCache:
     """Frozen vision features per media file, computed once with a jitted tower."""
 
     def __init__(self, cfg: VLMConfig, params: dict, config: ConfigDict):
-        self.cfg, self.params, self.config = cfg, params, config
+        self.cfg, self.params, self.data = cfg, params, config.data
         self.model = VisionLanguageModel(cfg)
         self.cache: dict[Any, np.ndarray] = {}
-        self.tokens_before = 0
-        self.tokens_after = 0
-        d = config.data
-        self.tpf = int(d.hico_tokens_per_frame) if d.get("use_hico") else None
-        vkey = ("video", cfg, self.tpf, int(d.hico_clip_frames))
-        if vkey not in _FEATURE_FNS:
-            model, tpf, clip = self.model, self.tpf, int(d.hico_clip_frames)
-            _FEATURE_FNS[vkey] = jax.jit(lambda p, f: model.apply({"params": p}, f, tpf, clip, method="video_features"))
-        self._video = _FEATURE_FNS[vkey]
-        self._img = _FEATURE_FNS
+        self.tokens_before = self.tokens_after = 0
+
+    def jitted(self, key: tuple, fn):
+        if key not in _FEATURE_FNS:
+            _FEATURE_FNS[key] = jax.jit(fn)
+        return _FEATURE_FNS[key]
 
     def video(self, path: str) -> np.ndarray:
         if path not in self.cache:
-            px = vlm_video_frames(self.cfg, path, int(self.config.data.num_frames))
-            feats = np.asarray(self._video(self.params, jnp.asarray(px)))
-            self.cache[path] = feats
+            d, model = self.data, self.model
+            tpf, clip = int(d.hico_tokens_per_frame) if d.use_hico else None, int(d.hico_clip_frames)
+            fn = self.jitted(("video", self.cfg, tpf, clip),
+                             lambda p, f: model.apply({"params": p}, f, tpf, clip, method="video_features"))
+            px = vlm_video_frames(self.cfg, path, int(d.num_frames))
+            self.cache[path] = feats = np.asarray(fn(self.params, jnp.asarray(px)))
             self.tokens_before += px.shape[0] * self.cfg.tokens_per_tile
             self.tokens_after += feats.shape[0]
         return self.cache[path]
 
     def image(self, path: str) -> np.ndarray:
         if path not in self.cache:
-            px, pm, layouts = vlm_image_inputs(self.cfg, path, int(self.config.data.max_tiles))
+            px, pm, layouts = vlm_image_inputs(self.cfg, path, int(self.data.max_tiles))
             model = self.model
             if layouts is None:
-                key, args = ("internvl", self.cfg), (jnp.asarray(px),)
-                fn = lambda p, x: model.apply({"params": p}, x, method="image_features")  # noqa: E731
+                fn = self.jitted(("internvl", self.cfg),
+                                 lambda p, x: model.apply({"params": p}, x, method="image_features"))
+                args = (jnp.asarray(px),)
             else:
-                key, args = ("phi4", self.cfg, layouts), (jnp.asarray(px), jnp.asarray(pm))
-                fn = lambda p, x, m, _l=layouts: model.apply({"params": p}, x, m, _l, method="image_features")  # noqa: E731
-            if key not in self._img:
-                self._img[key] = jax.jit(fn)
-            self.cache[path] = np.asarray(self._img[key](self.params, *args))
+                fn = self.jitted(("phi4", self.cfg, layouts),
+                                 lambda p, x, m: model.apply({"params": p}, x, m, layouts, method="image_features"))
+                args = (jnp.asarray(px), jnp.asarray(pm))
+            self.cache[path] = np.asarray(fn(self.params, *args))
         return self.cache[path]
 
     def features(self, media) -> np.ndarray | None:
@@ -225,29 +214,11 @@ def tokenize_items(items: list[MMItem], tok, feats: FeatureCache, image_token_id
     return out, fs
 
 
-def overrides(input_ids: np.ndarray, example_idx: np.ndarray, feats: list, image_token_id: int, dim: int):
-    """(embeds_override (B, T, D), mask (B, T)) placing each row's features at its placeholders."""
-    B, T = input_ids.shape
-    emb = np.zeros((B, T, dim), np.float32)
-    mask = input_ids == image_token_id
-    for b in range(B):
-        if example_idx[b] < 0:
-            mask[b] = False
-            continue
-        f = feats[example_idx[b]]
-        pos = np.nonzero(mask[b])[0]
-        if f is None or len(pos) != f.shape[0]:
-            raise ValueError(f"row {b}: {len(pos)} image placeholders but {0 if f is None else f.shape[0]} features")
-        emb[b, pos] = f
-    return emb, mask
-
-
 def score_item(config: ConfigDict, it: MMItem, text: str) -> dict:
     r = it.row
     if config.data.dataset == "cinepile":
         return {"question": r["question"], "response": text, "answer": it.answer,
-                "correct": cp.score_response(text, r["answer_key_position"], r["answer_key"],
-                                          config.eval.get("scorer", "official")),
+                "correct": cp.score_response(text, r["answer_key_position"], r["answer_key"], config.eval.scorer),
                 "question_category": r.get("question_category"), "hard_split": r.get("hard_split"),
                 "visual_reliance": r.get("visual_reliance"), "video": it.media[1] is not None}
     ans = ak.final_answer(text)
@@ -256,13 +227,24 @@ def score_item(config: ConfigDict, it: MMItem, text: str) -> dict:
 
 
 class MMEmbeds:
-    """EmbeddingSource: each row's frozen image / video features at its placeholder tokens."""
+    """EmbeddingSource (tasks/coconut.CoconutTask): each row's frozen image / video features
+    (`feats[split][example_idx]`) at its placeholder tokens."""
 
     def __init__(self, feats: dict[str, list], image_token_id: int, dim: int):
         self.feats, self.image_token_id, self.dim = feats, image_token_id, dim
 
     def arrays(self, input_ids: np.ndarray, example_idx: np.ndarray, split: str) -> dict:
-        emb, mask = overrides(input_ids, example_idx, self.feats[split], self.image_token_id, self.dim)
+        emb = np.zeros(input_ids.shape + (self.dim,), np.float32)
+        mask = input_ids == self.image_token_id
+        for b, i in enumerate(example_idx):
+            if i < 0:
+                mask[b] = False
+                continue
+            f, pos = self.feats[split][i], np.nonzero(mask[b])[0]
+            if f is None or len(pos) != f.shape[0]:
+                n = 0 if f is None else f.shape[0]
+                raise ValueError(f"row {b}: {len(pos)} image placeholders but {n} features")
+            emb[b, pos] = f
         return {"embeds_override": emb, "embeds_override_mask": mask}
 
 
@@ -278,7 +260,7 @@ class MMScorer:
     def results(self, rows: list[dict]) -> dict:
         if self.config.data.dataset != "cinepile":
             return ak.results(rows)
-        return {**cp.results(rows), "scorer": self.config.eval.get("scorer", "official")}
+        return {**cp.results(rows), "scorer": self.config.eval.scorer}
 
 
 class MMCoconutTask(CoconutTask):
@@ -286,8 +268,8 @@ class MMCoconutTask(CoconutTask):
     best model is the whole VLM (vision tower + trained language model) as an Orbax checkpoint;
     the eval split's predictions.jsonl and results go to the workdir."""
 
-    def __init__(self, *a, vlm_cfg: VLMConfig, vlm_params: dict, unused: dict, scorer: MMScorer, **kw):
-        super().__init__(*a, scorer=scorer, **kw)
+    def __init__(self, *a, vlm_cfg: VLMConfig, vlm_params: dict, unused: dict, **kw):
+        super().__init__(*a, **kw)
         self.vlm_cfg, self.vlm_params, self.unused = vlm_cfg, vlm_params, unused
         self.test_dir = self.workdir
 
@@ -305,7 +287,7 @@ def load_model(config: ConfigDict):
     Orbax VLM checkpoint, the vocabulary grown for the Coconut tokens, the language model's
     dtype / remat / scan_layers from config.model."""
     m = config.model
-    cfg, params, unused = load_vlm_any(config.get("load_model_path", "") or m.path, dtype=m.param_dtype)
+    cfg, params, unused = load_vlm_any(config.load_model_path or m.path, dtype=m.param_dtype)
     tok = load_tokenizer(tokenizer_dir(config))
     ids = add_coconut_tokens(tok)
     lm, text = params["language_model"], cfg.text
@@ -320,7 +302,7 @@ def load_model(config: ConfigDict):
 
 def tokenizer_dir(config: ConfigDict) -> str:
     """Where the tokenizer is: config.load_model_path when it holds tokenizer files, else model.path."""
-    src = config.get("load_model_path", "") or config.model.path
+    src = config.load_model_path or config.model.path
     has_tok = any(os.path.exists(os.path.join(src, f)) for f in ("tokenizer_config.json", "tokenizer.json"))
     return src if has_tok else config.model.path
 
@@ -331,8 +313,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
     modes (config.chain); returns the results."""
     check_mode(config)
     if config.data.dataset == "cinepile":
-        cp.check_scorer(config.eval.get("scorer", "official"))
-    if config.get("smoke"):  # one set of fixtures for chained runs
+        cp.check_scorer(config.eval.scorer)
+    if config.smoke:  # one set of fixtures for chained runs
         config = copy.deepcopy(config)
         ensure_smoke_fixtures(config, workdir)
     return coconut.run(config, workdir, run_one=run_single, result_key="")
@@ -343,64 +325,35 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     quiet_logs(config)
     t0 = time.time()
     os.makedirs(workdir, exist_ok=True)
-    if config.coconut_mode not in MODES:
-        raise ValueError(f"config.coconut_mode={config.coconut_mode!r}; use one of {', '.join(MODES)}")
-    if config.get("smoke"):
+    curriculum_config(config)  # a wrong coconut_mode stops here, before anything is loaded
+    if config.smoke:
         config = copy.deepcopy(config)
         ensure_smoke_fixtures(config, workdir)
     d = config.data
-    _require(config.model.path, "model.path", MODEL_HINTS.get(config.model.get("family", ""), MODEL_HINTS["internvl"]))
+    _require(config.model.path, "model.path", MODEL_HINTS.get(config.model.family, MODEL_HINTS["internvl"]))
     if not is_hub_name(d.path):
         _require(d.path, "data.path", "python -m latent_jax.data.cinepile prepare --root DIR"
                  if d.dataset == "cinepile" else "the A-OKVQA v1p0 JSON directory")
     cfg, params, unused, tok, ids = load_model(config)
     feats = FeatureCache(cfg, params, config)
-    cc = curriculum_config(config)
-    B = int(config.batch_size)
-    bucket = int(d.bucket)
-
-    eval_items, eval_stats = load_items(config, d.eval_split)
-    if d.get("max_eval"):
-        eval_items = eval_items[: int(d.max_eval)]
-    sets = {"eval": eval_items}
-    train_items = []
+    items, eval_stats = load_items(config, d.eval_split)
+    sets = {"eval": items[: int(d.max_eval) or None]}
     if config.mode == "train":
-        train_items, train_stats = load_items(config, d.train_split)
-        if d.get("max_train"):
-            train_items = train_items[: int(d.max_train)]
-        hold = int(d.get("val_holdout", 0) or 0)
-        sets["val"] = train_items[:hold] if hold else eval_items
-        train_items = train_items[hold:]
-        if not train_items:
+        items, train_stats = load_items(config, d.train_split)
+        items, hold = items[: int(d.max_train) or None], int(d.val_holdout)
+        sets.update(val=items[:hold] if hold else sets["eval"], train=items[hold:])
+        if not sets["train"]:
             raise ValueError(f"no training examples in {d.path} ({train_stats}); check the clips / filters")
-        sets["train"] = train_items
     tokd = {k: tokenize_items(v, tok, feats, cfg.image_token_id) for k, v in sets.items()}
+    data = coconut_data(config, {k: ex for k, (ex, _) in tokd.items()}, ids, tok.pad_id, int(config.batch_size))
     embeds = MMEmbeds({k: f for k, (_, f) in tokd.items()}, cfg.image_token_id, cfg.text.hidden_size)
-    scorer = MMScorer(config, sets)
-
-    def eval_set(name):  # every process scores every row (train/trainer.py)
-        return CoconutEvalData(tokd[name][0], cc, ids, tok.pad_id, B, bucket=bucket, name=name, process_index=0,
-                               process_count=1)
-
-    eval_data = eval_set("eval")
-    train_data = val_data = None
-    if config.mode == "train":
-        train_data = CoconutTrainData(tokd["train"][0], cc, ids, tok.pad_id, B, seed=int(config.seed), shuffle=True,
-                                      drop_remainder=True, bucket=bucket)
-        val_data = eval_set("val")
-    e = config.eval
-    settings = dict(max_new_tokens=int(e.max_new_tokens), do_sample=float(e.temperature) > 0,
-                    temperature=float(e.temperature), top_p=float(e.top_p))
-    task = MMCoconutTask(config, workdir, cfg.text, tok, cc, train_data, val_data or eval_data, eval_data, None,
-                         embeds=embeds, scorer=scorer, settings=settings, test_stage=int(e.stage),
+    task = MMCoconutTask(config, workdir, cfg.text, tok, data, embeds=embeds, scorer=MMScorer(config, sets),
                          vlm_cfg=cfg, vlm_params=params, unused=unused)
     trainer = Trainer(config, task, workdir)
     if config.mode == "train":
-        accum = int(config.optim.get("grad_accum", 1) or 1)
-        state = trainer.init_state(params["language_model"],
-                                   max(1, task.num_epochs * train_data.steps_per_epoch // accum))
-        out = trainer.fit(state)
-        if out.get("stopped"):
+        steps = task.num_epochs * task.steps_per_epoch() // int(config.optim.grad_accum)
+        out = trainer.fit(trainer.init_state(params["language_model"], max(1, steps)))
+        if out["stopped"]:
             return out
         res, history = out.pop("test"), out["history"]
     else:
@@ -411,7 +364,7 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
         res["video_tokens"] = {"before": feats.tokens_before, "after": feats.tokens_after,
                                "compression_ratio": compression_ratio(feats.tokens_before, feats.tokens_after)}
     write_json(os.path.join(workdir, "results.json"), res)
-    if config.mode == "train" and config.get("save_model"):
+    if config.mode == "train" and config.save_model:
         _, best, best_unused = load_vlm_any(os.path.join(workdir, "best_model"))
         save_vlm(best, cfg, os.path.join(workdir, "final_model"), tokenizer_dir=config.model.path,
                  unused=best_unused)

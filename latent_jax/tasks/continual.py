@@ -37,7 +37,7 @@ from latent_jax.data.digits import load_digits_splits
 from latent_jax.data.mnist import load_mnist
 from latent_jax.data.permuted import FlatTask, permuted_task
 from latent_jax.train import continual as C
-from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, quiet_logs, write_json
+from latent_jax.train.trainer import Batch, IndexedBatches, MappedBatches, Task, Trainer, quiet_logs, write_json
 
 VARIANTS = ("bp", "cbp", "l2", "snp")
 VARIANT_TITLES = {"bp": "backprop", "cbp": "continual backprop", "l2": "L2", "snp": "shrink & perturb"}
@@ -164,7 +164,8 @@ class SequentialTask(Task):
     def train_batches(self, epoch, data_state):
         i = self.current(epoch)
         it = self.tasks[i].train_batches(epoch % self.epd, data_state)
-        return _Tagged(it, self.group[i])
+        g = self.group[i]  # the static key carries the task group
+        return MappedBatches(it, lambda b: Batch((g, b.static), b.arrays))
 
     def log_fields(self, epoch):
         return {"dataset": self.current(epoch)}
@@ -205,23 +206,6 @@ class SequentialTask(Task):
             res["plot"] = plot_matrix(res, os.path.join(trainer.workdir, "accuracy_matrix.png"))
         write_json(os.path.join(trainer.workdir, "results.json"), res)
         return res
-
-
-class _Tagged:
-    """An epoch iterator whose batches' static keys carry the task group."""
-
-    def __init__(self, it, g: int):
-        self.it, self.g = it, g
-
-    def __len__(self):
-        return len(self.it)
-
-    def __iter__(self):
-        for b in self.it:
-            yield Batch((self.g, b.static), b.arrays)
-
-    def get_state(self):
-        return self.it.get_state()
 
 
 def _replaced(state) -> int | None:

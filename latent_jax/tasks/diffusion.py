@@ -90,29 +90,25 @@ def _sft_rows(path: str, tokenizer_dir: str, seq_len: int) -> tuple[np.ndarray, 
     return ids, valid, pm
 
 
-def _build(config: ConfigDict, workdir: str, rng):
-    """(model config, params, train arrays, eval arrays, mask_id, prompt_len for toy eval)."""
-    data = config.data
-    task = data.task
+def _build(config: ConfigDict, rng):
+    """(model config, params, train rows, eval rows, mask_id, prompt_len for toy eval); rows
+    are dicts of ids, valid and prompt_mask arrays."""
+    data, d = config.data, config.diffusion
+    task, tokdir = data.task, data.tokenizer_dir or config.model.path
     if task not in TASKS:
         raise ValueError(f"data.task={task!r}; use one of {', '.join(TASKS)}")
-    d = config.diffusion
     prompt_len = None
     if task == "toy":
         ids, prompt_len = toy_examples(data.num_train + data.num_eval, data.num_digits, data.base, config.seed)
-        valid = np.ones_like(ids)
-        pm = np.zeros_like(ids)
+        valid, pm = np.ones_like(ids), np.zeros_like(ids)
         pm[:, :prompt_len] = 1
         vocab = TOY_DIGIT0 + data.base
     elif task == "text":
-        tokdir = data.get("tokenizer_dir", "") or config.model.path
         toks = load_tokens(data.path, tokdir)
         ids = lm_windows(toks, data.seq_len - 1)
-        valid = np.ones_like(ids)
-        pm = None
+        valid, pm = np.ones_like(ids), np.zeros_like(ids)  # pretraining: no prompt
         vocab = BYTE_VOCAB + 1 if not tokdir else int(toks.max()) + 1
     else:
-        tokdir = data.get("tokenizer_dir", "") or config.model.path
         ids, valid, pm = _sft_rows(data.path, tokdir, data.seq_len)
         vocab = int(ids.max()) + 1
     if config.model.path:
@@ -131,10 +127,9 @@ def _build(config: ConfigDict, workdir: str, rng):
     n_eval = data.num_eval if task == "toy" else max(1, int(round(len(ids) * data.eval_fraction)))
     n_eval = min(n_eval, len(ids) - 1)
     perm = np.random.RandomState(config.seed).permutation(len(ids))
-    tr, ev = perm[n_eval:], perm[:n_eval]
-    split = lambda a: (None, None) if a is None else (a[tr], a[ev])
-    (ids_tr, ids_ev), (v_tr, v_ev), (pm_tr, pm_ev) = split(ids), split(valid), split(pm)
-    return mcfg, params, (ids_tr, v_tr, pm_tr), (ids_ev, v_ev, pm_ev), mask_id, prompt_len
+    rows = {"ids": ids, "valid": valid, "prompt_mask": pm}
+    train, evals = ({k: a[idx] for k, a in rows.items()} for idx in (perm[n_eval:], perm[:n_eval]))
+    return mcfg, params, train, evals, mask_id, prompt_len
 
 
 def evaluate_answers(params, mcfg: ModelConfig, ids: np.ndarray, prompt_len: int, mask_id: int,
@@ -158,20 +153,15 @@ class DiffusionTask(Task):
 
     name = "diffusion"
 
-    def __init__(self, config: ConfigDict, workdir: str, mcfg: ModelConfig, train, evals, mask_id: int,
+    def __init__(self, config: ConfigDict, workdir: str, mcfg: ModelConfig, train: dict, evals: dict, mask_id: int,
                  prompt_len: int | None):
         d = config.diffusion
         if d.objective not in ("sft", "pretrain"):
             raise ValueError(f"diffusion.objective={d.objective!r}; use 'sft' or 'pretrain'")
         self.config, self.workdir, self.mcfg, self.mask_id, self.prompt_len = config, workdir, mcfg, mask_id, prompt_len
-        self.causal, self.eps = bool(d.causal), float(d.eps)
-        ids, v, pm = train
-        self.sft = pm is not None and d.objective == "sft"
-        self.train = (ids, v, pm if pm is not None else np.zeros_like(ids))
-        ids, v, pm = evals
-        self.evals = (ids, v, pm if pm is not None else np.zeros_like(ids))
-        self.total = int(config.train_steps)
-        every = int(config.get("eval_every_steps", 0) or 0)
+        self.causal, self.eps, self.train, self.evals = bool(d.causal), float(d.eps), train, evals
+        self.sft = config.data.task != "text" and d.objective == "sft"  # text rows have no prompt
+        self.total, every = int(config.train_steps), int(config.eval_every_steps)
         self.spe = min(every, self.total) if every > 0 else self.total
         self.num_epochs = math.ceil(self.total / self.spe)
         self.best_metric, self.best_mode = ("answer_token_acc", "max") if prompt_len is not None else ("loss", "min")
@@ -190,22 +180,21 @@ class DiffusionTask(Task):
         return self.spe
 
     def train_batches(self, epoch, data_state):
-        B, (ids, v, pm) = int(self.config.batch_size), self.train
+        B = int(self.config.batch_size)
 
         def make(i):
             step = epoch * self.spe + i
-            idx = np.random.default_rng([int(self.config.seed), step]).integers(0, len(ids), size=B)
-            return Batch(None, {"ids": ids[idx], "valid": v[idx], "prompt_mask": pm[idx],
-                                "step": np.full((B,), step, np.int32)})
+            idx = np.random.default_rng([int(self.config.seed), step]).integers(0, len(self.train["ids"]), size=B)
+            return Batch(None, {**{k: a[idx] for k, a in self.train.items()}, "step": np.full((B,), step, np.int32)})
 
         return IndexedBatches(min(self.spe, self.total - epoch * self.spe), make, data_state)
 
     def evaluate(self, trainer, params, epoch):
-        ids, v, pm = self.evals
-        n = min(len(ids), int(self.config.batch_size) * 4)
-        batch = {"ids": ids[:n], "valid": v[:n], "prompt_mask": pm[:n], "step": np.full((n,), -1, np.int32)}
+        n = min(len(self.evals["ids"]), int(self.config.batch_size) * 4)
+        batch = {**{k: a[:n] for k, a in self.evals.items()}, "step": np.full((n,), -1, np.int32)}
         row = {k: float(x) for k, x in self._eval_loss(params, batch).items()}
-        if self.prompt_len is not None:
+        if self.prompt_len is not None:  # every held-out answer decoded
+            ids = self.evals["ids"]
             row.update(evaluate_answers(params, self.mcfg, ids, self.prompt_len, self.mask_id, self.causal))
         return row, row[self.best_metric]
 
@@ -226,7 +215,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     check_mode(config)
     quiet_logs(config)
     rng = jax.random.PRNGKey(config.seed)
-    mcfg, params, train, evals, mask_id, prompt_len = _build(config, workdir, rng)
+    mcfg, params, train, evals, mask_id, prompt_len = _build(config, rng)
     task = DiffusionTask(config, workdir, mcfg, train, evals, mask_id, prompt_len)
     summary: dict = {"task": config.data.task, "mask_id": mask_id, "causal": task.causal,
                      "objective": config.diffusion.objective}
@@ -238,7 +227,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
         summary.update(steps=out["step"], history=out["history"], best=out["best"])
         _, params = load_any(os.path.join(workdir, "model"))
     if prompt_len is not None:
-        summary.update(evaluate_answers(params, mcfg, evals[0], prompt_len, mask_id, task.causal))
+        summary.update(evaluate_answers(params, mcfg, evals["ids"], prompt_len, mask_id, task.causal))
         summary["chance_token_acc"] = 1.0 / config.data.base
     write_json(os.path.join(workdir, "results.json"), summary)
     return summary

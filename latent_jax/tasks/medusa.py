@@ -3,7 +3,8 @@ Trainer (configs/medusa_heads.py).
 
 The train state's params are the heads only; the frozen base model is a Trainer constant
 (trainer.const["base"]: no updates, no optimizer state, not in the checkpoints, which stay
-the heads' size; a resumed run loads the base again from config.model.path); the loss is decoding.speculative.heads_loss on the base model's final hidden states.
+the heads' size; a resumed run loads the base again from config.model.path); the loss is
+decoding.speculative.heads_loss on the base model's final hidden states.
 data.task: "self_distill" (the base model's own greedy continuations of random prompts,
 Medusa-2's recipe when no chat data is at hand) or "text" (windows of a local .txt/.npy/.bin
 file via data.text_tokens). Training runs config.train_steps steps (batch i a function of
@@ -54,7 +55,7 @@ def sequences(config: ConfigDict, params: dict, mcfg: ModelConfig) -> np.ndarray
             outs.append(np.concatenate([p, np.asarray(g.tokens)], axis=1))
         return np.concatenate(outs)
     if d.task == "text":
-        seqs = lm_windows(load_tokens(d.path, d.get("tokenizer_dir", "") or config.model.path), int(d.seq_len) - 1)
+        seqs = lm_windows(load_tokens(d.path, d.tokenizer_dir or config.model.path), int(d.seq_len) - 1)
         if int(seqs.max()) >= mcfg.vocab_size:
             raise ValueError(f"{d.path} has token ids >= the model vocabulary {mcfg.vocab_size}; set data.tokenizer_dir")
         return seqs[rs.permutation(len(seqs))][:n_all]
@@ -88,8 +89,7 @@ class MedusaTask(Task):
         B = int(self.config.batch_size)
 
         def make(i):
-            idx = np.random.default_rng([int(self.config.seed), i]).integers(0, len(self.train), size=B)
-            ids = self.train[idx]
+            ids = self.train[np.random.default_rng([int(self.config.seed), i]).integers(0, len(self.train), size=B)]
             return Batch(None, {"ids": ids, "valid": np.ones_like(ids)})
 
         return IndexedBatches(self.total, make, data_state)

@@ -30,7 +30,8 @@ defaults make every hook optional but `loss_fn`, `train_batches` and `steps_per_
     train_batches(epoch, data_state) -> iterator of Batch(static, arrays)
                     with __len__ and get_state() (a JSON dict; passed back as data_state
                     to resume mid-epoch, None at an epoch start); arrays are this process's
-                    rows (the Trainer places them on the mesh)
+                    rows (the Trainer places them on the mesh). IndexedBatches and
+                    MappedBatches make one.
     on_epoch_start(trainer, state, epoch, resumed) -> state
                     stage hooks (e.g. trainer.reset_optimizer at a curriculum stage change)
     log_fields(epoch) -> dict   extra scalars logged with every train row (stage, ...)
@@ -154,6 +155,23 @@ class IndexedBatches:
         return {"next_index": self.i}
 
 
+class MappedBatches:
+    """`fn` applied to every item of a resumable epoch iterator `it` (its len and get_state
+    kept): e.g. a data pipeline's batches as Trainer Batches."""
+
+    def __init__(self, it, fn: Callable[[Any], Batch]):
+        self.it, self.fn = it, fn
+
+    def __len__(self) -> int:
+        return len(self.it)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return map(self.fn, self.it)
+
+    def get_state(self) -> dict:
+        return self.it.get_state()
+
+
 def write_json(path: str, obj: Any) -> str:
     """Write JSON through the path layer: atomically for local paths, one upload for URIs
     (gs://...), and only on process 0 of a multi-host run (no two hosts race on one file)."""
@@ -268,9 +286,8 @@ class Trainer:
         num_epochs = int(c.num_epochs if num_epochs is None else num_epochs)
         ckpt = TrainCheckpointer(os.path.join(self.workdir, "checkpoints"), keep_best=int(c.keep_best),
                                  best_metric=task.best_metric, mode=task.best_mode)
-        writer = MetricsWriter(self.workdir, c.get("wandb_project", ""), c.to_dict())
-        self.writer = writer
-        start_epoch, data_state, history, best, loss_sum = int(c.get("start_epoch", 0) or 0), None, [], None, (0.0, 0)
+        self.writer = writer = MetricsWriter(self.workdir, c.wandb_project, c.to_dict())
+        start_epoch, data_state, history, best, loss_sum = int(c.start_epoch), None, [], None, (0.0, 0)
         if ckpt.latest_step() is not None:
             state, extra = ckpt.restore_latest(_template(state))
             start_epoch, data_state = int(extra["next_epoch"]), extra.get("data_state")
@@ -285,11 +302,8 @@ class Trainer:
                        "loss_sum": [float(loss_sum[0]), loss_sum[1]]})
             ckpt.wait()
 
-        progress = bool(c.get("progress", True))
-        log_every = max(1, int(c.log_every))
-        max_steps = int(c.get("max_steps", 0) or 0)
-        ckpt_every = int(c.get("checkpoint_every_steps", 0) or 0)
-        eval_every = max(1, int(c.get("eval_every_epochs", 1) or 1))
+        log_every, eval_every = max(1, int(c.log_every)), max(1, int(c.eval_every_epochs))
+        max_steps, ckpt_every = int(c.max_steps), int(c.checkpoint_every_steps)
         stopped, t0 = False, time.time()
         step = int(state["step"])  # counted on the host: reading state["step"] would block every step
         for epoch in range(start_epoch, num_epochs):
@@ -301,7 +315,7 @@ class Trainer:
             data_state = None
             tag = " ".join(f"{k} {v}" for k, v in fields.items())
             bar = tqdm(total=len(it), initial=int(it.get_state().get("next_index", 0)),
-                       desc=f"{task.name} epoch {epoch + 1}/{num_epochs} {tag}".strip(), disable=not progress,
+                       desc=f"{task.name} epoch {epoch + 1}/{num_epochs} {tag}".strip(), disable=not c.progress,
                        file=sys.stderr, dynamic_ncols=True)
             for batch in it:
                 state, m = self.train_step(state, batch)
@@ -333,7 +347,8 @@ class Trainer:
                 print(f"[{task.name}] epoch {epoch + 1}/{num_epochs} {tag}: "
                       + " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
                       + f"  ({time.time() - t0:.0f}s)", flush=True)
-            if score is not None and (best is None or _better(score, best, task.best_mode)):
+            sign = 1.0 if task.best_mode == "max" else -1.0
+            if score is not None and (best is None or sign * score > sign * best):
                 best = float(score)
                 task.export(self, state["params"])
             save(epoch + 1, None, {task.best_metric: metrics[task.best_metric]} if task.best_metric in metrics else None)
@@ -345,10 +360,6 @@ class Trainer:
             out = task.finish(self, state, out)
         writer.close()
         return out
-
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
 
 
 def _template(state: Any) -> Any:
