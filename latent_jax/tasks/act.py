@@ -74,17 +74,14 @@ def padded_batches(arrays: dict, bs: int) -> list[dict]:
 
 
 def _eval_sums(out, valid, correct, ce) -> dict:
-    """An eval batch's sums over its valid rows (and the halting loop's inner steps)."""
+    """An eval batch's row count n, its sums over the valid rows of the metrics (means once
+    divided by n) and the halting loop's inner steps."""
     v = valid.astype(jnp.float32)
-    return {
-        "n": jnp.sum(v),
-        "correct": jnp.sum(correct * v),
-        "ce": jnp.sum(ce * v),
-        "label_steps": jnp.sum(out.n_steps[:, -1] * v),
-        "expected_steps": jnp.sum(jnp.mean(out.expected_steps, -1) * v),
-        "mean_steps": jnp.sum(jnp.mean(out.n_steps.astype(jnp.float32), -1) * v),
-        "inner_steps": out.inner_steps.astype(jnp.float32),
-    }
+    return {"n": jnp.sum(v), "accuracy": jnp.sum(correct * v), "ce": jnp.sum(ce * v),
+            "act_inner_steps": out.inner_steps.astype(jnp.float32),
+            "act_expected_steps": jnp.sum(jnp.mean(out.expected_steps, -1) * v),
+            "act_mean_steps": jnp.sum(jnp.mean(out.n_steps.astype(jnp.float32), -1) * v),
+            "act_label_steps": jnp.sum(out.n_steps[:, -1] * v)}
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -254,13 +251,12 @@ class ACTTask(Task):
         inner = []
         for b in self.eval_batches:
             r = jax.device_get(self.eval_step(params, trainer.place_all(b)))
-            inner.append(float(r.pop("inner_steps")))
+            inner.append(float(r.pop("act_inner_steps")))
             for k, v in r.items():
                 tot[k] = tot.get(k, 0.0) + float(v)
-        n = max(tot.get("n", 0.0), 1.0)
-        res = {"accuracy": tot["correct"] / n, "ce": tot["ce"] / n, "act_inner_steps": float(np.mean(inner)),
-               "act_expected_steps": tot["expected_steps"] / n, "act_mean_steps": tot["mean_steps"] / n,
-               "act_label_steps": tot["label_steps"] / n}
+        n = max(tot.pop("n", 0.0), 1.0)
+        res = {k: v / n for k, v in tot.items()}
+        res["act_inner_steps"] = float(np.mean(inner))
         return res, res["accuracy"]
 
     def finish(self, trainer, state, out):

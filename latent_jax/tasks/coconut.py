@@ -95,14 +95,43 @@ BATCH_KEYS = ("input_ids", "attention_mask", "labels", "latent_mask", "position_
 
 # ============================================================================ entry point
 def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, result_key: str = "test") -> dict:
-    """Train and/or evaluate as `config` says (one run by `run_one`, default run_single, or the
-    chain of config.chain); returns a dict of results."""
+    """Train and/or evaluate as `config` says: one run by `run_one` (default run_single), or each
+    mode of config.chain as its own run in workdir/<mode>/ (coconut from the CoT best model),
+    then one accuracy table of each run's `result_key` ("": the run's results); returns the results."""
     check_mode(config)
     quiet_logs(config)
-    chain = [m.strip() for m in str(config.chain).split(",") if m.strip()]
-    if chain:
-        return run_chain(config, workdir, chain, run_one, result_key)
-    return (run_one or run_single)(config, workdir)
+    run_one = run_one or run_single
+    modes = [m.strip() for m in str(config.chain).split(",") if m.strip()]
+    if not modes:
+        return run_one(config, workdir)
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"config.chain has {m!r}; use a comma list of {', '.join(MODES)}")
+    t0 = time.time()
+    results, curves, boundaries = {}, {}, []
+    # the paper starts Coconut from the CoT model; the from-scratch recipe (frontier supervision,
+    # whose stage 0 is its own first-hop training) sets coconut_from_cot=False
+    cot_dir = os.path.join(workdir, "cot") if "cot" in modes and config.coconut_from_cot else None
+    for m in modes:
+        sub = sub_config(config, m, workdir, cot_dir)
+        print(f"== {MODE_TITLES[m]} run -> {os.path.join(workdir, m)}", flush=True)
+        results[m] = run_one(sub, os.path.join(workdir, m))
+        curves[MODE_TITLES[m]] = [{"epoch": r["val/epoch"], "accuracy": r["val/accuracy"]}
+                                  for r in read_metrics(os.path.join(workdir, m)) if "val/accuracy" in r]
+        if m == "coconut":
+            boundaries = stage_boundaries(int(sub.num_epochs), curriculum_config(sub))
+    plot = plot_accuracy(os.path.join(workdir, "val_accuracy.png"), curves, boundaries,
+                         "validation accuracy by epoch", "Coconut stage boundary")
+    test = {m: results[m] if result_key == "" else results[m].get(result_key, {}) for m in modes}
+    table = format_table(test)
+    probe = test.get("coconut", {}).get("probe")
+    if probe:
+        table += "\n\n" + format_probe(probe)
+    print(table, flush=True)
+    summary = {"modes": modes, "test": test, "wall_time_s": time.time() - t0, "plot": plot, "probe": probe}
+    write_json(os.path.join(workdir, "results.json"), summary)
+    write_text(os.path.join(workdir, "results_table.txt"), table + "\n")
+    return summary
 
 
 def sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None) -> ConfigDict:
@@ -122,40 +151,6 @@ def sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None)
         if "tokenizer_dir" in sub.data:  # and one trained tokenizer
             sub.data.tokenizer_dir = sub.data.tokenizer_dir or os.path.join(workdir, "tokenizer")
     return sub
-
-
-def run_chain(config: ConfigDict, workdir: str, modes: list[str], run_one: Callable | None = None,
-              result_key: str = "test") -> dict:
-    """Runs each mode as its own run (`run_one`, default run_single) in workdir/<mode>/ (coconut
-    from the CoT best model), then prints the accuracy table of each run's `result_key`."""
-    for m in modes:
-        if m not in MODES:
-            raise ValueError(f"config.chain has {m!r}; use a comma list of {', '.join(MODES)}")
-    t0 = time.time()
-    results, curves, boundaries = {}, {}, []
-    # the paper starts Coconut from the CoT model; the from-scratch recipe (frontier supervision,
-    # whose stage 0 is its own first-hop training) sets coconut_from_cot=False
-    cot_dir = os.path.join(workdir, "cot") if "cot" in modes and config.coconut_from_cot else None
-    for m in modes:
-        sub = sub_config(config, m, workdir, cot_dir)
-        print(f"== {MODE_TITLES[m]} run -> {os.path.join(workdir, m)}", flush=True)
-        results[m] = (run_one or run_single)(sub, os.path.join(workdir, m))
-        curves[MODE_TITLES[m]] = [{"epoch": r["val/epoch"], "accuracy": r["val/accuracy"]}
-                                  for r in read_metrics(os.path.join(workdir, m)) if "val/accuracy" in r]
-        if m == "coconut":
-            boundaries = stage_boundaries(int(sub.num_epochs), curriculum_config(sub))
-    plot = plot_accuracy(os.path.join(workdir, "val_accuracy.png"), curves, boundaries,
-                         "validation accuracy by epoch", "Coconut stage boundary")
-    test = {m: results[m] if result_key == "" else results[m].get(result_key, {}) for m in modes}
-    table = format_table(test)
-    probe = test.get("coconut", {}).get("probe")
-    if probe:
-        table += "\n\n" + format_probe(probe)
-    print(table, flush=True)
-    summary = {"modes": modes, "test": test, "wall_time_s": time.time() - t0, "plot": plot, "probe": probe}
-    write_json(os.path.join(workdir, "results.json"), summary)
-    write_text(os.path.join(workdir, "results_table.txt"), table + "\n")
-    return summary
 
 
 def format_table(test: dict[str, dict]) -> str:
@@ -330,7 +325,9 @@ class CoconutTask(Task):
     """Coconut for the Trainer (the module docstring); text or, with `embeds`, multimodal.
 
     data      {"train": CoconutTrainData (not in eval mode), "val" and "eval": CoconutEvalData};
-              test() scores "eval" with the best model, export_fn(path, params) saves it
+              test() scores "eval" with the best model
+    export_fn(path, params) saves the best model; load_fn(path) -> params reads it back
+              (default tasks.common.load_model)
     embeds    an EmbeddingSource, the extra input embeddings of a batch (the multimodal image /
               video features): arrays(input_ids, example_idx, split) -> {embeds_override
               (B, T, D), embeds_override_mask (B, T)} for the rows `example_idx` of the split
@@ -340,9 +337,10 @@ class CoconutTask(Task):
     """
 
     def __init__(self, config: ConfigDict, workdir: str, mcfg: ModelConfig, tok, data: dict,
-                 export_fn: Callable[[str, Any], None] | None = None, embeds=None, scorer=None):
+                 export_fn: Callable[[str, Any], None], load_fn: Callable[[str], Any] | None = None,
+                 embeds=None, scorer=None):
         self.config, self.workdir, self.mcfg, self.tok, self.data = config, workdir, mcfg, tok, data
-        self.cc, self.export_fn, self.embeds = curriculum_config(config), export_fn, embeds
+        self.cc, self.export_fn, self.load_fn, self.embeds = curriculum_config(config), export_fn, load_fn, embeds
         self.scorer = scorer or TextScorer(problem_format(config.data.format).answer_delimiter)
         self.name = str(config.coconut_mode)
         self.ids = tok.latent_ids
@@ -531,7 +529,8 @@ class CoconutTask(Task):
 
     def load_best(self, trainer) -> dict:
         """The exported best model (workdir/best_model) on the mesh."""
-        return trainer.put(load_model(self.config, os.path.join(self.workdir, "best_model"))[1])
+        path = os.path.join(self.workdir, "best_model")
+        return trainer.put(self.load_fn(path) if self.load_fn else load_model(self.config, path)[1])
 
 
 class TextScorer:

@@ -263,25 +263,6 @@ class MMScorer:
         return {**cp.results(rows), "scorer": self.config.eval.scorer}
 
 
-class MMCoconutTask(CoconutTask):
-    """CoconutTask whose validation / test sets are scored by the dataset's rules and whose
-    best model is the whole VLM (vision tower + trained language model) as an Orbax checkpoint;
-    the eval split's predictions.jsonl and results go to the workdir."""
-
-    def __init__(self, *a, vlm_cfg: VLMConfig, vlm_params: dict, unused: dict, **kw):
-        super().__init__(*a, **kw)
-        self.vlm_cfg, self.vlm_params, self.unused = vlm_cfg, vlm_params, unused
-        self.test_dir = self.workdir
-
-    def export(self, trainer, params):
-        lm = jax.device_get(params)
-        save_vlm_checkpoint(os.path.join(self.workdir, "best_model"), dict(self.vlm_params, language_model=lm),
-                            self.vlm_cfg, self.unused, tokenizer_dir=self.config.model.path)
-
-    def load_best(self, trainer):
-        return trainer.put(load_vlm_any(os.path.join(self.workdir, "best_model"))[1]["language_model"])
-
-
 def load_model(config: ConfigDict):
     """(VLMConfig, params, unused HF tensors, tokenizer, latent ids): from an HF directory or an
     Orbax VLM checkpoint, the vocabulary grown for the Coconut tokens, the language model's
@@ -347,8 +328,13 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
     tokd = {k: tokenize_items(v, tok, feats, cfg.image_token_id) for k, v in sets.items()}
     data = coconut_data(config, {k: ex for k, (ex, _) in tokd.items()}, ids, tok.pad_id, int(config.batch_size))
     embeds = MMEmbeds({k: f for k, (_, f) in tokd.items()}, cfg.image_token_id, cfg.text.hidden_size)
-    task = MMCoconutTask(config, workdir, cfg.text, tok, data, embeds=embeds, scorer=MMScorer(config, sets),
-                         vlm_cfg=cfg, vlm_params=params, unused=unused)
+
+    def export(path, lm):  # the best model: the whole VLM (vision tower + trained LM), an Orbax checkpoint
+        save_vlm_checkpoint(path, dict(params, language_model=lm), cfg, unused, tokenizer_dir=config.model.path)
+
+    load = lambda path: load_vlm_any(path)[1]["language_model"]  # noqa: E731
+    task = CoconutTask(config, workdir, cfg.text, tok, data, export, load, embeds, MMScorer(config, sets))
+    task.test_dir = workdir  # the eval split's predictions.jsonl and results.json
     trainer = Trainer(config, task, workdir)
     if config.mode == "train":
         steps = task.num_epochs * task.steps_per_epoch() // int(config.optim.grad_accum)

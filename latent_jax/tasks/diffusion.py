@@ -80,8 +80,7 @@ def _sft_rows(path: str, tokenizer_dir: str, seq_len: int) -> tuple[np.ndarray, 
             a = tok(r["response"], add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
             rows.append((p, a))
     ids = np.zeros((len(rows), seq_len), np.int32)
-    valid = np.zeros_like(ids)
-    pm = np.zeros_like(ids)
+    valid, pm = np.zeros_like(ids), np.zeros_like(ids)
     for i, (p, a) in enumerate(rows):
         s = (p + a)[:seq_len]
         ids[i, : len(s)] = s
@@ -132,13 +131,11 @@ def _build(config: ConfigDict, rng):
     return mcfg, params, train, evals, mask_id, prompt_len
 
 
-def evaluate_answers(params, mcfg: ModelConfig, ids: np.ndarray, prompt_len: int, mask_id: int,
-                     causal: bool, steps: int | None = None, threshold: float | None = None) -> dict:
+def evaluate_answers(params, mcfg: ModelConfig, ids: np.ndarray, prompt_len: int, mask_id: int, causal: bool) -> dict:
     """Decode the answers of fixed-length SFT rows (ids (n, P + A), prompt = first P tokens)
-    by masked diffusion; token accuracy and exact-match rate against the references."""
+    by masked diffusion, one token per step; token accuracy and exact-match rate against the references."""
     A = ids.shape[1] - prompt_len
-    opts = DiffusionOptions(steps=steps or A, gen_length=A, block_length=A, mask_id=mask_id, causal=causal,
-                            threshold=threshold)
+    opts = DiffusionOptions(steps=A, gen_length=A, block_length=A, mask_id=mask_id, causal=causal)
     prompts = ids[:, :prompt_len]
     out = diffusion_generate(params, prompts, np.ones_like(prompts), jax.random.PRNGKey(0), config=mcfg, opts=opts)
     pred = np.asarray(out.tokens)

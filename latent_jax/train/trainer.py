@@ -184,9 +184,9 @@ _STEP_CACHE: dict[tuple, Any] = {}  # jitted train steps shared by runs in one p
 class Trainer:
     """Runs a Task: state, optimizer, compiled steps, batches, checkpoints, eval, metrics."""
 
-    def __init__(self, config: ConfigDict, task: Task, workdir: str, mesh=None):
+    def __init__(self, config: ConfigDict, task: Task, workdir: str):
         self.config, self.task, self.workdir = config, task, workdir
-        self.mesh = mesh if mesh is not None else make_mesh(dict(config.mesh))
+        self.mesh = make_mesh(dict(config.mesh))
         self.tx: optax.GradientTransformation | None = None
         self.tx_key = ""
         self._sh = None
