@@ -86,8 +86,10 @@ def emit_token(logits: Array, rng: Array, sp: SamplingParams, top_k: int, i: Arr
                tokens: Array, lengths: Array, stop_ids: Array, pad_id: int):
     """One decode step's bookkeeping, shared by every decoding loop: sample the next token
     from logits (B, V), write it at column i of tokens (pad_id for rows already done), count
-    it, and mark rows that produced a stop token. Returns (next, tokens, lengths, done, rng)."""
-    rng, sub = jax.random.split(rng)
+    it, and mark rows that produced a stop token. Returns (next, tokens, lengths, done, rng).
+    The rng is split only when sampling (greedy never reads it): the split's threefry rounds
+    are a few dozen small XLA:CPU ops per step."""
+    rng, sub = jax.lax.cond(sp.temperature > 0, lambda r: tuple(jax.random.split(r)), lambda r: (r, r), rng)
     nxt = jnp.where(done, pad_id, sample_logits(logits, sub, sp, top_k))
     tokens = tokens.at[:, i].set(nxt)
     lengths = lengths + (~done).astype(jnp.int32)
@@ -168,7 +170,9 @@ def decode_loop(params, state: DecodeState, sp, stop_ids, *, config, max_new_tok
         seq = jnp.concatenate([s.input_ids, s.tokens], axis=1)
         gen_mask = (jnp.arange(max_new_tokens) < s.step)[None, :]
         mask = jnp.concatenate([s.attention_mask, jnp.broadcast_to(gen_mask, s.tokens.shape)], axis=1)
-        fresh = KVCache.init(config, B, s.cache.slots, s.cache.k.dtype)
+        fresh = KVCache.init(config, B, s.cache.slots, s.cache.dtype)
+        if s.cache.is_split:
+            fresh = fresh.split_layers()
         o = model.apply({"params": params}, seq, attention_mask=mask.astype(jnp.int32), cache=fresh)
         logits = jax.lax.dynamic_index_in_dim(o.logits, T + s.step - 1, axis=1, keepdims=False)
         return logits, o.cache.replace(end=jnp.int32(T) + s.step)
@@ -191,6 +195,10 @@ def decode_loop(params, state: DecodeState, sp, stop_ids, *, config, max_new_tok
         return s.replace(step=s.step + 1, tok=nxt, cache=cache, pos=pos, done=done, tokens=tokens,
                          lengths=lengths, rng=rng, long=long)
 
+    if not config.scan_layers:
+        # one buffer per layer inside the loop: each step writes and reads every layer's K/V
+        # in place, without slicing (copying) them out of the stacked arrays
+        state = state.replace(cache=state.cache.split_layers())
     s = jax.lax.while_loop(cond_fn, body_fn, state)
     return GenerateOutput(tokens=s.tokens, lengths=s.lengths, steps=s.step - 1)
 

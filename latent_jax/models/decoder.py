@@ -126,7 +126,8 @@ class Decoder(nn.Module):
         attention_mask (B, T): 1 for real tokens, 0 for padding (left or right).
         positions (B, T): rotary positions. Default: continue from the cache's largest
         position (0 without a cache), counting only real tokens.
-        cache: written at slots [cache.end, cache.end + T); the returned cache has end += T.
+        cache: written at slots [cache.end, cache.end + T); the returned cache has end += T
+        and the form of the given one (stacked, or layer-split: see KVCache).
         causal: False gives bidirectional attention (masked-diffusion models).
         prefix_cache: read-only keys attended before `cache`'s (never written or copied).
         tree_mask (B, T, T) bool: which of these T tokens each may attend to, ANDed with the
@@ -184,7 +185,11 @@ class Decoder(nn.Module):
                 key_mask = jax.lax.dynamic_update_slice(full, key_mask, (0, 0, cache.end))
 
         # the whole cache is threaded through the layers and each layer updates its own entries
-        # in place (dynamic_update_slice on the full arrays): no per-step copy of the cache
+        # in place (dynamic_update_slice on the full arrays): no per-step copy of the cache.
+        # A layer-split cache (decode loops) gives each layer its own arrays instead.
+        split = cache is not None and cache.is_split
+        if split and cfg.scan_layers:
+            raise ValueError("a layer-split KVCache needs scan_layers=False; use cache.stack_layers()")
         caches = None if cache is None else {"k": cache.k, "v": cache.v, "pos": cache.pos}
         prefix = None if prefix_cache is None else {"k": prefix_cache.k, "v": prefix_cache.v, "pos": prefix_cache.pos}
         if cfg.scan_layers:
@@ -195,11 +200,18 @@ class Decoder(nn.Module):
         else:
             outs_a, outs_h = [], []
             new_caches = caches
+            split_out = {"k": [], "v": [], "pos": []}
             for i, layer in enumerate(self.layers):
                 outs_h.append(x)
-                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], new_caches, cache_end, i, prefix,
+                layer_cache = {n: a[i] for n, a in caches.items()} if split else new_caches
+                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], layer_cache, cache_end, i, prefix,
                                          key_mask)
+                if split:
+                    for n in split_out:
+                        split_out[n].append(new_caches[n])
                 outs_a.append(a)
+            if split:
+                new_caches = {n: tuple(a) for n, a in split_out.items()}
             attn = jnp.stack(outs_a)
             hs = jnp.stack(outs_h)
         all_hidden = jnp.concatenate([hs, x[None]], axis=0)

@@ -43,6 +43,16 @@ class KVCache:
 
     Code outside this class never indexes the slot axis by number: it uses the slot
     operations below (pad_slots, slice_slots, take_slots, compact_slots, concat_slots).
+
+    Layer-split form (`split_layers`): k, v and pos are tuples with one array per layer
+    (k[i]: (batch * kv_heads, slots, head_dim), pos[i]: (batch, slots)). Decode loops carry
+    this form: each layer's entries are then a buffer of their own, written in place and read
+    by attention directly, where the stacked arrays cost a copy of every layer's K and V per
+    step (a slice of the stacked array is not fused into the attention dot). Batch and heads
+    are merged so that the buffer has the shape the attention dot reads at batch 1 too (with a
+    separate batch axis of 1, XLA:CPU duplicated the in-place update for the squeezed reader
+    and copied the buffers every step). Only the Decoder (scan_layers=False) takes this form;
+    `stack_layers` turns it back. The slot operations need the stacked form.
     """
 
     k: Array
@@ -65,10 +75,36 @@ class KVCache:
 
     @property
     def slots(self) -> int:
-        return self.pos.shape[-1]
+        return self.pos[0].shape[-1] if self.is_split else self.pos.shape[-1]
+
+    @property
+    def is_split(self) -> bool:
+        """Whether this is the layer-split form (tuples of per-layer arrays)."""
+        return isinstance(self.k, tuple)
+
+    @property
+    def dtype(self):
+        return self.k[0].dtype if self.is_split else self.k.dtype
+
+    def split_layers(self) -> "KVCache":
+        """The layer-split form (one buffer per layer; see the class docstring)."""
+        if self.is_split:
+            return self
+        n = self.pos.shape[0]
+        m = lambda a: a.reshape((-1,) + a.shape[-2:])
+        return self.replace(k=tuple(m(self.k[i]) for i in range(n)), v=tuple(m(self.v[i]) for i in range(n)),
+                            pos=tuple(self.pos[i] for i in range(n)))
+
+    def stack_layers(self) -> "KVCache":
+        """The stacked form (leading layer axis) of a layer-split cache."""
+        if not self.is_split:
+            return self
+        b = self.pos[0].shape[0]
+        unmerge = lambda a: jnp.stack(a).reshape((len(a), b, -1) + a[0].shape[-2:])
+        return self.replace(k=unmerge(self.k), v=unmerge(self.v), pos=jnp.stack(self.pos))
 
     def nbytes(self) -> int:
-        return sum(int(x.size) * x.dtype.itemsize for x in (self.k, self.v, self.pos))
+        return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves((self.k, self.v, self.pos)))
 
     # slot operations; leading axes before the layer axis (ACT's depth axis) are allowed
     def _axes(self) -> tuple[int, int]:
@@ -222,9 +258,10 @@ class Attention(nn.Module):
     def __call__(self, x, positions, key_pos, causal, window, layer_cache=None, cache_end=None, layer_idx=None,
                  prefix=None, key_mask=None):
         """x: (B, T, D); positions: (B, T); key_pos: (B, T) positions of these tokens as keys
-        (-1 for padding). layer_cache: dict(k, v, pos) for this layer, or, when layer_idx is
-        given, for every layer (leading layer axis): this layer's entries are then updated in
-        place in the full arrays, so a decode step never copies the whole cache.
+        (-1 for padding). layer_cache: dict(k, v, pos) for this layer (k: (B * kv_heads, slots,
+        head_dim), a layer-split cache's), or, when layer_idx is given, for every layer:
+        this layer's entries are then updated in place in the full arrays, so a decode step
+        never copies the whole cache.
         prefix: an optional read-only dict(k, v, pos) for every layer (needs layer_idx) whose
         keys are attended before the cache's; it is never written or copied (Coconut keeps the
         question's cache constant while thoughts are appended to a small cache).
@@ -256,12 +293,13 @@ class Attention(nn.Module):
             zero = jnp.zeros((), jnp.int32)
             kd = layer_cache["k"].dtype
             kh, vh = k.transpose(0, 2, 1, 3).astype(kd), v.transpose(0, 2, 1, 3).astype(kd)  # head-major
-            if layer_idx is None:
-                idx = (zero, zero, cache_end, zero)
-                k_all = jax.lax.dynamic_update_slice(layer_cache["k"], kh, idx)
-                v_all = jax.lax.dynamic_update_slice(layer_cache["v"], vh, idx)
+            if layer_cache["k"].ndim == 3:  # this layer's own arrays (a layer-split cache)
+                idx = (zero, cache_end, zero)
+                k_m = jax.lax.dynamic_update_slice(layer_cache["k"], kh.reshape(B * Hkv, T, D), idx)
+                v_m = jax.lax.dynamic_update_slice(layer_cache["v"], vh.reshape(B * Hkv, T, D), idx)
                 kpos_all = jax.lax.dynamic_update_slice(layer_cache["pos"], key_pos.astype(jnp.int32), (zero, cache_end))
-                new_cache = {"k": k_all, "v": v_all, "pos": kpos_all}
+                new_cache = {"k": k_m, "v": v_m, "pos": kpos_all}
+                k_all, v_all = k_m, v_m  # read as they are stored: see keys_dot / values_dot below
             else:
                 li = jnp.asarray(layer_idx, jnp.int32)
                 idx = (li, zero, zero, cache_end, zero)
@@ -284,8 +322,24 @@ class Attention(nn.Module):
         qg = q.reshape(B, T, Hkv, G, D)
         big_neg = jnp.finfo(jnp.float32).min
 
+        # keys / values are (B, Hkv, S, D), or (B * Hkv, S, D) from a layer-split cache: those are
+        # read with batch and heads merged, so that the dot's operand is the cache buffer itself
+        # (a reshape between them makes XLA:CPU duplicate the in-place update and copy the buffer)
+        def keys_dot(keys):
+            if keys.ndim == 3:
+                qn = qg.transpose(0, 2, 3, 1, 4).reshape(B * Hkv, G * T, D)
+                sc = jnp.einsum("nqd,nsd->nqs", qn, keys, preferred_element_type=jnp.float32)
+                return sc.reshape(B, Hkv, G, T, -1)
+            return jnp.einsum("btkgd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+
+        def values_dot(p, values):
+            if values.ndim == 3:
+                o = jnp.einsum("nqs,nsd->nqd", p.reshape(B * Hkv, G * T, -1), values)
+                return o.reshape(B, Hkv, G, T, D).transpose(0, 3, 1, 2, 4)
+            return jnp.einsum("bkgts,bksd->btkgd", p, values)
+
         def scores_for(keys, kpos, extra=None):
-            sc = jnp.einsum("btkgd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32) * (D ** -0.5)
+            sc = keys_dot(keys) * (D ** -0.5)
             m = attention_mask_from_positions(positions, kpos, causal, window)
             if extra is not None:
                 m &= extra
@@ -302,9 +356,9 @@ class Attention(nn.Module):
         if prefix is not None:
             pp, probs_c = probs[..., :n_prefix], probs[..., n_prefix:]
             out = jnp.einsum("bkgts,bksd->btkgd", pp.astype(q.dtype), pv.astype(q.dtype))
-            out = out + jnp.einsum("bkgts,bksd->btkgd", probs_c.astype(v_all.dtype), v_all)
+            out = out + values_dot(probs_c.astype(v_all.dtype), v_all)
         else:
-            out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(v_all.dtype), v_all)
+            out = values_dot(probs.astype(v_all.dtype), v_all)
         out = out.reshape(B, T, H * D)
         out = dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
         attn_last = probs[:, :, :, -1, :].reshape(B, H, -1)

@@ -6,7 +6,8 @@ import numpy as np
 
 from latent_jax.decoding import sampling as S
 from latent_jax.testing import tiny_config
-from latent_jax.models.decoder import init_params
+from latent_jax.models.decoder import Decoder, init_params
+from latent_jax.models.layers import KVCache
 
 
 def _draws(logits, sp, top_k, n=2000):
@@ -65,3 +66,39 @@ def test_seeds_and_stop_tokens():
     # every row stops at once -> the loop exits early
     both = _gen(cfg, params, prompts, stop=(int(g[0, 0]), int(g[1, 0])))
     assert np.asarray(both.lengths).tolist() == [1, 1] and int(both.steps) == 0
+
+
+def test_layer_split_cache_steps_like_the_stacked_one():
+    """The decode loop's layer-split KV cache (one buffer per layer, batch and heads merged)
+    gives the stacked cache's logits and entries, at batch 1 and above, with GQA."""
+    cfg = tiny_config("llama", initializer_range=0.2)  # 4 heads over 2 kv heads
+    params = init_params(cfg, 0)
+    model = Decoder(cfg)
+    for B in (1, 3):
+        ids = np.random.default_rng(B).integers(3, 128, size=(B, 9)).astype(np.int32)
+        pre = model.apply({"params": params}, ids[:, :6], cache=KVCache.init(cfg, B, 12))
+        split = pre.cache.split_layers()
+        assert split.is_split and split.slots == 12 and split.nbytes() == pre.cache.nbytes()
+        assert split.k[0].shape == (B * cfg.num_key_value_heads, 12, cfg.head_dim)
+        jax.tree.map(np.testing.assert_array_equal, split.stack_layers(), pre.cache)
+        stacked = pre.cache
+        for t in range(6, 9):
+            a = model.apply({"params": params}, ids[:, t:t + 1], cache=stacked)
+            b = model.apply({"params": params}, ids[:, t:t + 1], cache=split)
+            np.testing.assert_allclose(np.asarray(b.logits), np.asarray(a.logits), rtol=1e-5, atol=1e-5)
+            assert b.cache.is_split
+            stacked, split = a.cache, b.cache
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), split.stack_layers(), stacked)
+
+
+def test_greedy_decoding_leaves_the_rng_alone_and_sampling_splits_it():
+    cfg = tiny_config("llama", initializer_range=0.2)
+    logits = jnp.asarray(np.random.default_rng(0).standard_normal((2, cfg.vocab_size)), jnp.float32)
+    rng = jax.random.PRNGKey(3)
+    args = (jnp.zeros((2, 4), jnp.int32), jnp.zeros((2,), jnp.int32), jnp.zeros((0,), jnp.int32), 0)
+    done = jnp.zeros((2,), bool)
+    nxt, *_, rng_g = S.emit_token(logits, rng, S.SamplingParams.make(), 0, 0, done, *args)
+    np.testing.assert_array_equal(np.asarray(nxt), np.asarray(jnp.argmax(logits, -1)))
+    np.testing.assert_array_equal(np.asarray(rng_g), np.asarray(rng))
+    *_, rng_s = S.emit_token(logits, rng, S.SamplingParams.make(temperature=1.0), 0, 0, done, *args)
+    np.testing.assert_array_equal(np.asarray(rng_s), np.asarray(jax.random.split(rng)[0]))
