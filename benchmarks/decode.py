@@ -23,39 +23,20 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from threads import pin_xla_threads  # noqa: E402  (benchmarks/threads.py, before jax)
+from common import add_model_args, build_llama, load_torch_llama, machine_limits, pin_threads  # noqa: E402
 
-_THREADS = pin_xla_threads()
+_THREADS = pin_threads()  # before jax, numpy and torch start their thread pools
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-if _THREADS:
-    torch.set_num_threads(_THREADS)
-
-
-def build_model(out_dir: str, args) -> None:
-    import transformers
-
-    cfg = transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    m = transformers.LlamaForCausalLM(cfg)
-    m.save_pretrained(out_dir, safe_serialization=True)
-
 
 def bench_torch(model_dir: str, ids: np.ndarray, new: int, dtype: str, repeats: int) -> dict:
-    import transformers
-
-    tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    m = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=tdt, attn_implementation="sdpa").to(dev).eval()
+    m, dev = load_torch_llama(model_dir, dtype)
     x = torch.tensor(ids, dtype=torch.long, device=dev)
     mask = torch.ones_like(x)
 
@@ -118,6 +99,17 @@ def bench_jax(model_dir: str, ids: np.ndarray, new: int, dtype: str, repeats: in
                 compile_s=compile_s, tokens=np.asarray(out.tokens))
 
 
+def step_cost(cfg, batch: int, slots: float, itemsize: int) -> dict:
+    """Bytes read and FLOPs of one decode step (one new token per row): every weight once (the
+    tied embedding is the LM head), K and V of `slots` cache slots per layer and row; FLOPs of
+    the matmuls (2 x batch x matrix parameters) and of attention (QK and PV over the slots)."""
+    n = cfg.num_params()
+    norms = (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size
+    kv = 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * slots * cfg.head_dim
+    attn_flops = 4 * cfg.num_hidden_layers * batch * cfg.num_attention_heads * slots * cfg.head_dim
+    return dict(bytes=(n + kv) * itemsize, flops=2 * batch * (n - norms) + attn_flops)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", default="1,8")
@@ -125,21 +117,16 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--hidden", type=int, default=768)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--kv-heads", type=int, default=12)
-    p.add_argument("--mlp", type=int, default=2048)
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for both sides (0 = library defaults)")
+    add_model_args(p, hidden=768, layers=12, heads=12, mlp=2048, vocab=32000, kv_heads=True)
     p.add_argument("--json-out", default="", help="also write the results here")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as d:
-        build_model(d, args)
+        build_llama(d, args)
         from latent_jax.models.config import ModelConfig
 
-        n_params = ModelConfig.from_hf(d).num_params()
+        mcfg = ModelConfig.from_hf(d)
+        n_params = mcfg.num_params()
         dev = jax.devices()[0]
         print(f"model: llama-style {n_params / 1e6:.0f}M params, {args.dtype}; jax on {dev.platform} "
               f"({dev.device_kind}), torch {torch.__version__} threads={torch.get_num_threads()}; "
@@ -158,14 +145,36 @@ def main(argv=None) -> int:
                 torch_tokens_per_s=t["tokens_per_s"], jax_tokens_per_s=j["tokens_per_s"],
                 decode_speedup=j["tokens_per_s"] / t["tokens_per_s"],
                 jax_compile_s=j["compile_s"], greedy_token_agreement=same,
+                torch_step_s=t["decode_s"] / (args.new_tokens - 1), jax_step_s=j["decode_s"] / (args.new_tokens - 1),
             ))
+        limits = machine_limits()
     hdr = f"{'batch':>5} {'prefill torch':>14} {'prefill jax':>12} {'x':>6} {'decode tok/s torch':>19} {'jax':>9} {'x':>6} {'same tokens':>11}"
     print(hdr)
     for r in rows:
         print(f"{r['batch']:>5} {r['torch_prefill_s'] * 1e3:>12.1f}ms {r['jax_prefill_s'] * 1e3:>10.1f}ms "
               f"{r['prefill_speedup']:>6.2f} {r['torch_tokens_per_s']:>19.1f} {r['jax_tokens_per_s']:>9.1f} "
               f"{r['decode_speedup']:>6.2f} {r['greedy_token_agreement']:>11.2f}")
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cpus")
+    # roofline: what one decode step must read and compute vs what this machine does (numpy)
+    item = jnp.dtype(args.dtype).itemsize
+    print(f"roofline, per decode step (numpy on this machine, same threads: read {limits['read_gbs']:.1f} GB/s "
+          f"(GEMV), copy {limits['copy_gbs']:.1f} GB/s (read+write), GEMM {limits['gemm_gflops']:.0f} GFLOP/s):")
+    print(f"{'batch':>5} {'side':>10} {'step':>9} {'MB read':>8} {'GB/s':>6} {'% read bw':>9} {'GFLOP':>6} "
+          f"{'GFLOP/s':>8} {'% GEMM':>7} {'floor':>9} {'torch/floor':>11}")
+    for r in rows:
+        b, T, n = r["batch"], args.prompt_len, args.new_tokens
+        # latent_jax attends over every slot of its static cache; transformers' cache grows
+        for side, step, slots in (("torch", r["torch_step_s"], T + n / 2), ("latent_jax", r["jax_step_s"], T + n)):
+            c = step_cost(mcfg, b, slots, item)
+            gbs, gfs = c["bytes"] / step / 1e9, c["flops"] / step / 1e9
+            floor = max(c["bytes"] / (limits["read_gbs"] * 1e9), c["flops"] / (limits["gemm_gflops"] * 1e9))
+            print(f"{b:>5} {side:>10} {step * 1e3:>7.1f}ms {c['bytes'] / 1e6:>8.0f} {gbs:>6.1f} "
+                  f"{100 * gbs / limits['read_gbs']:>8.0f}% {c['flops'] / 1e9:>6.2f} {gfs:>8.1f} "
+                  f"{100 * gfs / limits['gemm_gflops']:>6.0f}% {floor * 1e3:>7.1f}ms {r['torch_step_s'] / floor:>10.2f}x")
+            r[f"{'jax' if side == 'latent_jax' else 'torch'}_achieved_gbs"] = gbs
+        r.update(limits)
+    print("(floor: the larger of bytes / read bandwidth and FLOPs / GEMM rate, a lower bound on the step; "
+          "torch/floor: the decode speedup over torch if a step took only that)")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(rows, f, indent=1)

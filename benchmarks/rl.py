@@ -25,38 +25,21 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from threads import pin_xla_threads  # noqa: E402  (benchmarks/threads.py, before jax)
+from common import add_model_args, build_llama, load_torch_llama, pin_threads  # noqa: E402
 
-_THREADS = pin_xla_threads()
+_THREADS = pin_threads()  # before jax, numpy and torch start their thread pools
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-if _THREADS:
-    torch.set_num_threads(_THREADS)
-
-
-def build_model(out_dir: str, args) -> None:
-    import transformers
-
-    cfg = transformers.LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.mlp, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.heads, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(out_dir, safe_serialization=True)
-
 
 def bench_torch(model_dir: str, ids: np.ndarray, new: int, repeats: int) -> dict:
-    import transformers
-
-    m = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                          attn_implementation="sdpa").eval()
-    x = torch.tensor(ids, dtype=torch.long)
+    m, dev = load_torch_llama(model_dir)
+    x = torch.tensor(ids, dtype=torch.long, device=dev)
     mask = torch.ones_like(x)
     times = []
     with torch.inference_mode():
@@ -133,16 +116,11 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=40)
     p.add_argument("--new-tokens", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--mlp", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for both sides (0 = library defaults)")
+    add_model_args(p, hidden=128, layers=2, heads=8, mlp=256, vocab=64)
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as d:
-        build_model(d, args)
+        build_llama(d, args, max_positions=1024)
         from latent_jax.models.config import ModelConfig
 
         n_params = ModelConfig.from_hf(d).num_params()
