@@ -10,6 +10,7 @@ def get_base() -> ConfigDict:
     c.mode = "train"  # train | eval
     c.workdir = ""
     c.seed = 0
+    c.verbose = False  # absl INFO logs (Orbax logs every checkpoint read and write); False: WARNING and up
     # a data row that lacks a field or has the wrong type: "error" stops the run naming file, row
     # and line; "skip" skips and counts it (the count is logged)
     c.on_bad_row = "error"

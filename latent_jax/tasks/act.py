@@ -49,10 +49,8 @@ def _load_or_init(config: ConfigDict, acfg: ACTConfig, vocab_size: int, rng, **e
     if config.model.path:
         mcfg, dec = load_model(config)
         if mcfg.vocab_size < vocab_size:
-            raise ValueError(
-                f"model at {config.model.path} has vocab_size={mcfg.vocab_size} < {vocab_size} needed by this task; "
-                "use a model with a larger vocabulary or train from scratch (model.path='')"
-            )
+            raise ValueError(f"model at {config.model.path} has vocab_size={mcfg.vocab_size} < {vocab_size} needed "
+                             "by this task; use a model with a larger vocabulary or train from scratch (model.path='')")
         return mcfg, init_params(mcfg, acfg, rng, decoder_params=dec)
     mcfg = model_config_from(config.model, vocab_size, **extra)
     return mcfg, init_params(mcfg, acfg, rng)
@@ -65,12 +63,11 @@ def _count(params) -> int:
 def padded_batches(arrays: dict, bs: int) -> list[dict]:
     """`arrays` (rows first) in batches of `bs` rows, the last padded with zero rows; each
     batch's "valid" marks its real rows."""
-    total, out = len(next(iter(arrays.values()))), []
-    for s in range(0, total, bs):
-        n = min(bs, total - s)
-        out.append({k: np.concatenate([a[s:s + n], np.zeros((bs - n,) + a.shape[1:], a.dtype)]) for k, a in arrays.items()})
-        out[-1]["valid"] = np.arange(bs) < n
-    return out
+    total = len(next(iter(arrays.values())))
+    pad = -total % bs  # zero rows that fill the last batch
+    full = {k: np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) for k, a in arrays.items()}
+    full["valid"] = np.arange(total + pad) < total
+    return [{k: a[s:s + bs] for k, a in full.items()} for s in range(0, total, bs)]
 
 
 def _eval_sums(out, valid, correct, ce) -> dict:
@@ -110,12 +107,10 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     vcfg = vt.VisionTokenConfig.from_dict(config.vision)
     n_classes = vcfg.num_labels
     H, W = train.image_shape
-    n_img = vcfg.num_tokens(H, W)
-    T = n_img + 1  # BOS + image; the label token is predicted after the last position
-    vocab = vt.vocab_size(n_classes)
+    T = vcfg.num_tokens(H, W) + 1  # BOS + image; the label token is predicted after the last position
     r_model, r_enc = jax.random.split(rng)
-    mcfg, params = _load_or_init(config, acfg, vocab, r_model, bos_token_id=vt.BOS_ID, pad_token_id=vt.PAD_ID,
-                                 eos_token_id=(vt.EOS_ID,))
+    mcfg, params = _load_or_init(config, acfg, vt.vocab_size(n_classes), r_model, bos_token_id=vt.BOS_ID,
+                                 pad_token_id=vt.PAD_ID, eos_token_id=(vt.EOS_ID,))
     params["encoder"] = vt.init_encoder_params(vcfg, mcfg.hidden_size, (H, W), r_enc)
     aug = AugmentConfig.from_dict(config.augment)
     bs = int(config.batch_size)
@@ -138,15 +133,11 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
     def eval_batches() -> list[dict]:
         return padded_batches({"images": test.images, "labels": test.labels}, bs)
 
-    def targets(labels):
-        B = labels.shape[0]
-        tgt = jnp.zeros((B, T), jnp.int32).at[:, -1].set(vt.label_token(labels))
-        mask = jnp.zeros((B, T), jnp.float32).at[:, -1].set(1.0)
-        return tgt, mask
-
     def loss_fn(params, batch):
         emb = vt.image_inputs(params, batch["images"], vcfg, mcfg)
-        tgt, mask = targets(batch["labels"])
+        B = batch["labels"].shape[0]  # the label token is the one target, after the last position
+        tgt = jnp.zeros((B, T), jnp.int32).at[:, -1].set(vt.label_token(batch["labels"]))
+        mask = jnp.zeros((B, T), jnp.float32).at[:, -1].set(1.0)
         labels = tgt if acfg.lambda_deep_supervision else None
         out = act_apply(params, mcfg, acfg, inputs_embeds=emb, labels=labels, loop="scan")
         loss, m = act_loss(out, tgt, mask, acfg, None if not ponder_all else jnp.ones_like(mask))
@@ -261,17 +252,13 @@ class ACTTask(Task):
 
     def finish(self, trainer, state, out):
         rows = [h for h in out["history"] if "accuracy" in h]
-        png = None
-        if rows:
-            xs = [min((r["epoch"] + 1) * self.t.steps_per_epoch, self.total_steps) for r in rows]
-            png = plot_series(
-                os.path.join(self.workdir, "act_training.png"),
-                {"eval accuracy": (xs, [r["accuracy"] for r in rows])},
-                "step", "accuracy", title=f"ACT {self.t.info.get('task')} (k_max={self.acfg.k_max}, tau={self.acfg.tau})",
-                secondary={"expected steps": (xs, [r["act_expected_steps"] for r in rows]),
-                           "inner steps (while_loop)": (xs, [r["act_inner_steps"] for r in rows])},
-                secondary_label="recursion steps",
-            )
+        xs = [min((r["epoch"] + 1) * self.t.steps_per_epoch, self.total_steps) for r in rows]
+        series = lambda key: (xs, [r[key] for r in rows])  # noqa: E731  (eval metric by step)
+        title = f"ACT {self.t.info.get('task')} (k_max={self.acfg.k_max}, tau={self.acfg.tau})"
+        png = plot_series(os.path.join(self.workdir, "act_training.png"), {"eval accuracy": series("accuracy")},
+                          "step", "accuracy", title=title, secondary_label="recursion steps",
+                          secondary={"expected steps": series("act_expected_steps"),
+                                     "inner steps (while_loop)": series("act_inner_steps")}) if rows else None
         final = rows[-1] if rows else {}
         results = {"final": final, "best_accuracy": max((r["accuracy"] for r in rows), default=None),
                    "steps": out["step"], "wall_seconds": time.time() - self.t_start, "params": _count(state["params"]),

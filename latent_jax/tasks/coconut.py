@@ -26,8 +26,7 @@ runs in workdir/<mode>/ (the coconut run starting from the CoT run's best model,
 paper does) and prints one accuracy table. `config.mode == "eval"` only scores a model
 (config.load_model_path, or the chained runs' best models) on the test split.
 
-Resume is exact (train/trainer.Trainer): the latest checkpoint holds params, optimizer
-state, step, epoch and the data iterator position, and a restarted run continues from it.
+Resume is exact (train/trainer.Trainer: params, optimizer state, step, epoch, data position).
 """
 
 from __future__ import annotations
@@ -90,7 +89,6 @@ from latent_jax.train.trainer import Batch, MappedBatches, Task, Trainer, check_
 
 MODES = ("no_cot", "cot", "coconut")
 MODE_TITLES = {"no_cot": "no-CoT", "cot": "CoT", "coconut": "Coconut"}
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "latent_mask", "position_ids")
 
 
 # ============================================================================ entry point
@@ -312,10 +310,6 @@ def repad(arrays: dict, latent_start: int, start: int, T: int, pad_id: int) -> d
     return out
 
 
-def train_geometry(examples, epoch: int, cc: CurriculumConfig, ids, bucket: int) -> Geometry:
-    return geometry([train_sample(e, epoch, cc, ids) for e in examples], bucket)
-
-
 def eval_geometry(examples, stage: int, cc: CurriculumConfig, ids, bucket: int) -> Geometry:
     return geometry([eval_prompt(e, stage, cc, ids) for e in examples], bucket)
 
@@ -375,11 +369,10 @@ class CoconutTask(Task):
 
     def train_batches(self, epoch, data_state):
         train, seed = self.data["train"], int(self.config.seed)
-        g = train_geometry(train.examples, epoch, self.cc, self.ids, self.bucket)
+        g = geometry([train_sample(e, epoch, self.cc, self.ids) for e in train.examples], self.bucket)
 
         def batch(b) -> Batch:  # re-padded to the stage's Geometry: one compile per stage
             arrays = repad(b.arrays, b.latent_start, g.start, g.T, self.tok.pad_id)
-            arrays = {k: arrays[k] for k in BATCH_KEYS}
             if self.embeds is not None:
                 arrays.update(self.embeds.arrays(arrays["input_ids"], b.example_idx, "train"))
             if self.answer is not None:  # masked-diffusion noise seeds of (seed, epoch, example): exact on resume
@@ -398,11 +391,6 @@ class CoconutTask(Task):
         return state
 
     # ---------------------------------------------------------------- evaluation
-    def eval_geometry(self, stage: int) -> Geometry:
-        """One geometry for validation and test (every evaluation set's prompts at `stage`)."""
-        examples = [e for k, d in self.data.items() if k != "train" for e in d.examples]
-        return eval_geometry(examples, stage, self.cc, self.ids, self.bucket)
-
     def evaluate(self, trainer, params, epoch):
         # frontier supervision: every epoch is scored on the final task (all thoughts, then the
         # answer), since intermediate stages end in a frontier node rather than an answer
@@ -453,10 +441,9 @@ class CoconutTask(Task):
               desc: str = "eval", split: str = "eval") -> dict:
         """Generation accuracy on `eval_data` at `stage` (one geometry for validation and test).
         With out_dir, writes predictions.jsonl and results.json there."""
-        tok = self.tok
-        rng = jax.random.PRNGKey(seed)
-        geom = self.eval_geometry(stage)
-        rows = []
+        tok, rng, rows = self.tok, jax.random.PRNGKey(seed), []
+        evals = [e for k, d in self.data.items() if k != "train" for e in d.examples]  # one geometry for all
+        geom = eval_geometry(evals, stage, self.cc, self.ids, self.bucket)
         max_new = int(self.settings["max_new_tokens"])
         k_th = int(self.config.decode_thoughts) if self.embeds is None else 0
         ds = eval_data.dataset(stage)

@@ -95,7 +95,7 @@ def _require(path: str, key: str, hint: str) -> str:
 def ensure_smoke_fixtures(config: ConfigDict, workdir: str) -> None:
     """Build the tiny model and dataset the :smoke presets point at (nothing downloaded) in
     config.fixtures_dir (default workdir/fixtures; kept when present) and point config there."""
-    fdir = config.get("fixtures_dir") or os.path.join(workdir, "fixtures")
+    fdir = config.fixtures_dir or os.path.join(workdir, "fixtures")
     fam = config.model.family
     mdir = os.path.join(fdir, f"tiny_{fam}")
     if not os.path.exists(os.path.join(mdir, "config.json")):

@@ -82,7 +82,7 @@ from latent_jax.train.optim import make_optimizer, param_path
 
 def quiet_logs(config: ConfigDict) -> None:
     """Orbax logs every read and write at INFO: keep absl at WARNING unless config.verbose."""
-    if not config.get("verbose", False):
+    if not config.verbose:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
@@ -172,10 +172,9 @@ class MappedBatches:
         return self.it.get_state()
 
 
-def write_json(path: str, obj: Any) -> str:
-    """Write JSON through the path layer: atomically for local paths, one upload for URIs
-    (gs://...), and only on process 0 of a multi-host run (no two hosts race on one file)."""
-    return paths.write_json(path, obj)
+# JSON through the path layer: atomically for local paths, one upload for URIs (gs://...), and
+# only on process 0 of a multi-host run (no two hosts race on one file)
+write_json = paths.write_json
 
 
 _STEP_CACHE: dict[tuple, Any] = {}  # jitted train steps shared by runs in one process
@@ -223,9 +222,7 @@ class Trainer:
 
     def reset_optimizer(self, state: dict) -> dict:
         """`state` with a freshly initialised optimizer state (same shardings)."""
-        state = dict(state)
-        state["opt_state"] = jax.jit(self.tx.init, out_shardings=self._sh["opt_state"])(state["params"])
-        return state
+        return {**state, "opt_state": jax.jit(self.tx.init, out_shardings=self._sh["opt_state"])(state["params"])}
 
     def restore_best(self, state: dict) -> dict:
         """`state` restored from the best (else the latest) checkpoint in workdir/checkpoints."""
