@@ -5,9 +5,12 @@ embeddings) is initialised randomly in transformers, saved as safetensors and lo
 latent_jax. For each batch size both sides prefill the same prompts and greedily decode the
 same number of tokens (no early stop). Reported: prefill latency (s) and decode tokens/s
 (new tokens after the first, across the batch, divided by decode time; compilation excluded
-for JAX, one warm-up run for both), and the ratios latent_jax / torch.
+for JAX, one warm-up run for both), and the ratios latent_jax / torch; then a roofline per
+decode step: bytes read and FLOPs per step against the read bandwidth and GEMM rate numpy
+measures on the same machine and threads (benchmarks/common.py), and the step time floor.
 
-    python benchmarks/decode.py                      # CPU, float32, batch 1 and 8
+    python benchmarks/decode.py --threads 1          # CPU, float32, batch 1 and 8, one thread per side
+    python benchmarks/decode.py                      # each library's default threads
     python benchmarks/decode.py --dtype bfloat16     # on a GPU (launch/gpu.sh bench)
 """
 
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
                 jax_compile_s=j["compile_s"], greedy_token_agreement=same,
                 torch_step_s=t["decode_s"] / (args.new_tokens - 1), jax_step_s=j["decode_s"] / (args.new_tokens - 1),
             ))
-        limits = machine_limits()
+    limits = machine_limits()  # after both sides, so that numpy's BLAS threads never overlap them
     hdr = f"{'batch':>5} {'prefill torch':>14} {'prefill jax':>12} {'x':>6} {'decode tok/s torch':>19} {'jax':>9} {'x':>6} {'same tokens':>11}"
     print(hdr)
     for r in rows:
