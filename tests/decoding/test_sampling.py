@@ -74,17 +74,17 @@ def test_layer_split_cache_steps_like_the_stacked_one():
     cfg = tiny_config("llama", initializer_range=0.2)  # 4 heads over 2 kv heads
     params = init_params(cfg, 0)
     model = Decoder(cfg)
+    step = jax.jit(lambda ids, cache: model.apply({"params": params}, ids, cache=cache))
     for B in (1, 3):
         ids = np.random.default_rng(B).integers(3, 128, size=(B, 9)).astype(np.int32)
-        pre = model.apply({"params": params}, ids[:, :6], cache=KVCache.init(cfg, B, 12))
+        pre = step(ids[:, :6], KVCache.init(cfg, B, 12))
         split = pre.cache.split_layers()
         assert split.is_split and split.slots == 12 and split.nbytes() == pre.cache.nbytes()
         assert split.k[0].shape == (B * cfg.num_key_value_heads, 12, cfg.head_dim)
         jax.tree.map(np.testing.assert_array_equal, split.stack_layers(), pre.cache)
         stacked = pre.cache
         for t in range(6, 9):
-            a = model.apply({"params": params}, ids[:, t:t + 1], cache=stacked)
-            b = model.apply({"params": params}, ids[:, t:t + 1], cache=split)
+            a, b = step(ids[:, t:t + 1], stacked), step(ids[:, t:t + 1], split)
             np.testing.assert_allclose(np.asarray(b.logits), np.asarray(a.logits), rtol=1e-5, atol=1e-5)
             assert b.cache.is_split
             stacked, split = a.cache, b.cache
