@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     out = {}
     for constrained, n in ((True, 2), (True, 8), (False, 8)):
         argv = ["--config", sys.argv[1], "--devices", str(n), "--mesh", f"data=1,fsdp={n},tensor=1",
-                "--batch", str(n), "--seq", "256", "--latent", "2"]
+                "--batch", str(n), "--seq", "128", "--latent", "2"]
         if not constrained:
             argv.append("--no-activation-sharding")
         plan = make_plan(build_parser().parse_args(argv), jax.devices()[:n])
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_fsdp_temporaries_do_not_grow_with_global_batch(tmp_path):
-    # activations dominate: tiny weights (0.1 M params), 256 tokens per device, 4 heads
+    # activations dominate: tiny weights (0.1 M params), 128 tokens per device, 4 heads
     cfg = {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
            "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
