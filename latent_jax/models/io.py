@@ -266,7 +266,7 @@ def restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: 
     if failure is not None:
         # the failed read leaves reads in flight: finish their coroutines now, not at interpreter
         # exit, and keep the completions that land on Orbax's closed event loop quiet
-        _silence_closed_loop_callbacks()
+        _silence_closed_loop_callbacks(pdir)
         gc.collect()
         raise CheckpointError(f"{pdir} cannot be read ({failure}); {CHECKPOINT_FIX}")
     for record in hold.held:
@@ -280,18 +280,22 @@ def restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: 
     return config, params
 
 
-def _silence_closed_loop_callbacks() -> None:
-    """After a failed restore, the reads still in flight complete on other threads and report
-    'Event loop is closed' through sys.excepthook, and their abandoned coroutines report through
-    sys.unraisablehook when collected: one traceback each, at random moments (up to interpreter
-    exit), about an error already reported. Drop exactly those; every other report reaches the
-    previous hook. Self-contained closures, as they may run while the interpreter shuts down."""
+def _silence_closed_loop_callbacks(failed_dir: str) -> None:
+    """After a failed restore of `failed_dir`, the reads still in flight complete on other
+    threads and report 'Event loop is closed' through sys.excepthook, their abandoned coroutines
+    report through sys.unraisablehook when collected, and asyncio logs their unread exceptions
+    ('<Task | Future | _GatheringFuture> exception was never retrieved'): one traceback each,
+    at random moments (up to interpreter exit), about an error already reported. Drop exactly
+    those; every other report reaches the previous hook. Self-contained closures, as they may
+    run while the interpreter shuts down."""
     import sys
 
     prev_except, prev_unraisable = sys.excepthook, sys.unraisablehook
     if getattr(prev_except, "_latent_jax", False):
+        prev_except._latent_jax_dirs.add(failed_dir)
         return
     needle = f"{os.sep}orbax{os.sep}"
+    failed_dirs = {failed_dir}
 
     def closed_loop(exc_type, exc, tb) -> bool:  # raised by asyncio's BaseEventLoop._check_closed
         if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
@@ -319,12 +323,15 @@ def _silence_closed_loop_callbacks() -> None:
 
     class NeverRetrieved(logging.Filter):  # asyncio logs a collected task's unread exception
         def filter(self, record: logging.LogRecord) -> bool:
-            if not str(record.msg).startswith("Task exception was never retrieved"):
+            # f"{type(fut).__name__} exception was never retrieved": Task, Future, _GatheringFuture
+            if not str(record.msg).split("\n", 1)[0].endswith("exception was never retrieved"):
                 return True
-            exc = record.exc_info[1] if record.exc_info else None
-            return not (needle in record.getMessage() or (exc is not None and from_orbax(exc.__traceback__)))
+            exc, msg = (record.exc_info[1] if record.exc_info else None), record.getMessage()
+            return not (needle in msg or any(d in msg for d in failed_dirs)
+                        or (exc is not None and from_orbax(exc.__traceback__)))
 
     excepthook._latent_jax = unraisablehook._latent_jax = True
+    excepthook._latent_jax_dirs = failed_dirs
     sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
     logging.getLogger("asyncio").addFilter(NeverRetrieved())
 
