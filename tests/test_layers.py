@@ -21,9 +21,6 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "latent_jax")
 
-# function-local imports of latent_jax modules that are known and not yet moved: (file, module)
-KNOWN_LOCAL_IMPORTS: set[tuple[str, str]] = set()
-
 
 def _modules(root: str):
     """(path, dotted module name, is a package __init__) of every module under root/latent_jax/."""
@@ -147,12 +144,9 @@ def test_contract_names_every_top_level_module():
 
 def test_no_function_local_imports_of_latent_jax_modules():
     local, _ = _scan()
-    found = {(rel, target) for rel, _, target in local}
-    new = [f"{rel}:{line}: {target}" for rel, line, target in local if (rel, target) not in KNOWN_LOCAL_IMPORTS]
-    assert not new, ("import latent_jax modules at the module top (a cycle means a function is in the wrong "
-                     "layer; function-local imports are for optional third-party packages):\n" + "\n".join(new))
-    gone = KNOWN_LOCAL_IMPORTS - found
-    assert not gone, f"these are no longer function-local; drop them from KNOWN_LOCAL_IMPORTS: {sorted(gone)}"
+    found = [f"{rel}:{line}: {target}" for rel, line, target in local]
+    assert not found, ("import latent_jax modules at the module top (a cycle means a function is in the wrong "
+                       "layer; function-local imports are for optional third-party packages):\n" + "\n".join(found))
 
 
 def test_no_private_names_across_modules():

@@ -190,6 +190,7 @@ class Trainer:
         self.tx_key = ""
         self._sh = None
         self.const: dict = {}
+        self._const_key = jax.tree.structure(self.const)
         paths.makedirs(workdir)
 
     # ------------------------------------------------------------------ state
@@ -201,6 +202,7 @@ class Trainer:
         once on the mesh (self.const) and merged into the params every loss_fn sees, but is no
         part of the state: not trained, no optimizer state, not checkpointed."""
         self.const = self.put(const or {})
+        self._const_key = jax.tree.structure(self.const)
         if tx is None:
             tx = make_optimizer(params, self.config.optim, total_updates, frozen=frozen)
             tx, continual_key = trainer_optimizer(tx, params, self.config, self.task)  # config.continual
@@ -249,7 +251,7 @@ class Trainer:
         """One optimizer update on `batch` (compiled once per task, optimizer, mesh and static key)."""
         arrays = batch.arrays
         sig = tuple(sorted((k, np.ndim(a)) for k, a in arrays.items()))
-        key = (self.task.compile_key(), self.tx_key, self.mesh, batch.static, sig, jax.tree.structure(self.const))
+        key = (self.task.compile_key(), self.tx_key, self.mesh, batch.static, sig, self._const_key)
         fn = _STEP_CACHE.get(key)
         if fn is None:
             fn = _STEP_CACHE[key] = self._compile(batch.static, sig)
