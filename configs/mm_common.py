@@ -51,8 +51,8 @@ def mm_base(family: str, dataset: str) -> ConfigDict:
     c.data.max_tiles = 12  # InternVL tiles / Phi-4-MM HD crops per image
     c.data.short_prompt = False  # True: question + options only (no instructions / subtitles)
     c.eval = ConfigDict(dict(max_new_tokens=64, temperature=0.0, top_p=1.0, stage=-1))
-    # CinePile answer scoring: official (the official evaluation's rules, comparable with
-    # published results) | lenient (looser; not comparable). results.json records it.
+    # CinePile / A-OKVQA answer scoring: official (the official evaluation's rules, comparable
+    # with published results) | lenient (looser; not comparable). results.json records it.
     c.eval.scorer = "official"
     c.save_model = True  # also export best_model as an HF directory (final_model/; needs torch)
     c.optim.weight_decay = 0.0

@@ -6,8 +6,15 @@ in the same schema; read with HF `datasets`), images at
 question, choices, correct_choice_idx, direct_answers (10) and rationales (3), which are the
 chain-of-thought steps for CoT and Coconut training (MultiCoCo).
 
-Scoring (official): multiple-choice accuracy = predicted choice == correct choice;
-direct-answer accuracy = min(1, #annotators who gave the prediction / 3).
+Scoring (`scorer="official"`, the default) follows the official evaluation (allenai/aokvqa,
+evaluation/eval_predictions.py) rule for rule, on the prediction = the text after the last
+`###` (stripped): multiple choice scores 1 only when the prediction is exactly the text of the
+correct choice (anything that is not a choice, a letter "B" included, scores 0); direct answer
+scores min(1, exact string matches among the 10 direct answers / 3); the split's DA mean leaves
+out the questions marked `difficult_direct_answer` (the MC mean keeps every question).
+`scorer="lenient"` is a looser, non-comparable variant (case, punctuation, "the answer is",
+leading letters, a single contained choice); results.json records which scorer produced a
+figure.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Iterable
 from latent_jax.data import hf_datasets
 
 LETTERS = "ABCD"
+SCORERS = ("official", "lenient")
 ANSWER_DELIMITER = "###"  # CoT / Coconut targets: rationale steps, then "### answer"
 
 
@@ -74,6 +82,14 @@ def answer_text(row: dict) -> str:
     return row["choices"][int(row["correct_choice_idx"])]
 
 
+def check_scorer(scorer: str, config_key: str = "eval.scorer") -> str:
+    """`scorer` if it is one of SCORERS, else a one-line ValueError naming the config key."""
+    if scorer not in SCORERS:
+        raise ValueError(f"config.{config_key}={scorer!r} is not an A-OKVQA scorer; use "
+                         f"--config.{config_key}=official (the official evaluation's exact strings) or lenient")
+    return scorer
+
+
 def _norm(s: str) -> str:
     s = (s or "").lower().strip()
     s = re.sub(r"^(the answer is|answer:|###)\s*", "", s).strip()
@@ -81,40 +97,66 @@ def _norm(s: str) -> str:
 
 
 def predicted_choice(response: str, choices: list[str]) -> int | None:
-    """Choice index of a response: an exact choice text, a leading letter 'B' / 'B.', or the
-    single choice contained in it."""
+    """Choice index of a response under the lenient rules: a choice's text (case and outer
+    punctuation ignored), a leading letter standing alone ('B', 'B.', '(B)', 'B) text'; not the
+    'd' of 'd.c.'), or the single choice contained in it as whole words."""
     r = _norm(response)
     for i, c in enumerate(choices):
         if r == _norm(c):
             return i
-    m = re.match(r"^\(?([a-d])\)?(?:[\.\):]|$)", r)
+    m = re.match(r"^\(?([a-d])\)?[\.\):]?(?:\s|$)", r)
     if m:
         return "abcd".index(m.group(1))
     hits = [i for i, c in enumerate(choices) if _norm(c) and re.search(rf"\b{re.escape(_norm(c))}\b", r)]
     return hits[0] if len(hits) == 1 else None
 
 
-def mc_correct(response: str, row: dict) -> int:
+def mc_correct(response: str, row: dict, scorer: str = "official") -> int:
+    """1 when the prediction answers the row's multiple-choice question, else 0. official: the
+    prediction (stripped) is exactly the correct choice's text; lenient: predicted_choice names
+    the correct index."""
+    if check_scorer(scorer) == "official":
+        return int((response or "").strip() == row["choices"][int(row["correct_choice_idx"])])
     return int(predicted_choice(response, row["choices"]) == int(row["correct_choice_idx"]))
 
 
-def direct_answer_accuracy(response: str, row: dict) -> float:
-    """min(1, matches / 3) against the 10 direct answers (on the normalised response, or on the
-    choice it names)."""
+def direct_answer_accuracy(response: str, row: dict, scorer: str = "official") -> float:
+    """min(1, matches / 3) against the 10 direct answers. official: exact string matches of the
+    prediction (stripped). lenient: matches of the normalised prediction; only a prediction that
+    is no direct answer itself is read as the choice it names (so "light blue" stays "light blue")."""
+    answers = row.get("direct_answers", [])
+    if check_scorer(scorer) == "official":
+        pred = (response or "").strip()
+        return min(1.0, sum(pred == a for a in answers) / 3.0)
     pred = _norm(response)
-    i = predicted_choice(response, row["choices"])
-    if i is not None:
-        pred = _norm(row["choices"][i])
-    n = sum(pred == _norm(a) for a in row.get("direct_answers", []))
+    if not any(pred == _norm(a) for a in answers):
+        i = predicted_choice(response, row["choices"])
+        if i is not None:
+            pred = _norm(row["choices"][i])
+    n = sum(pred == _norm(a) for a in answers)
     return min(1.0, n / 3.0)
 
 
-def results(records: Iterable[dict]) -> dict:
+def score(response: str, row: dict, scorer: str = "official") -> dict:
+    """One response's scores: mc_correct, da_accuracy (of its final answer, the text after the
+    last ANSWER_DELIMITER) and the row's difficult_direct_answer flag, which results() needs."""
+    ans = final_answer(response)
+    return {"mc_correct": mc_correct(ans, row, scorer), "da_accuracy": direct_answer_accuracy(ans, row, scorer),
+            "difficult_direct_answer": bool(row.get("difficult_direct_answer", False))}
+
+
+def results(records: Iterable[dict], scorer: str = "official") -> dict:
+    """Split results: MC accuracy over every record; DA accuracy over the records not marked
+    difficult_direct_answer (the official DA evaluation leaves them out; `da_n` counts the rest)."""
     records = list(records)
     n = max(len(records), 1)
+    da = [r["da_accuracy"] for r in records if not r.get("difficult_direct_answer", False)]
+    mc = sum(r["mc_correct"] for r in records) / n
     return {
-        "accuracy": sum(r["mc_correct"] for r in records) / n,
-        "mc_accuracy": sum(r["mc_correct"] for r in records) / n,
-        "da_accuracy": sum(r["da_accuracy"] for r in records) / n,
+        "accuracy": mc,
+        "mc_accuracy": mc,
+        "da_accuracy": sum(da) / max(len(da), 1),
         "n": len(records),
+        "da_n": len(da),
+        "scorer": check_scorer(scorer),
     }

@@ -9,8 +9,10 @@ task's evaluation counts as correct:
     cinepile_reward    CinePile's official answer parsing (data.cinepile.score_response:
                        "official", the lmms-eval rules, or "lenient"); +1 correct, 0 otherwise,
                        as the Phi-4-MM CinePile RL seed
-    aokvqa_mc_reward   A-OKVQA multiple choice (data.aokvqa.mc_correct)
-    aokvqa_da_reward   A-OKVQA direct answer, min(1, matches / 3) (data.aokvqa.direct_answer_accuracy)
+    aokvqa_mc_reward   A-OKVQA multiple choice (data.aokvqa.mc_correct; "official": the final
+                       answer is exactly the correct choice's text, or "lenient")
+    aokvqa_da_reward   A-OKVQA direct answer, min(1, exact matches / 3)
+                       (data.aokvqa.direct_answer_accuracy, "official" or "lenient")
 
 Format rewards check only the shape of an answer: `delimiter_format_reward` (exactly one
 answer delimiter followed by a non-empty answer) and `cinepile_format_reward` (the official
@@ -57,15 +59,25 @@ def cinepile_reward(text: str, row: dict, scorer: str = "official") -> float:
     return float(cinepile.score_response(text, int(row["answer_key_position"]), str(row.get("answer_key", "")), scorer))
 
 
-def aokvqa_mc_reward(text: str, row: dict) -> float:
+def aokvqa_mc_reward(text: str, row: dict, scorer: str = "official") -> float:
     """1.0 when the response (its part after the last "###", as the A-OKVQA evaluation reads it)
-    names the row's correct choice, else 0.0."""
-    return float(aokvqa.mc_correct(aokvqa.final_answer(text), row))
+    answers the row under `scorer` ("official": exactly the correct choice's text), else 0.0."""
+    return float(aokvqa.mc_correct(aokvqa.final_answer(text), row, scorer))
 
 
-def aokvqa_da_reward(text: str, row: dict) -> float:
-    """A-OKVQA direct-answer accuracy of the response: min(1, matching direct answers / 3)."""
-    return float(aokvqa.direct_answer_accuracy(aokvqa.final_answer(text), row))
+def aokvqa_da_reward(text: str, row: dict, scorer: str = "official") -> float:
+    """A-OKVQA direct-answer accuracy of the response under `scorer`: min(1, matching direct
+    answers / 3), exact strings for "official"."""
+    return float(aokvqa.direct_answer_accuracy(aokvqa.final_answer(text), row, scorer))
+
+
+def aokvqa_choice_format_reward(text: str, row: dict, scorer: str = "official") -> float:
+    """1.0 when the final answer is one of the row's choices (official: its exact text;
+    lenient: aokvqa.predicted_choice finds one), else 0.0."""
+    ans = aokvqa.final_answer(text)
+    if aokvqa.check_scorer(scorer) == "official":
+        return float(ans.strip() in row["choices"])
+    return float(aokvqa.predicted_choice(ans, row["choices"]) is not None)
 
 
 # ----------------------------------------------------------------------------- format
@@ -144,11 +156,10 @@ def answer_rewards(texts: Sequence[str], refs: Sequence, lengths: Sequence[int],
         acc = [cinepile_reward(t, r, scorer) for t, r in zip(texts, refs)]
         fmt = [cinepile_format_reward(t) for t in texts]
     elif task == "aokvqa_mc":
-        acc = [aokvqa_mc_reward(t, r) for t, r in zip(texts, refs)]
-        fmt = [float(aokvqa.predicted_choice(aokvqa.final_answer(t), r["choices"]) is not None)
-               for t, r in zip(texts, refs)]
+        acc = [aokvqa_mc_reward(t, r, scorer) for t, r in zip(texts, refs)]
+        fmt = [aokvqa_choice_format_reward(t, r, scorer) for t, r in zip(texts, refs)]
     else:
-        acc = [aokvqa_da_reward(t, r) for t, r in zip(texts, refs)]
+        acc = [aokvqa_da_reward(t, r, scorer) for t, r in zip(texts, refs)]
         fmt = [float(t.strip() != "") for t in texts]
     acc_a, fmt_a = np.asarray(acc, np.float64), np.asarray(fmt, np.float64)
     base = acc_a + float(format_weight) * fmt_a

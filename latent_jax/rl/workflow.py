@@ -268,7 +268,7 @@ class GRPOTask(Task):
         self.mode = str(config.coconut_mode)
         self.delimiter = problem_format(str(config.data.get("format", "text"))).answer_delimiter
         self.max_new = generation_settings(config)[0]["max_new_tokens"]  # text: per mode; multimodal: config.eval
-        self.scorer = str(config.get("eval", {}).get("scorer", "official")) if s["task"] == "cinepile" else "official"
+        self.scorer = str(config.get("eval", {}).get("scorer", "official")) if s["task"] != "prosqa" else "official"
         self.thought_norm = str(config.get("thought_norm", "none"))
         self.gen = dict(config=mcfg, max_new_tokens=self.max_new, stop_ids=(tok.eos_id,), pad_id=tok.pad_id,
                         feedback=train_set.feedback, thought_norm=self.thought_norm)

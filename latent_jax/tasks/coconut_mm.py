@@ -22,7 +22,7 @@ scan_layers apply to the language model.
     workdir/predictions.jsonl        per eval example: question, response, scores
     workdir/results.json             dataset results (CinePile: accuracy per category,
                                      hard_split, visual_reliance, and config.eval.scorer;
-                                     A-OKVQA: MC and DA) + HiCo compression ratio, data stats,
+                                     A-OKVQA: MC and DA, and config.eval.scorer) + HiCo compression ratio, data stats,
                                      history (per epoch: train_loss, val accuracy)
     workdir/checkpoints/             TrainCheckpointer: best N by val accuracy + the latest
     workdir/best_model/              Orbax VLM checkpoint of the best epoch (vision + trained
@@ -221,9 +221,8 @@ def score_item(config: ConfigDict, it: MMItem, text: str) -> dict:
                 "correct": cp.score_response(text, r["answer_key_position"], r["answer_key"], config.eval.scorer),
                 "question_category": r.get("question_category"), "hard_split": r.get("hard_split"),
                 "visual_reliance": r.get("visual_reliance"), "video": it.media[1] is not None}
-    ans = ak.final_answer(text)
     return {"question_id": r.get("question_id"), "question": r["question"], "response": text, "answer": it.answer,
-            "mc_correct": ak.mc_correct(ans, r), "da_accuracy": ak.direct_answer_accuracy(ans, r)}
+            **ak.score(text, r, config.eval.scorer)}
 
 
 class MMEmbeds:
@@ -259,7 +258,7 @@ class MMScorer:
 
     def results(self, rows: list[dict]) -> dict:
         if self.config.data.dataset != "cinepile":
-            return ak.results(rows)
+            return ak.results(rows, self.config.eval.scorer)
         return {**cp.results(rows), "scorer": self.config.eval.scorer}
 
 
@@ -295,6 +294,8 @@ def run(config: ConfigDict, workdir: str) -> dict:
     check_mode(config)
     if config.data.dataset == "cinepile":
         cp.check_scorer(config.eval.scorer)
+    elif config.data.dataset == "aokvqa":
+        ak.check_scorer(config.eval.scorer)
     if config.smoke:  # one set of fixtures for chained runs
         config = copy.deepcopy(config)
         ensure_smoke_fixtures(config, workdir)

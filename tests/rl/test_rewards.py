@@ -70,11 +70,16 @@ def test_aokvqa_rewards():
     row = {"choices": ["cat", "dog", "bird", "fish"], "correct_choice_idx": 1,
            "direct_answers": ["dog"] * 2 + ["puppy"] * 8}
     assert R.aokvqa_mc_reward("dog", row) == 1.0
-    assert R.aokvqa_mc_reward("B", row) == 1.0
+    assert R.aokvqa_mc_reward("B", row) == 0.0  # official: only the choice's exact text
+    assert R.aokvqa_mc_reward("B", row, "lenient") == 1.0
     assert R.aokvqa_mc_reward("cat", row) == 0.0
     assert R.aokvqa_mc_reward("the cat sat on the mat\n### dog", row) == 1.0  # the answer after "###"
     assert R.aokvqa_da_reward("dog", row) == pytest.approx(2 / 3)
     assert R.aokvqa_da_reward("puppy", row) == 1.0
+    assert R.aokvqa_da_reward("Puppy.", row) == 0.0 and R.aokvqa_da_reward("Puppy.", row, "lenient") == 1.0
+    out = R.answer_rewards(["### dog", "### Dog", "### B"], [row] * 3, [2, 2, 2], task="aokvqa_mc")
+    np.testing.assert_allclose(out["accuracy"], [1, 0, 0])
+    np.testing.assert_allclose(out["format"], [1, 0, 0])  # official: the final answer is a choice's text
 
 
 def test_answer_rewards_combines_accuracy_format_and_penalty():

@@ -127,6 +127,25 @@ def test_aokvqa_rationale_naming_a_wrong_option_scores_the_answer():
     assert wrong["mc_correct"] == 0 and wrong["da_accuracy"] == 0.0
 
 
+def test_aokvqa_scorer_is_official_by_default_and_named_in_results():
+    """score_item follows config.eval.scorer (official: exact choice text); the split results
+    name the scorer and leave difficult_direct_answer questions out of the DA mean."""
+    from latent_jax.tasks.coconut_mm import MMItem, MMScorer, score_item
+
+    row = {"question_id": "q", "question": "What flies?", "choices": ["ball", "kite", "dog", "car"],
+           "correct_choice_idx": 1, "direct_answers": ["kite"] * 10, "difficult_direct_answer": True}
+    cfg = _config("aokvqa_coconut.py:", "")
+    it = MMItem("", "", ("image", "x.jpg"), ["r"], "### kite", row)
+    r = score_item(cfg, it, "### B")
+    assert r["mc_correct"] == 0 and r["da_accuracy"] == 0.0 and r["difficult_direct_answer"] is True
+    easy = dict(score_item(cfg, it, "### kite"), difficult_direct_answer=False)
+    res = MMScorer(cfg, {}).results([r, easy])
+    assert res["scorer"] == "official" and res["mc_accuracy"] == 0.5 and res["da_accuracy"] == 1.0
+    cfg.eval.scorer = "lenient"
+    assert score_item(cfg, it, "### B")["mc_correct"] == 1
+    assert MMScorer(cfg, {}).results([r])["scorer"] == "lenient"
+
+
 def test_best_model_converts_to_hf_with_equal_logits(runs, tmp_path):
     """The run's Orbax VLM checkpoint (vision tower + trained LM with the Coconut tokens) ->
     `convert orbax-to-hf` -> transformers InternVL: same logits as latent_jax on the checkpoint,
