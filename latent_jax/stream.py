@@ -9,10 +9,12 @@ checkpoint) for --video, or any text model (HF directory or latent_jax checkpoin
 template, then the model responds) or {"time": seconds, "input": "raw stream text"}
 (ingested as it is, no reply; e.g. the synthetic task's frame tokens). Frames are sampled
 at --fps and ingested at their timestamps (through the vision tower, HiCo when
---hico-tokens-per-frame is set); with --respond-every-frames N the model may also speak
-after every N frames (silence when it has nothing to say). Output: one JSON object per line,
-{"time", "trigger": "user" | "frames", "user", "reply", "silent", "tokens", "latency_s"},
-then a summary line.
+--hico-tokens-per-frame is set); a frame group (HiCo merges --hico-clip-frames frames) is
+ingested only once its last frame's time has passed, so no turn sees a frame from its future.
+With --respond-every-frames N the model may also speak after every N frames (silence when it
+has nothing to say). Output: one JSON object per line, {"time", "trigger": "user" | "frames",
+"user", "reply", "silent", "tokens", "latency_s", "frames" (frames ingested so far)}, then a
+summary line.
 """
 
 from __future__ import annotations
@@ -149,13 +151,14 @@ def run(args) -> list[dict]:
         dt = time.perf_counter() - t0
         pending += enc(template.after_end) if template.after_end.strip() else []
         row = {"time": round(t, 3), "trigger": trigger, "user": user, "reply": tok.decode(sess.strip(r)),
-               "silent": sess.is_silence(r), "tokens": len(r), "latency_s": round(dt, 4)}
+               "silent": sess.is_silence(r), "tokens": len(r), "latency_s": round(dt, 4), "frames": n_frames}
         print(json.dumps(row), flush=True)
         out.append(row)
 
     k, e = 0, 0
     while k < len(times) or e < len(events):
-        if k < len(times) and (e >= len(events) or times[k] <= events[e]["time"]):
+        # a group [k, k + group) is ingested once its last frame's time has passed
+        if k < len(times) and (e >= len(events) or times[min(k + group, len(times)) - 1] <= events[e]["time"]):
             flush()
             t0 = time.perf_counter()
             sess.ingest_frames(frames[k:k + group])
