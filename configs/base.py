@@ -59,6 +59,7 @@ def get_base() -> ConfigDict:
     c.continual.maturity_threshold = 100  # updates before a unit may be replaced
     c.continual.decay_rate = 0.99  # of the running utility and mean activation
     c.continual.apply_freq = 1  # updates between replacements (the count accumulates in between)
+    c.continual.accumulate = True  # False: gnt.py's default (one unit with probability rate x eligible when < 1)
     c.continual.init = "normal"  # re-drawn weights: normal (as the decoder, N(0, init_std)) | kaiming | lecun | default
     c.continual.init_std = 0.02
     c.continual.layers = ""  # regex on MLP module paths ('' = every MLP)

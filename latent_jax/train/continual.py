@@ -11,12 +11,21 @@ hidden unit i of a layer it keeps
                decay rate); ranked bias-corrected, u / (1 - d^age)
     f_i        running mean activation (same decay)
 
-and per layer an accumulator: every update adds replacement_rate x (units older than
-maturity_threshold); every `apply_freq` updates, floor(accumulator) of the eligible units
-with the lowest utility are replaced: incoming weights re-drawn from the init
+and per layer how many units to replace: with `accumulate` (the default) an accumulator gains
+replacement_rate x (units older than maturity_threshold) every update and every `apply_freq`
+updates floor(accumulator) units are replaced (the integer part taken off it); without it (the
+reference gnt.py's own default, accumulate=False) every `apply_freq` updates n = rate x
+eligible units are replaced, floor(n) when n >= 1 and, when n < 1, one unit with probability n.
+The eligible units with the lowest utility are replaced: incoming weights re-drawn from the init
 distribution, incoming biases zero, outgoing weights zero (the new unit does not change
 the output at that update), age / utility / mean activation zero, and the optimizer's
 per-parameter moments of those weights zero.
+
+Under gradient accumulation (optax.MultiSteps inside `inner`, optim.grad_accum > 1) every
+count above is of optimizer updates, not micro-batches: the micro-batches' activation
+statistics are averaged until MultiSteps emits an update, and only then do age, utility, the
+replacement count and replacements advance (so grad_accum k on micro-batches of B / k tracks
+and replaces as grad_accum 1 on batches of B).
 
 Hidden layers are Dense chains `x -> act(x @ W_in + b) -> @ W_out`: the decoder's gated MLP
 (gate_proj / up_proj or fused gate_up_proj in, down_proj out; the unit's activation is
@@ -90,6 +99,7 @@ class CBPConfig:
     init_std: float = 0.02  # init='normal': the decoder's N(0, initializer_range)
     gain: float = math.sqrt(2.0)  # init='kaiming': the activation's gain (ReLU: sqrt 2)
     seed: int = 0
+    accumulate: bool = True  # False: gnt.py's default (one unit with probability rate x eligible when < 1)
 
     def __post_init__(self):
         if not 0.0 <= self.replacement_rate <= 1.0:
@@ -113,6 +123,9 @@ class CBPState(NamedTuple):
     count: jax.Array  # () int32 updates so far
     rng: jax.Array  # (2,) uint32
     replaced: jax.Array  # () int32 units replaced so far (all layers)
+    act_abs: tuple = ()  # per layer, lead + (units,): sum of mean |h| over this update's micro-batches
+    act_mean: tuple = ()  # per layer: sum of mean h over this update's micro-batches
+    micro: Any = 0  # () int32 micro-batches summed into act_abs / act_mean
 
 
 # ------------------------------------------------------------------ finding hidden layers
@@ -209,10 +222,11 @@ def _out_magnitude(flat: dict, layer: HiddenLayer) -> jax.Array:
     return sum(jnp.sum(jnp.abs(flat[p].astype(jnp.float32)), axis=-1) for p in layer.outgoing)
 
 
-def track(util, mean_act, age, h, flat_params, layer: HiddenLayer, decay: float):
-    """One update of a layer's (utility, mean activation, age) from its activation `h` and
-    the (post-update) params."""
-    absmean, mean = _unit_stats(h, layer)
+def track(util, mean_act, age, h, flat_params, layer: HiddenLayer, decay: float, stats=None):
+    """One update of a layer's (utility, mean activation, age) from its activation `h` (or its
+    per-unit `stats` (mean |h|, mean h), e.g. averaged over micro-batches) and the (post-update)
+    params."""
+    absmean, mean = _unit_stats(h, layer) if stats is None else stats
     age = age + 1
     util = decay * util + (1.0 - decay) * absmean * _out_magnitude(flat_params, layer)
     mean_act = decay * mean_act + (1.0 - decay) * mean
@@ -231,6 +245,28 @@ def replacement_count(age: jax.Array, accum: jax.Array, rate: float, maturity: i
     accum = accum + rate * jnp.sum(age > maturity, axis=-1).astype(jnp.float32)
     k = jnp.where(apply, jnp.floor(accum), 0.0)
     return k, accum - k
+
+
+def sampled_replacement_count(age: jax.Array, rate: float, maturity: int, apply: jax.Array,
+                              key: jax.Array) -> jax.Array:
+    """Units to replace now without accumulation (gnt.py's accumulate=False): n = rate x
+    eligible; floor(n) when n >= 1, else 1 with probability n (none when nothing is eligible)."""
+    eligible = jnp.sum(age > maturity, axis=-1).astype(jnp.float32)
+    n = rate * eligible
+    u = jax.random.uniform(key, n.shape, jnp.float32)
+    k = jnp.where(n < 1.0, ((u <= n) & (eligible > 0)).astype(jnp.float32), jnp.floor(n))
+    return jnp.where(apply, k, 0.0)
+
+
+def real_update(old_inner: Any, new_inner: Any) -> jax.Array:
+    """True when `inner`'s update was a real optimizer update: always, unless it holds
+    optax.MultiSteps (gradient accumulation), whose gradient_step advances only when it emits."""
+    is_ms = lambda x: isinstance(x, optax.MultiStepsState)
+    old = [x for x in jax.tree_util.tree_leaves(old_inner, is_leaf=is_ms) if is_ms(x)]
+    new = [x for x in jax.tree_util.tree_leaves(new_inner, is_leaf=is_ms) if is_ms(x)]
+    if not new:
+        return jnp.asarray(True)
+    return jnp.asarray(new[0].gradient_step) != jnp.asarray(old[0].gradient_step)
 
 
 def lowest_utility(util_bc: jax.Array, age: jax.Array, k: jax.Array, maturity: int) -> jax.Array:
@@ -293,6 +329,9 @@ def continual_backprop(inner: optax.GradientTransformation, layers: Sequence[Hid
             count=jnp.zeros((), jnp.int32),
             rng=jax.random.PRNGKey(cfg.seed),
             replaced=jnp.zeros((), jnp.int32),
+            act_abs=tuple(z(l) for l in layers),
+            act_mean=tuple(z(l) for l in layers),
+            micro=jnp.zeros((), jnp.int32),
         )
 
     def update_fn(grads, state, params=None, *, activations=None, **extra):
@@ -309,14 +348,34 @@ def continual_backprop(inner: optax.GradientTransformation, layers: Sequence[Hid
         flat_u = flatten_paths(updates)
         touched = sorted({p for l in layers for p, _ in l.incoming} | {p for l in layers for p in l.outgoing})
         after = {p: flat_p[p] + flat_u[p] for l in layers for p in l.outgoing}  # outgoing weights after this update
-        count = state.count + 1
-        apply = (count % cfg.apply_freq) == 0
-        # every update: utility, mean activation, age, accumulated count (cheap, per unit)
-        util, mean_act, age, accum, ks = [], [], [], [], []
+        real = real_update(state.inner, inner_state)  # False on MultiSteps' accumulating micro-steps
+        count = state.count + real.astype(jnp.int32)
+        apply = real & ((count % cfg.apply_freq) == 0)
+        micro = state.micro + 1
+        rng = state.rng
+        if not cfg.accumulate:
+            rng, draw = jax.random.split(rng)
+            rng = jnp.where(apply, rng, state.rng)  # the stream advances only when a count is drawn
+        # every update: utility, mean activation, age, replacement count (cheap, per unit), from
+        # the activation statistics averaged over the update's micro-batches
+        util, mean_act, age, accum, ks, act_abs, act_mean = [], [], [], [], [], [], []
         for i, l in enumerate(layers):
-            u, f, a = track(state.util[i], state.mean_act[i], state.age[i], activations[l.name], after, l, d)
-            k, acc = replacement_count(a, state.accum[i], cfg.replacement_rate, cfg.maturity_threshold, apply)
+            absmean, mean = _unit_stats(activations[l.name], l)
+            sa, sm = state.act_abs[i] + absmean, state.act_mean[i] + mean
+            n = micro.astype(jnp.float32)
+            u, f, a = track(state.util[i], state.mean_act[i], state.age[i], None, after, l, d, (sa / n, sm / n))
+            u, f, a = jnp.where(real, u, state.util[i]), jnp.where(real, f, state.mean_act[i]), \
+                jnp.where(real, a, state.age[i])
+            if cfg.accumulate:
+                k, acc = replacement_count(a, state.accum[i], cfg.replacement_rate, cfg.maturity_threshold, apply)
+                acc = jnp.where(real, acc, state.accum[i])
+            else:
+                k = sampled_replacement_count(a, cfg.replacement_rate, cfg.maturity_threshold, apply,
+                                              jax.random.fold_in(draw, i))
+                acc = state.accum[i]
             util.append(u), mean_act.append(f), age.append(a), accum.append(acc), ks.append(k)
+            act_abs.append(jnp.where(real, 0.0, sa)), act_mean.append(jnp.where(real, 0.0, sm))
+        micro = jnp.where(real, 0, micro)
         n_replaced = sum(jnp.sum(k).astype(jnp.int32) for k in ks)
         moments = _moment_paths(inner_state, flat_p)
         flat_inner = flatten_paths(inner_state)
@@ -354,11 +413,12 @@ def continual_backprop(inner: optax.GradientTransformation, layers: Sequence[Hid
             return upd, inner_flat, tuple(util), tuple(mean_act), tuple(age), rng
 
         args = ({p: flat_u[p] for p in touched}, {sp: flat_inner[sp] for sp in moments}, tuple(util),
-                tuple(mean_act), tuple(age), state.rng)
+                tuple(mean_act), tuple(age), rng)
         upd1, inner1, util, mean_act, age, rng = jax.lax.cond(n_replaced > 0, replace, lambda a: a, args)
         updates = _unflatten_like(updates, {**flat_u, **upd1})
         inner_state = _unflatten_like(inner_state, {**flat_inner, **inner1})
-        new_state = CBPState(inner_state, util, mean_act, age, tuple(accum), count, rng, state.replaced + n_replaced)
+        new_state = CBPState(inner_state, util, mean_act, age, tuple(accum), count, rng, state.replaced + n_replaced,
+                             tuple(act_abs), tuple(act_mean), micro)
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -405,7 +465,7 @@ def config_keys() -> dict[str, Any]:
     """config.continual's keys and defaults (configs/base.py holds the same)."""
     return dict(enabled=False, replacement_rate=1e-4, maturity_threshold=100, decay_rate=0.99, apply_freq=1,
                 init="kaiming", init_std=0.02, gain=math.sqrt(2.0), layers="", seed=0, l2=0.0, snp_shrink=0.0,
-                snp_noise=0.0)
+                snp_noise=0.0, accumulate=True)
 
 
 def _get(c: Any, k: str, default: Any) -> Any:
@@ -422,7 +482,8 @@ def cbp_config(c: Any) -> CBPConfig:
                      decay_rate=float(_get(c, "decay_rate", d["decay_rate"])),
                      apply_freq=int(_get(c, "apply_freq", d["apply_freq"])),
                      init=str(_get(c, "init", d["init"])), init_std=float(_get(c, "init_std", d["init_std"])),
-                     gain=float(_get(c, "gain", d["gain"])), seed=int(_get(c, "seed", d["seed"])))
+                     gain=float(_get(c, "gain", d["gain"])), seed=int(_get(c, "seed", d["seed"])),
+                     accumulate=bool(_get(c, "accumulate", d["accumulate"])))
 
 
 def wrap_optimizer(tx: optax.GradientTransformation, params: Any, c: Any,

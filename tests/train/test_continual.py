@@ -170,3 +170,87 @@ def test_shrink_and_perturb_and_l2():
     tx = C.wrap_optimizer(optax.sgd(1.0), p, {"l2": 0.1})
     u, _ = tx.update({"w": jnp.zeros(3)}, tx.init(p), p)
     np.testing.assert_allclose(u["w"], -0.1)
+
+
+def _train(params, layers, cfg, accum, updates=24, batch=16, seed=0):
+    """`updates` Adam updates of a regression on fixed data, each over a batch of `batch` rows
+    split into `accum` micro-batches (optax.MultiSteps as optim.grad_accum); returns the final
+    params and state, the params after each micro-step, and the replaced count after each update."""
+    rng = np.random.default_rng(seed)
+    xs = rng.normal(size=(updates, batch, SIZES[0])).astype(np.float32)
+    ys = rng.normal(size=(updates, batch, SIZES[-1])).astype(np.float32)
+    inner = optax.adam(3e-2) if accum == 1 else optax.MultiSteps(optax.adam(3e-2), every_k_schedule=accum)
+    tx = C.continual_backprop(inner, layers, cfg)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, x, y):
+        def loss(p):
+            out, hs = Net().apply({"params": p}, x)
+            return jnp.mean((out - y) ** 2), hs
+        (_, hs), g = jax.value_and_grad(loss, has_aux=True)(p)
+        u, s = tx.update(g, s, p, activations=hs)
+        return optax.apply_updates(p, u), s
+
+    micro_params, replaced = [], []
+    m = batch // accum
+    for t in range(updates):
+        for j in range(accum):
+            params, state = step(params, state, xs[t, j * m:(j + 1) * m], ys[t, j * m:(j + 1) * m])
+            micro_params.append(params)
+        replaced.append(int(state.replaced))
+    return params, state, micro_params, replaced
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_grad_accum_counts_optimizer_updates(net, accumulate):
+    """grad_accum 4 (MultiSteps around Adam, micro-batches of 4) tracks and replaces exactly as
+    grad_accum 1 on the same batches of 16: age, maturity and the replacement rate count updates;
+    no unit is replaced halfway through an accumulated update."""
+    params, layers = net
+    cfg = C.CBPConfig(replacement_rate=0.05, maturity_threshold=4, decay_rate=0.9, init="kaiming",
+                      accumulate=accumulate)
+    p1, s1, _, r1 = _train(params, layers, cfg, accum=1)
+    p4, s4, micro, r4 = _train(params, layers, cfg, accum=4)
+    assert r1[-1] > 0 and r4 == r1  # the same replacements at the same updates
+    assert int(s4.count) == int(s1.count) == 24
+    for i in range(len(layers)):
+        np.testing.assert_array_equal(np.asarray(s4.age[i]), np.asarray(s1.age[i]))
+        assert int(np.max(np.asarray(s4.age[i]))) <= 24
+        np.testing.assert_allclose(np.asarray(s4.util[i]), np.asarray(s1.util[i]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(s4.mean_act[i]), np.asarray(s1.mean_act[i]), rtol=1e-4, atol=1e-6)
+    for path, x in C.flatten_paths(p4).items():
+        np.testing.assert_allclose(np.asarray(x), np.asarray(C.flatten_paths(p1)[path]), rtol=1e-4, atol=1e-5,
+                                   err_msg=path)
+    # the micro-steps inside an update change nothing (no replacement, no partial update)
+    for t in range(24):
+        before = params if t == 0 else micro[4 * t - 1]
+        for j in range(3):  # micro-steps 1-3 of update t: params stay as before the update
+            for x, y in zip(jax.tree.leaves(micro[4 * t + j]), jax.tree.leaves(before)):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_probabilistic_replacement_as_gnt_default(net):
+    """accumulate=False (gnt.py's default): with rate x eligible < 1, at most one unit per layer
+    per update, replaced with probability rate x eligible; with accumulation the count is the
+    accumulated floor, deterministic."""
+    params, layers = net
+    rate, T = 0.05, 300
+    counts = {}
+    for acc in (True, False):
+        cfg = C.CBPConfig(replacement_rate=rate, maturity_threshold=0, decay_rate=0.9, accumulate=acc, seed=3)
+        tx = C.continual_backprop(optax.set_to_zero(), layers, cfg)
+        step = jax.jit(lambda g, s, p, a: tx.update(g, s, p, activations=a))
+        state, rng, per_update = tx.init(params), np.random.default_rng(0), []
+        zeros = jax.tree.map(np.zeros_like, params)
+        for _ in range(T):
+            acts = {l.name: np.abs(rng.normal(size=(4, l.units))).astype(np.float32) for l in layers}
+            before = int(state.replaced)
+            _, state = step(zeros, state, params, acts)
+            per_update.append(int(state.replaced) - before)
+        counts[acc] = per_update
+    # eligible from the first update (maturity 0): 8 + 6 units, rate x eligible = 0.4 and 0.3
+    assert sum(counts[True]) == int(np.floor(T * rate * 8 + 1e-6)) + int(np.floor(T * rate * 6 + 1e-6))
+    assert max(counts[False]) <= 2  # one unit per layer at most
+    expected = T * rate * (8 + 6)  # 210; sd ~ sqrt(300 * (0.4 * 0.6 + 0.3 * 0.7)) ~ 11.6
+    assert abs(sum(counts[False]) - expected) < 50 and counts[False] != counts[True]
