@@ -44,6 +44,7 @@ def rl_fields() -> ConfigDict:
         scale_rewards="group",  # group | batch | none (Dr. GRPO)
         num_iterations=1,  # updates per rollout (>1: ratio against the rollout policy, clipping active)
         format_weight=0.0,  # + weight * (exactly one "[A] answer")
+        strict_format=True,  # no correctness reward without the answer delimiter ("###" / "[A]")
         length_penalty=ConfigDict(dict(enabled=False, threshold=1000, factor=0.001, shape="quadratic",
                                        preserve_accuracy=False)),
         eval_every=20,  # held-out greedy accuracy every N steps (and at the end)

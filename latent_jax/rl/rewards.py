@@ -14,6 +14,12 @@ task's evaluation counts as correct:
     aokvqa_da_reward   A-OKVQA direct answer, min(1, exact matches / 3)
                        (data.aokvqa.direct_answer_accuracy, "official" or "lenient")
 
+Strict format (`strict=True`, the default for rewards): a completion without its answer
+delimiter ("###" for the text format and A-OKVQA, "[A]" for graph tokens) earns no
+correctness reward, even when its whole text is the answer. The evaluations themselves read
+such a completion as its whole text (the Coconut evaluation scores "6" as the answer 6), which
+in RL is an easy reward hack; `strict=False` scores as the evaluation does.
+
 Format rewards check only the shape of an answer: `delimiter_format_reward` (exactly one
 answer delimiter followed by a non-empty answer) and `cinepile_format_reward` (the official
 parser finds an option letter).
@@ -46,9 +52,18 @@ TASKS = ("prosqa", "cinepile", "aokvqa_mc", "aokvqa_da")
 
 
 # ----------------------------------------------------------------------------- correctness
-def prosqa_reward(text: str, answer: str, delimiter: str = "#") -> float:
+def has_delimiter(text: str, delimiter: str = "#") -> bool:
+    """Whether `text` holds the answer delimiter: "###" for the text format ("#", which writes
+    "### answer"), else `delimiter` itself ("[A]" for graph tokens)."""
+    return ("###" if delimiter == "#" else delimiter) in text
+
+
+def prosqa_reward(text: str, answer: str, delimiter: str = "#", strict: bool = True) -> float:
     """1.0 when the answer extracted after the last `delimiter` equals `answer` (commas removed,
-    stripped, as the Coconut evaluation), else 0.0."""
+    stripped, as the Coconut evaluation), else 0.0; with `strict`, 0.0 for a text without the
+    delimiter (the evaluation would read its whole text as the answer)."""
+    if strict and not has_delimiter(text, delimiter):
+        return 0.0
     gold = str(answer).replace(",", "").strip()
     return float(extract_answer(text, delimiter) == gold)
 
@@ -59,15 +74,20 @@ def cinepile_reward(text: str, row: dict, scorer: str = "official") -> float:
     return float(cinepile.score_response(text, int(row["answer_key_position"]), str(row.get("answer_key", "")), scorer))
 
 
-def aokvqa_mc_reward(text: str, row: dict, scorer: str = "official") -> float:
+def aokvqa_mc_reward(text: str, row: dict, scorer: str = "official", strict: bool = True) -> float:
     """1.0 when the response (its part after the last "###", as the A-OKVQA evaluation reads it)
-    answers the row under `scorer` ("official": exactly the correct choice's text), else 0.0."""
+    answers the row under `scorer` ("official": exactly the correct choice's text), else 0.0;
+    with `strict`, 0.0 for a response without "###"."""
+    if strict and aokvqa.ANSWER_DELIMITER not in text:
+        return 0.0
     return float(aokvqa.mc_correct(aokvqa.final_answer(text), row, scorer))
 
 
-def aokvqa_da_reward(text: str, row: dict, scorer: str = "official") -> float:
+def aokvqa_da_reward(text: str, row: dict, scorer: str = "official", strict: bool = True) -> float:
     """A-OKVQA direct-answer accuracy of the response under `scorer`: min(1, matching direct
-    answers / 3), exact strings for "official"."""
+    answers / 3), exact strings for "official"; with `strict`, 0.0 for a response without "###"."""
+    if strict and aokvqa.ANSWER_DELIMITER not in text:
+        return 0.0
     return float(aokvqa.direct_answer_accuracy(aokvqa.final_answer(text), row, scorer))
 
 
@@ -139,27 +159,28 @@ def apply_length_penalty(reward, length, accuracy=None, threshold: float = 1000,
 # ----------------------------------------------------------------------------- combined
 def answer_rewards(texts: Sequence[str], refs: Sequence, lengths: Sequence[int], *, task: str = "prosqa",
                    delimiter: str = "#", scorer: str = "official", format_weight: float = 0.0,
-                   penalty: dict | None = None) -> dict[str, np.ndarray]:
+                   penalty: dict | None = None, strict: bool = True) -> dict[str, np.ndarray]:
     """Rewards of a batch of completions: {"reward", "accuracy", "format", "penalty"}, each (N,).
 
     reward = accuracy + format_weight * format - length penalty. `refs` are the gold answers
     (task "prosqa") or the data rows (cinepile, aokvqa_mc, aokvqa_da). `penalty`: None (off) or
-    {threshold, factor, shape, preserve_accuracy}."""
+    {threshold, factor, shape, preserve_accuracy}. `strict` (prosqa, aokvqa_*): no correctness
+    reward without the answer delimiter (the module docstring)."""
     if task not in TASKS:
         raise ValueError(f"config.rl.task={task!r}; use one of {', '.join(TASKS)}")
     if not (len(texts) == len(refs) == len(lengths)):
         raise ValueError(f"{len(texts)} texts, {len(refs)} references and {len(lengths)} lengths; pass one of each per completion")
     if task == "prosqa":
-        acc = [prosqa_reward(t, a, delimiter) for t, a in zip(texts, refs)]
+        acc = [prosqa_reward(t, a, delimiter, strict) for t, a in zip(texts, refs)]
         fmt = [delimiter_format_reward(t, delimiter) for t in texts]
     elif task == "cinepile":
         acc = [cinepile_reward(t, r, scorer) for t, r in zip(texts, refs)]
         fmt = [cinepile_format_reward(t) for t in texts]
     elif task == "aokvqa_mc":
-        acc = [aokvqa_mc_reward(t, r, scorer) for t, r in zip(texts, refs)]
+        acc = [aokvqa_mc_reward(t, r, scorer, strict) for t, r in zip(texts, refs)]
         fmt = [aokvqa_choice_format_reward(t, r, scorer) for t, r in zip(texts, refs)]
     else:
-        acc = [aokvqa_da_reward(t, r, scorer) for t, r in zip(texts, refs)]
+        acc = [aokvqa_da_reward(t, r, scorer, strict) for t, r in zip(texts, refs)]
         fmt = [float(t.strip() != "") for t in texts]
     acc_a, fmt_a = np.asarray(acc, np.float64), np.asarray(fmt, np.float64)
     base = acc_a + float(format_weight) * fmt_a

@@ -75,6 +75,7 @@ def rl_settings(config: ConfigDict) -> dict:
         aggregation=check_aggregation(str(r.get("aggregation", "sequence"))),
         scale_rewards=check_scale(str(r.get("scale_rewards", "group"))),
         num_iterations=int(r.get("num_iterations", 1)), format_weight=float(r.get("format_weight", 0.0)),
+        strict_format=bool(r.get("strict_format", True)),
         eval_every=int(r.get("eval_every", 10)), checkpoint_every=int(r.get("checkpoint_every", 0)),
         max_eval_rows=int(r.get("max_eval_rows", 0)),
     )
@@ -278,11 +279,14 @@ class GRPOTask(Task):
         self.rng = jax.random.PRNGKey(int(config.seed) + 1)
 
     # ---------------------------------------------------------------- rollouts
-    def rewards(self, ro, golds) -> dict:
+    def rewards(self, ro, golds, strict: bool | None = None) -> dict:
+        """Rewards of a rollout; `strict` (default rl.strict_format): no correctness reward
+        without the answer delimiter. The held-out evaluation passes strict=False (the task's
+        evaluation reads an undelimited completion as its whole text)."""
         s = self.s
         return answer_rewards(_texts(self.tok, ro.tokens, ro.lengths), golds, ro.lengths, task=s["task"],
                               delimiter=self.delimiter, scorer=self.scorer, format_weight=s["format_weight"],
-                              penalty=s["penalty"])
+                              penalty=s["penalty"], strict=s["strict_format"] if strict is None else strict)
 
     def rollout_batch(self, params, batch: Batch) -> tuple[Batch, dict]:
         s, G, ts = self.s, self.s["group_size"], self.train_set
@@ -396,7 +400,7 @@ def heldout(task: GRPOTask, params, ps: PromptSet) -> dict:
     for i, (a, answers, real) in enumerate(ps.batches):
         ro = rollout(params, a, ps.latent_start, ps.num_latent, jax.random.PRNGKey(0), group_size=1, temperature=0.0,
                      **task.gen, **ps.extras(i))
-        r = task.rewards(ro, answers)
+        r = task.rewards(ro, answers, strict=False)  # the evaluation's own reading
         acc += r["accuracy"][real].tolist()
         lens += ro.lengths[real].tolist()
     return {"accuracy": float(np.mean(acc)), "length": float(np.mean(lens)), "n": len(acc)}

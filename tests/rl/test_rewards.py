@@ -53,6 +53,36 @@ def test_prosqa_and_format_rewards():
     assert R.delimiter_format_reward("a\n### 7", "#") == 1.0
 
 
+def test_undelimited_answers_earn_no_correctness_reward():
+    """Strict format by default: "5" alone is the right answer as the Coconut evaluation reads
+    it, but without "[A]" / "###" it earns nothing (a reward hack otherwise)."""
+    assert R.prosqa_reward("5", "5", "[A]") == 0.0 and R.prosqa_reward("3 5", "5", "[A]") == 0.0
+    assert R.prosqa_reward("5", "5", "[A]", strict=False) == 1.0  # the evaluation's own reading
+    assert R.prosqa_reward("1,000", "1000", "#") == 0.0 and R.prosqa_reward("# 7", "7", "#") == 0.0
+    assert R.prosqa_reward("x\n### 7", "7", "#") == 1.0
+    out = R.answer_rewards(["5", "3 [A] 5", "3 5"], ["5"] * 3, [1, 3, 2], task="prosqa", delimiter="[A]")
+    np.testing.assert_allclose(out["accuracy"], [0, 1, 0])
+    np.testing.assert_allclose(out["reward"], [0, 1, 0])
+    lenient = R.answer_rewards(["5", "3 [A] 5", "3 5"], ["5"] * 3, [1, 3, 2], task="prosqa", delimiter="[A]",
+                               strict=False)
+    np.testing.assert_allclose(lenient["accuracy"], [1, 1, 0])
+    row = {"choices": ["cat", "dog", "bird", "fish"], "correct_choice_idx": 1, "direct_answers": ["dog"] * 10}
+    for task in ("aokvqa_mc", "aokvqa_da"):
+        out = R.answer_rewards(["dog", "It barks.\n### dog"], [row] * 2, [1, 4], task=task)
+        np.testing.assert_allclose(out["accuracy"], [0, 1], err_msg=task)
+
+
+def test_grpo_rewards_are_strict_and_heldout_reads_as_the_evaluation():
+    """rl.strict_format defaults to True in the GRPO settings."""
+    from configs.prosqa_grpo import get_config
+    from latent_jax.rl.workflow import rl_settings
+
+    c = get_config("smoke")
+    assert rl_settings(c)["strict_format"] is True
+    c.rl.strict_format = False
+    assert rl_settings(c)["strict_format"] is False
+
+
 def test_cinepile_rewards_follow_the_official_parser():
     row = {"answer_key_position": 1, "answer_key": "The man"}
     assert R.cinepile_reward("Answer: B) The man", row) == 1.0
@@ -69,14 +99,15 @@ def test_cinepile_rewards_follow_the_official_parser():
 def test_aokvqa_rewards():
     row = {"choices": ["cat", "dog", "bird", "fish"], "correct_choice_idx": 1,
            "direct_answers": ["dog"] * 2 + ["puppy"] * 8}
-    assert R.aokvqa_mc_reward("dog", row) == 1.0
-    assert R.aokvqa_mc_reward("B", row) == 0.0  # official: only the choice's exact text
-    assert R.aokvqa_mc_reward("B", row, "lenient") == 1.0
-    assert R.aokvqa_mc_reward("cat", row) == 0.0
+    assert R.aokvqa_mc_reward("### dog", row) == 1.0
+    assert R.aokvqa_mc_reward("### B", row) == 0.0  # official: only the choice's exact text
+    assert R.aokvqa_mc_reward("### B", row, "lenient") == 1.0
+    assert R.aokvqa_mc_reward("### cat", row) == 0.0
     assert R.aokvqa_mc_reward("the cat sat on the mat\n### dog", row) == 1.0  # the answer after "###"
-    assert R.aokvqa_da_reward("dog", row) == pytest.approx(2 / 3)
-    assert R.aokvqa_da_reward("puppy", row) == 1.0
-    assert R.aokvqa_da_reward("Puppy.", row) == 0.0 and R.aokvqa_da_reward("Puppy.", row, "lenient") == 1.0
+    assert R.aokvqa_mc_reward("dog", row) == 0.0 and R.aokvqa_mc_reward("dog", row, strict=False) == 1.0
+    assert R.aokvqa_da_reward("### dog", row) == pytest.approx(2 / 3)
+    assert R.aokvqa_da_reward("### puppy", row) == 1.0
+    assert R.aokvqa_da_reward("### Puppy.", row) == 0.0 and R.aokvqa_da_reward("### Puppy.", row, "lenient") == 1.0
     out = R.answer_rewards(["### dog", "### Dog", "### B"], [row] * 3, [2, 2, 2], task="aokvqa_mc")
     np.testing.assert_allclose(out["accuracy"], [1, 0, 0])
     np.testing.assert_allclose(out["format"], [1, 0, 0])  # official: the final answer is a choice's text

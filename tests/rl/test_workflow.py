@@ -28,7 +28,7 @@ class _Tok:
 
 
 class ToyTask(GRPOTask):
-    def rewards(self, ro, golds):
+    def rewards(self, ro, golds, strict=None):
         acc = (ro.tokens[:, 0] < TARGET).astype(np.float64)
         return {"reward": acc, "accuracy": acc, "format": acc, "penalty": np.zeros_like(acc)}
 
