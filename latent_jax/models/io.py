@@ -15,12 +15,14 @@ Orbax commits the params directory last).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import gc
+import functools
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from typing import Any
 
@@ -242,32 +244,29 @@ def restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: 
     logger.addFilter(hold)
     failure = None
     ckptr = ocp.StandardCheckpointer()
-    try:
-        meta = ckptr.metadata(pdir)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
+    with draining_event_loops():  # a failed read's siblings finish before Orbax's loop closes
+        try:
+            meta = ckptr.metadata(pdir)
+            tree = getattr(meta, "item_metadata", meta)
+            tree = getattr(tree, "tree", tree)
 
-        def abstract(m, s=None):
-            sh = s if s is not None else jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh)
+            def abstract(m, s=None):
+                sh = s if s is not None else jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sh)
 
-        if shardings is None:
-            target = jax.tree.map(abstract, tree)
-        else:
-            target = jax.tree.map(abstract, tree, shardings)
-        params = ckptr.restore(pdir, target)
-    except Exception as e:  # noqa: BLE001 - any failure to read the files is a damaged checkpoint
-        while e.__cause__ is not None:  # the innermost error names the file and what is wrong
-            e = e.__cause__
-        failure = first_line(e)
-    finally:
-        ckptr.close()
-        logger.removeFilter(hold)
+            if shardings is None:
+                target = jax.tree.map(abstract, tree)
+            else:
+                target = jax.tree.map(abstract, tree, shardings)
+            params = ckptr.restore(pdir, target)
+        except Exception as e:  # noqa: BLE001 - any failure to read the files is a damaged checkpoint
+            while e.__cause__ is not None:  # the innermost error names the file and what is wrong
+                e = e.__cause__
+            failure = first_line(e)
+        finally:
+            ckptr.close()
+            logger.removeFilter(hold)
     if failure is not None:
-        # the failed read leaves reads in flight: finish their coroutines now, not at interpreter
-        # exit, and keep the completions that land on Orbax's closed event loop quiet
-        _silence_closed_loop_callbacks(pdir)
-        gc.collect()
         raise CheckpointError(f"{pdir} cannot be read ({failure}); {CHECKPOINT_FIX}")
     for record in hold.held:
         logger.handle(record)
@@ -280,60 +279,53 @@ def restore_params(src: str, config: ModelConfig, dtype: str | None, shardings: 
     return config, params
 
 
-def _silence_closed_loop_callbacks(failed_dir: str) -> None:
-    """After a failed restore of `failed_dir`, the reads still in flight complete on other
-    threads and report 'Event loop is closed' through sys.excepthook, their abandoned coroutines
-    report through sys.unraisablehook when collected, and asyncio logs their unread exceptions
-    ('<Task | Future | _GatheringFuture> exception was never retrieved'): one traceback each,
-    at random moments (up to interpreter exit), about an error already reported. Drop exactly
-    those; every other report reaches the previous hook. Self-contained closures, as they may
-    run while the interpreter shuts down."""
-    import sys
+def _drain_and_close(loop: asyncio.AbstractEventLoop, close) -> None:
+    """Close `loop` only after every task still pending on it has finished, their exceptions
+    retrieved (a failed read leaves its sibling reads in flight: closing the loop under them
+    makes their completions fail on other threads with 'Event loop is closed' and their
+    abandoned coroutines and unread exceptions report at random moments, up to interpreter
+    exit). The reads are local or remote array reads that finish on their own; a task still
+    pending after DRAIN_TIMEOUT_S is cancelled and awaited."""
+    if not loop.is_closed() and not loop.is_running():
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        if pending:
+            done, late = loop.run_until_complete(asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S))
+            for t in late:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    close()
 
-    prev_except, prev_unraisable = sys.excepthook, sys.unraisablehook
-    if getattr(prev_except, "_latent_jax", False):
-        prev_except._latent_jax_dirs.add(failed_dir)
-        return
-    needle = f"{os.sep}orbax{os.sep}"
-    failed_dirs = {failed_dir}
 
-    def closed_loop(exc_type, exc, tb) -> bool:  # raised by asyncio's BaseEventLoop._check_closed
-        if exc_type is not RuntimeError or str(exc) != "Event loop is closed":
-            return False
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        return tb is not None and tb.tb_frame.f_code.co_name == "_check_closed"
+DRAIN_TIMEOUT_S = 600.0
 
-    def excepthook(exc_type, exc, tb):
-        if not closed_loop(exc_type, exc, tb):
-            prev_except(exc_type, exc, tb)
 
-    def unraisablehook(u):
-        code = getattr(u.object, "cr_code", None)  # an abandoned Orbax read coroutine
-        if not ((code is not None and needle in code.co_filename)
-                or closed_loop(u.exc_type, u.exc_value, u.exc_traceback)):
-            prev_unraisable(u)
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    """The default event-loop policy, except that a loop created on `thread` (the restoring
+    thread: Orbax runs each restore on a fresh loop it closes as soon as the first read fails)
+    drains its pending tasks before it closes (_drain_and_close)."""
 
-    def from_orbax(tb) -> bool:
-        while tb is not None:
-            if needle in tb.tb_frame.f_code.co_filename:
-                return True
-            tb = tb.tb_next
-        return False
+    def __init__(self, thread: int):
+        super().__init__()
+        self.thread = thread
 
-    class NeverRetrieved(logging.Filter):  # asyncio logs a collected task's unread exception
-        def filter(self, record: logging.LogRecord) -> bool:
-            # f"{type(fut).__name__} exception was never retrieved": Task, Future, _GatheringFuture
-            if not str(record.msg).split("\n", 1)[0].endswith("exception was never retrieved"):
-                return True
-            exc, msg = (record.exc_info[1] if record.exc_info else None), record.getMessage()
-            return not (needle in msg or any(d in msg for d in failed_dirs)
-                        or (exc is not None and from_orbax(exc.__traceback__)))
+    def new_event_loop(self):
+        loop = super().new_event_loop()
+        if threading.get_ident() == self.thread:
+            loop.close = functools.partial(_drain_and_close, loop, loop.close)
+        return loop
 
-    excepthook._latent_jax = unraisablehook._latent_jax = True
-    excepthook._latent_jax_dirs = failed_dirs
-    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
-    logging.getLogger("asyncio").addFilter(NeverRetrieved())
+
+@contextlib.contextmanager
+def draining_event_loops():
+    """Within the block, event loops created on this thread finish their pending tasks before
+    they close (_DrainingPolicy); the previous policy is restored after it."""
+    prev = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy(threading.get_ident()))
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(prev)
 
 
 def _to_dict(tree):
