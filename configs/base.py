@@ -106,5 +106,8 @@ def coconut_settings() -> ConfigDict:
         ablation="none",  # none | no_curriculum | no_thought | pause_as_thought
         supervision="steps",  # steps (the original) | frontier: after s thoughts, name a depth-s+1 node (graph data)
         latent_markers=True,  # <|start-latent|> / <|end-latent|> around the thoughts (as the original)
-        thought_labels="none",  # none (as both references) | frontier: label every thought slot with its depth's frontier
+        # none (as both references) | frontier: label every thought slot with a node of its depth
+        # on a shortest path | reach: with its depth's whole BFS layer, a set-valued label
+        thought_labels="none",
+        set_loss="uniform",  # set labels: uniform (CE to uniform over the set) | sum (-log of the set's probability)
     ))

@@ -7,6 +7,8 @@ Training batches (`CoconutBatch`, fixed batch size B, T a multiple of `bucket`):
     arrays["labels"]         (B, T) int32   -100 on question, markers, latents and padding
     arrays["latent_mask"]    (B, T) bool    True at <|latent|> slots
     arrays["position_ids"]   (B, T) int32   max(cumsum(attention_mask) - 1, 0)
+    arrays["label_sets"]     (B, T, K) int32  set-valued labels (thought_labels="reach"), members
+                                            padded with -100; only when a sample has sets
     latent_start  int    column of every row's first latent slot (rows are left-padded so
                          they align there; with no latents: the column where the first one
                          would be, i.e. after <|start-latent|>, or after the question without
@@ -90,14 +92,30 @@ def tokenize_examples(
                 idx=e.idx,
                 extra={**e.extra, "question": e.question, "answer": e.answer, "steps": e.steps},
                 answer_lead=lead,
-                frontier_ids=_frontier_ids(e, tok),
+                frontier_ids=_node_ids(e, tok, "frontier"),
+                reach_ids=_node_ids(e, tok, "reach"),
+                edge_ids=_edge_ids(e, tok),
             )
         )
     return out
 
 
-def _frontier_ids(e: CoconutExample, tok: Tokenizer) -> tuple[tuple[int, ...], ...]:
-    layers = e.extra.get("frontier")
+def _edge_ids(e: CoconutExample, tok: Tokenizer) -> tuple[tuple[int, int], ...]:
+    """The row's graph edges (graph format: `edges` in node ids) as (source, target) token ids."""
+    edges = e.extra.get("edges")
+    if not edges or "frontier" not in e.extra:
+        return ()
+    names = sorted({str(v) for edge in edges for v in edge})
+    ids = dict(zip(names, tok.encode_batch(names)))
+    if any(len(x) != 1 for x in ids.values()):
+        raise DataError(f"row {e.idx}: graph nodes are not one token each; use the graph format's tokenizer "
+                        "(data.tokenizer_kind='whitespace')")
+    return tuple((ids[str(u)][0], ids[str(v)][0]) for u, v in edges)
+
+
+def _node_ids(e: CoconutExample, tok: Tokenizer, field: str) -> tuple[tuple[int, ...], ...]:
+    """Token ids of the row's per-depth node lists `field` ("frontier" or "reach"), one token per node."""
+    layers = e.extra.get(field)
     if not layers:
         return ()
     out = []
@@ -105,7 +123,7 @@ def _frontier_ids(e: CoconutExample, tok: Tokenizer) -> tuple[tuple[int, ...], .
         ids = tok.encode_batch([str(v) for v in layer])
         if any(len(x) != 1 for x in ids) or not layer:
             raise DataError(
-                f"row {e.idx}: frontier nodes {layer} are not one token each; use the graph format's tokenizer "
+                f"row {e.idx}: {field} nodes {layer} are not one token each; use the graph format's tokenizer "
                 "(data.tokenizer_kind='whitespace')"
             )
         out.append(tuple(x[0] for x in ids))
@@ -190,6 +208,7 @@ def _align(
     pad_id: int,
     bucket: int,
     labels: Sequence[Sequence[int]] | None,
+    label_sets: Sequence[Sequence[tuple[int, Sequence[int]]]] = (),
 ) -> tuple[dict[str, np.ndarray], int, int]:
     if len(seqs) > batch_size:
         raise ValueError(f"{len(seqs)} rows for batch_size={batch_size}")
@@ -215,6 +234,13 @@ def _align(
     arrays = {"input_ids": ids, "attention_mask": mask, "latent_mask": lat, "position_ids": pos}
     if labels is not None:
         arrays["labels"] = lab
+    K = max((len(m) for sets in label_sets for _, m in sets), default=0)
+    if K:
+        ls = np.full((B, T, K), IGNORE_INDEX, np.int32)
+        for i, (sets, a) in enumerate(zip(label_sets, anchors)):
+            for p, m in sets:
+                ls[i, start - a + p, : len(m)] = m
+        arrays["label_sets"] = ls
     num_latent = max(n_latent)
     return arrays, start, num_latent
 
@@ -237,8 +263,8 @@ def collate_train(
         pad_id,
         bucket,
         [s.labels for s in samples],
+        [s.label_sets for s in samples],
     )
-    arrays = {k: arrays[k] for k in ("input_ids", "attention_mask", "labels", "latent_mask", "position_ids")}
     idx = np.full((batch_size,), -1, np.int64)
     idx[: len(samples)] = [s.idx for s in samples]
     return CoconutBatch(arrays, start, n, feedback=feedback, example_idx=idx, stage=stage)

@@ -265,6 +265,28 @@ def masked_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     return loss, count
 
 
+def set_cross_entropy(logits: Array, label_sets: Array, kind: str = "uniform") -> tuple[Array, Array, Array]:
+    """(summed loss, number of labelled positions, number whose argmax is in the set) of
+    set-valued labels (B, T, K), members padded with -100, aligned as `labels` (logits[:, t]
+    predicts the set at t + 1). kind "uniform": cross-entropy to the uniform distribution over
+    the set, -mean_k log p(k); "sum": -log sum_k p(k)."""
+    lg = logits[:, :-1].astype(jnp.float32)
+    sets = label_sets[:, 1:]
+    member = sets != IGNORE_INDEX  # (B, T-1, K)
+    n = jnp.sum(member, -1)
+    logp = jax.nn.log_softmax(lg, axis=-1)
+    lp = jnp.take_along_axis(logp, jnp.where(member, sets, 0), axis=-1)  # (B, T-1, K)
+    if kind == "uniform":
+        nll = -jnp.sum(jnp.where(member, lp, 0.0), -1) / jnp.maximum(n, 1)
+    elif kind == "sum":
+        nll = -jax.nn.logsumexp(jnp.where(member, lp, -jnp.inf), axis=-1)
+    else:
+        raise ValueError(f"set_loss={kind!r}; use 'uniform' or 'sum'")
+    has = n > 0
+    hit = jnp.any(member & (sets == jnp.argmax(lg, -1)[..., None]), -1)
+    return jnp.sum(jnp.where(has, nll, 0.0)), jnp.sum(has), jnp.sum(hit & has)
+
+
 def coconut_loss(
     params: dict,
     batch: dict,
@@ -275,10 +297,13 @@ def coconut_loss(
     feedback: bool = True,
     remat_thoughts: bool = True,
     thought_norm: str = "none",
+    set_loss: str = "uniform",
 ) -> tuple[Array, dict]:
     """(loss, aux) for a batch dict with input_ids, attention_mask, labels, latent_mask and
-    optionally position_ids, embeds_override, embeds_override_mask. aux: n_tokens, accuracy
-    (next-token accuracy on labelled positions)."""
+    optionally position_ids, embeds_override, embeds_override_mask and label_sets (set-valued
+    labels, `set_cross_entropy` of kind `set_loss`; each labelled set counts as one token of
+    the mean). aux: n_tokens, token_accuracy (next-token accuracy on labelled positions; a set
+    is right when its argmax is a member)."""
     out = coconut_forward(
         params,
         batch["input_ids"],
@@ -298,6 +323,10 @@ def coconut_loss(
     lb = batch["labels"][:, 1:]
     valid = lb != IGNORE_INDEX
     correct = jnp.sum((jnp.argmax(out.logits[:, :-1], -1) == lb) & valid)
+    if "label_sets" in batch:
+        s_sum, s_n, s_hit = set_cross_entropy(out.logits, batch["label_sets"], set_loss)
+        loss = (loss * count + s_sum) / jnp.maximum(count + s_n, 1)
+        count, correct = count + s_n, correct + s_hit
     return loss, {"n_tokens": count, "token_accuracy": correct / jnp.maximum(count, 1)}
 
 

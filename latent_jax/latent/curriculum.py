@@ -47,6 +47,21 @@ c_thought > 1, the state fed into the last thought of each step's group). With
 replaces s steps with thoughts, the remaining steps and the answer follow) with labelled
 thoughts.
 
+Set-valued thought labels (`thought_labels="reach"`): every fed-back state is labelled, at
+every stage, with the whole BFS layer of its depth (every node at distance i from the root for
+the state fed into thought i), as a set: the loss is the cross-entropy to the uniform
+distribution over the set (`set_loss="uniform"`) or minus the log of the set's total
+probability (`set_loss="sum"`). This trains the superposition the paper finds directly: a
+thought that names one node of the layer is only partly right. The sets leave as
+`CurriculumSample.label_sets` (position, members), next to `labels`.
+
+Graph walks (`mode="walks"`, graph data; the shared base of the embedded default, which every
+method then fine-tunes): the question, then random walks along its edges, the first from the
+root ("... [R] root c1 c2 ..."), then from other nodes after a fresh "[R]", up to `walk_tokens`
+tokens; every walk node with children is labelled with the set of its children (a set-valued
+label: `set_loss`), so every supervised position is an in-context lookup and nothing names
+the answer. The walk is drawn per (seed, epoch, idx).
+
 Problem formats (`FORMATS`): "text" (the original: question + "\n", steps + "\n",
 "### " + answer, answers extracted after the last "#") and "graph" (symbols separated by
 spaces, "[A] " + answer, extracted after the last "[A]").
@@ -61,9 +76,11 @@ import numpy as np
 
 IGNORE_INDEX = -100
 START_LATENT, END_LATENT, LATENT = "<|start-latent|>", "<|end-latent|>", "<|latent|>"
-MODES = ("no_cot", "cot", "coconut")
+MODES = ("no_cot", "cot", "coconut", "walks")
 ABLATIONS = ("none", "no_curriculum", "no_thought", "pause_as_thought")
 SUPERVISIONS = ("steps", "frontier")
+THOUGHT_LABELS = ("none", "frontier", "reach")
+SET_LOSSES = ("uniform", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +130,8 @@ class CurriculumConfig:
     supervision: str = "steps"
     latent_markers: bool = True
     thought_labels: str = "none"
+    set_loss: str = "uniform"
+    walk_tokens: int = 12
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -131,8 +150,10 @@ class CurriculumConfig:
             raise ValueError(f"uniform_prob={self.uniform_prob}; use a probability in [0, 1]")
         if self.supervision not in SUPERVISIONS:
             raise ValueError(f"supervision={self.supervision!r}; use one of {', '.join(SUPERVISIONS)}")
-        if self.thought_labels not in ("none", "frontier"):
-            raise ValueError(f"thought_labels={self.thought_labels!r}; use 'none' or 'frontier'")
+        if self.thought_labels not in THOUGHT_LABELS:
+            raise ValueError(f"thought_labels={self.thought_labels!r}; use one of {', '.join(THOUGHT_LABELS)}")
+        if self.set_loss not in SET_LOSSES:
+            raise ValueError(f"set_loss={self.set_loss!r}; use one of {', '.join(SET_LOSSES)}")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> "CurriculumConfig":
@@ -184,6 +205,8 @@ class TokenizedExample:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
     answer_lead: int = 0  # leading answer_ids that are the delimiter ("[A]"): prompt-side under frontier supervision
     frontier_ids: tuple[tuple[int, ...], ...] = ()  # per depth 1 .. #steps: token ids of the frontier labels
+    reach_ids: tuple[tuple[int, ...], ...] = ()  # per depth 1 .. #steps: token ids of every node at that depth
+    edge_ids: tuple[tuple[int, int], ...] = ()  # the graph's edges as (source, target) token ids (graph data)
 
     @property
     def num_steps(self) -> int:
@@ -210,6 +233,7 @@ class CurriculumSample:
     stage: int
     idx: int = 0
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+    label_sets: tuple[tuple[int, tuple[int, ...]], ...] = ()  # (position in input_ids, members): set-valued labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,17 +336,22 @@ def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: La
     plan = stage_plan(stage, ex.num_steps, cc)
     head, prefix = _prompt(ex, plan, cc, ids)
     pre_labels = [IGNORE_INDEX] * len(prefix)
-    if cc.mode == "coconut" and cc.thought_labels == "frontier":  # label each thought slot with its depth's frontier
+    sets: list[tuple[int, tuple[int, ...]]] = []
+    if cc.mode == "coconut" and cc.thought_labels != "none":  # label each thought slot with its depth's nodes
         tps = cc.thoughts_per_step
         n_lab = min(plan.n_skip, plan.n_latent // max(tps, 1))
-        if len(ex.frontier_ids) < n_lab:
+        layers = ex.reach_ids if cc.thought_labels == "reach" else ex.frontier_ids
+        if len(layers) < n_lab:
             raise ValueError(
-                f"example {ex.idx} has no frontier labels; thought_labels='frontier' needs graph-token rows "
-                "(convert ProsQA with `python -m latent_jax.data.prosqa convert`)"
+                f"example {ex.idx} has no {cc.thought_labels} labels; thought_labels={cc.thought_labels!r} needs "
+                "graph-token rows (convert ProsQA with `python -m latent_jax.data.prosqa convert`)"
             )
         for i in range(n_lab):
-            layer = ex.frontier_ids[i]
-            pre_labels[len(head) + (i + 1) * tps - 1] = layer[(choice + i) % len(layer)]
+            pos, layer = len(head) + (i + 1) * tps - 1, layers[i]
+            if cc.thought_labels == "reach":
+                sets.append((pos, tuple(layer)))
+            else:
+                pre_labels[pos] = layer[(choice + i) % len(layer)]
     if cc.frontier and plan.n_skip < ex.num_steps:
         if len(ex.frontier_ids) < ex.num_steps:
             raise ValueError(
@@ -343,11 +372,44 @@ def build_sample(ex: TokenizedExample, stage: int, cc: CurriculumConfig, ids: La
         stage=stage,
         idx=ex.idx,
         extra=ex.extra,
+        label_sets=tuple(sets),
     )
 
 
+def walk_sample(ex: TokenizedExample, epoch: int, cc: CurriculumConfig) -> CurriculumSample:
+    """The graph-walk sequence of `ex` at `epoch` (module docstring): the question (ending in
+    "[R] root"), then walks of random children, every node with children labelled with their set."""
+    if not ex.edge_ids or len(ex.question_ids) < 2:
+        raise ValueError(f"example {ex.idx} has no graph edges; mode='walks' needs graph-token rows "
+                         "(data.format='graph')")
+    kids: dict[int, list[int]] = {}
+    for u, v in ex.edge_ids:
+        kids.setdefault(u, []).append(v)
+    kids = {u: sorted(set(v)) for u, v in kids.items()}
+    starts = sorted(kids)
+    walk_id, cur = ex.question_ids[-2], ex.question_ids[-1]  # "[R]", the root
+    rng = np.random.default_rng((cc.seed, epoch, ex.idx, 2))
+    seq, sets = list(ex.question_ids), []
+    budget = len(seq) + cc.walk_tokens
+    while len(seq) < budget:
+        if cur in kids:  # the next token is one of cur's children: label the position with all of them
+            sets.append((len(seq), tuple(kids[cur])))
+            cur = int(kids[cur][rng.integers(len(kids[cur]))])
+            seq.append(cur)
+        elif len(seq) + 2 <= budget:  # a leaf: a new walk from a random node with children
+            cur = int(starts[rng.integers(len(starts))])
+            seq += [walk_id, cur]
+        else:
+            break
+    return CurriculumSample(input_ids=tuple(seq), labels=(IGNORE_INDEX,) * len(seq), anchor=len(ex.question_ids),
+                            n_latent=0, stage=0, idx=ex.idx, extra=ex.extra, label_sets=tuple(sets))
+
+
 def train_sample(ex: TokenizedExample, epoch: int, cc: CurriculumConfig, ids: LatentTokenIds) -> CurriculumSample:
-    """The training sequence of `ex` at `epoch` (uniform_prob mixing included)."""
+    """The training sequence of `ex` at `epoch` (uniform_prob mixing included; graph walks in
+    mode "walks")."""
+    if cc.mode == "walks":
+        return walk_sample(ex, epoch, cc)
     labelled = cc.frontier or (cc.mode == "coconut" and cc.thought_labels == "frontier")
     choice = frontier_choice(epoch, ex.idx, cc) if labelled else 0
     return build_sample(ex, example_stage(epoch, ex.idx, ex.num_steps, cc), cc, ids, choice)

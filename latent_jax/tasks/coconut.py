@@ -45,7 +45,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from latent_jax.data.coconut_json import load_coconut_json
-from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData, load_split
+from latent_jax.data.pipeline import CoconutEvalData, CoconutTrainData, collate_train, load_split
 from latent_jax.data.prosqa import write_prosqa
 from latent_jax.data.prosqa_graph import write_graph_splits
 from latent_jax.data.tokenizer import (
@@ -77,6 +77,7 @@ from latent_jax.latent.curriculum import (
     stage_boundaries,
     stage_changed,
     train_sample,
+    walk_sample,
 )
 from latent_jax.latent.probe import format_probe, frontier_probe, plot_probe
 from latent_jax.models.config import ModelConfig
@@ -84,18 +85,21 @@ from latent_jax.models.decoder import init_params
 from latent_jax.models.io import save_model
 from latent_jax.paths import write_text
 from latent_jax.tasks.common import load_model, model_config_from
-from latent_jax.train.metrics import plot_series, read_metrics
+from latent_jax.train.metrics import plot_series, read_metrics, wilson_interval
 from latent_jax.train.trainer import Batch, MappedBatches, Task, Trainer, check_mode, quiet_logs, write_json
 
-MODES = ("no_cot", "cot", "coconut")
-MODE_TITLES = {"no_cot": "no-CoT", "cot": "CoT", "coconut": "Coconut"}
+MODES = ("walks", "no_cot", "cot", "coconut")
+METHODS = ("no_cot", "cot", "coconut")  # the modes scored on the test split (walks is the shared base)
+MODE_TITLES = {"walks": "graph walks", "no_cot": "no-CoT", "cot": "CoT", "coconut": "Coconut"}
 
 
 # ============================================================================ entry point
 def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, result_key: str = "test") -> dict:
     """Train and/or evaluate as `config` says: one run by `run_one` (default run_single), or each
-    mode of config.chain as its own run in workdir/<mode>/ (coconut from the CoT best model),
-    then one accuracy table of each run's `result_key` ("": the run's results); returns the results."""
+    mode of config.chain as its own run in workdir/<mode>/ (with "walks" first, every later run
+    starts from its model, the shared base; else coconut from the CoT best model when
+    coconut_from_cot), then one accuracy table of each run's `result_key` ("": the run's
+    results); returns the results."""
     check_mode(config)
     quiet_logs(config)
     run_one = run_one or run_single
@@ -110,18 +114,24 @@ def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, resul
     # the paper starts Coconut from the CoT model; the from-scratch recipe (frontier supervision,
     # whose stage 0 is its own first-hop training) sets coconut_from_cot=False
     cot_dir = os.path.join(workdir, "cot") if "cot" in modes and config.coconut_from_cot else None
+    base_dir = os.path.join(workdir, "walks") if "walks" in modes else None
+    if config.mode == "eval":  # the base has no test split to score
+        modes = [m for m in modes if m != "walks"]
     for m in modes:
-        sub = sub_config(config, m, workdir, cot_dir)
+        sub = sub_config(config, m, workdir, cot_dir, base_dir)
         print(f"== {MODE_TITLES[m]} run -> {os.path.join(workdir, m)}", flush=True)
         results[m] = run_one(sub, os.path.join(workdir, m))
-        curves[MODE_TITLES[m]] = [{"epoch": r["val/epoch"], "accuracy": r["val/accuracy"]}
-                                  for r in read_metrics(os.path.join(workdir, m)) if "val/accuracy" in r]
+        if m != "walks":
+            curves[MODE_TITLES[m]] = [{"epoch": r["val/epoch"], "accuracy": r["val/accuracy"]}
+                                      for r in read_metrics(os.path.join(workdir, m)) if "val/accuracy" in r]
         if m == "coconut":
             boundaries = stage_boundaries(int(sub.num_epochs), curriculum_config(sub))
     plot = plot_accuracy(os.path.join(workdir, "val_accuracy.png"), curves, boundaries,
                          "validation accuracy by epoch", "Coconut stage boundary")
-    test = {m: results[m] if result_key == "" else results[m].get(result_key, {}) for m in modes}
+    test = {m: results[m] if result_key == "" else results[m].get(result_key, {}) for m in modes if m != "walks"}
     table = format_table(test)
+    if "walks" in results:
+        table = format_base(results["walks"]) + "\n\n" + table
     probe = test.get("coconut", {}).get("probe")
     if probe:
         table += "\n\n" + format_probe(probe)
@@ -132,18 +142,23 @@ def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, resul
     return summary
 
 
-def sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None) -> ConfigDict:
+def sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None,
+               base_dir: str | None = None) -> ConfigDict:
     """The config of the chained run of `mode` in workdir/<mode>/: its chain_overrides applied,
-    Coconut starting from cot_dir/best_model, generated data and tokenizer shared."""
+    every method starting from base_dir/best_model (the shared base) or else Coconut from
+    cot_dir/best_model, generated data and tokenizer shared."""
     sub = copy.deepcopy(config)
     with sub.unlocked():
         sub.chain = ""
+        sub.chained = True  # the chain prints the summary (table and probe) once, at its end
         sub.coconut_mode = mode
         sub.update(config.chain_overrides.get(mode) or {})  # nested keys merged key by key
         if config.mode == "eval":
             sub.load_model_path = os.path.join(workdir, mode, "best_model")
         elif mode == "coconut" and cot_dir and not sub.load_model_path:
             sub.load_model_path = os.path.join(cot_dir, "best_model")
+        elif mode != "walks" and base_dir and not sub.load_model_path:
+            sub.load_model_path = os.path.join(base_dir, "best_model")
         if config.data.get("generate"):  # share one generated data set across the chained runs
             sub.data.generate_dir = config.data.generate_dir or os.path.join(workdir, "data")
         if "tokenizer_dir" in sub.data:  # and one trained tokenizer
@@ -151,14 +166,50 @@ def sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None)
     return sub
 
 
+def accuracy_interval(r: dict) -> tuple[float, float]:
+    """The 95% Wilson interval of a test result's accuracy."""
+    n = int(r["num_examples"])
+    return wilson_interval(round(float(r["accuracy"]) * n), n)
+
+
 def format_table(test: dict[str, dict]) -> str:
-    """The final accuracy table (one row per mode)."""
-    lines = [f"{'method':<10} {'accuracy':>9} {'# tokens':>9} {'examples':>9}", "-" * 40]
+    """The final accuracy table (one row per mode, with the 95% interval of each accuracy) and,
+    when no-CoT, CoT and Coconut were all scored, a one-line verdict on the paper's ordering."""
+    lines = [f"{'method':<10} {'accuracy':>9} {'95% interval':>15} {'# tokens':>9} {'examples':>9}", "-" * 56]
     for m, r in test.items():
         if r:
-            lines.append(f"{MODE_TITLES.get(m, m):<10} {100 * r['accuracy']:>8.1f}% {r['mean_new_tokens']:>9.1f} "
-                         f"{r['num_examples']:>9d}")
+            lo, hi = accuracy_interval(r)
+            iv = f"{100 * lo:.1f}-{100 * hi:.1f}%"
+            lines.append(f"{MODE_TITLES.get(m, m):<10} {100 * r['accuracy']:>8.1f}% {iv:>15} "
+                         f"{r['mean_new_tokens']:>9.1f} {r['num_examples']:>9d}")
+    if all(test.get(m) for m in METHODS):
+        lines.append(verdict(test))
     return "\n".join(lines)
+
+
+def verdict(test: dict[str, dict]) -> str:
+    """One line: is the paper's ordering (Coconut > CoT > no-CoT) reproduced, and does Coconut's
+    95% interval lie above both others' (significant) or overlap one of them (not)."""
+    acc = {m: float(test[m]["accuracy"]) for m in METHODS}
+    iv = {m: accuracy_interval(test[m]) for m in METHODS}
+    ordered = acc["coconut"] > acc["cot"] > acc["no_cot"]
+    first = acc["coconut"] > max(acc["cot"], acc["no_cot"])
+    sig = iv["coconut"][0] > max(iv["cot"][1], iv["no_cot"][1])
+    if ordered:
+        head = "verdict: the paper's ordering Coconut > CoT > no-CoT is reproduced"
+    elif first:
+        head = "verdict: Coconut comes first, but CoT does not beat no-CoT"
+    else:
+        head = "verdict: the paper's ordering is NOT reproduced (Coconut is not first)"
+    tail = ("Coconut's 95% interval lies above both others (significant)" if sig else
+            "Coconut's 95% interval overlaps another's (not significant)")
+    return f"{head}; {tail}"
+
+
+def format_base(res: dict) -> str:
+    """The shared base's line: its lookup accuracy on the validation walks."""
+    return (f"shared base (graph walks, {res.get('step', 0)} updates): next node in its children's set "
+            f"{100 * float(res.get('lookup_accuracy', 0.0)):.1f}% of validation walk steps")
 
 
 def plot_accuracy(path: str, runs: dict[str, list[dict]], boundaries: list[int], title: str,
@@ -261,6 +312,8 @@ def coconut_data(config: ConfigDict, examples: dict[str, list], ids, pad_id: int
 def generation_settings(config: ConfigDict) -> tuple[dict, int]:
     """(decoding settings, test stage; -1 = the final trained stage): config.generation.<mode>
     and config.eval_stage (text configs), or config.eval (multimodal; sampling when temperature > 0)."""
+    if config.get("coconut_mode") == "walks":  # the shared base generates nothing
+        return dict(max_new_tokens=1, do_sample=False, temperature=0.0, top_p=1.0), -1
     if "generation" in config:
         g, stage = config.generation.get(config.coconut_mode), config.eval_stage
     else:
@@ -279,11 +332,13 @@ def _round_up(x: int, m: int) -> int:
 
 
 class Geometry(NamedTuple):
-    """One batch shape for a whole stage: latent column, length, and thought columns."""
+    """One batch shape for a whole stage: latent column, length, thought columns, and the
+    largest set of a set-valued label (0: the stage has none)."""
 
     start: int
     T: int
     num_latent: int = 0
+    label_set: int = 0
 
 
 def geometry(samples, bucket: int) -> Geometry:
@@ -293,17 +348,24 @@ def geometry(samples, bucket: int) -> Geometry:
     ordinary tokens, so scanning the stage's maximum is exact)."""
     start = _round_up(max(max(s.anchor for s in samples), 1), bucket)
     suffix = _round_up(max(max(len(s.input_ids) - s.anchor for s in samples), 1), bucket)
-    return Geometry(start, start + suffix, max(s.n_latent for s in samples))
+    K = max((len(m) for s in samples for _, m in getattr(s, "label_sets", ())), default=0)
+    return Geometry(start, start + suffix, max(s.n_latent for s in samples), K)
 
 
-def repad(arrays: dict, latent_start: int, start: int, T: int, pad_id: int) -> dict:
-    """Re-pad an aligned batch so its latent column is `start` and its length `T`."""
+def repad(arrays: dict, latent_start: int, start: int, T: int, pad_id: int, label_set: int = 0) -> dict:
+    """Re-pad an aligned batch so its latent column is `start`, its length `T` and, with
+    label_set > 0, its `label_sets` (B, T, label_set) (created empty when the batch has none)."""
     shift = start - latent_start
     old_T = arrays["input_ids"].shape[1]
     if shift < 0 or shift + old_T > T:
         raise ValueError(f"batch (latent_start {latent_start}, T {old_T}) does not fit geometry ({start}, {T})")
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100, "latent_mask": False, "position_ids": 0}
-    out = {k: np.pad(a, ((0, 0), (shift, T - shift - old_T)), constant_values=fill.get(k, 0))
+    arrays = dict(arrays)
+    if label_set and "label_sets" not in arrays:
+        arrays["label_sets"] = np.full(arrays["input_ids"].shape + (label_set,), -100, np.int32)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100, "latent_mask": False, "position_ids": 0,
+            "label_sets": -100}
+    out = {k: np.pad(a, ((0, 0), (shift, T - shift - old_T), (0, label_set - a.shape[-1]))[: a.ndim],
+                     constant_values=fill.get(k, 0))
            for k, a in arrays.items()}
     if "attention_mask" in out:
         out["position_ids"] = np.maximum(np.cumsum(out["attention_mask"], axis=1) - 1, 0).astype(np.int32)
@@ -350,10 +412,11 @@ class CoconutTask(Task):
         # decoding inside the workflow: the KV-cache policy and the answer decoder (base.py)
         self.tova = tova_options_from_config(config.cache)
         self.answer = answer_options_from_config(config.answer, int(self.settings["max_new_tokens"]), int(tok.pad_id))
+        self._walk_eval = None
 
     # ---------------------------------------------------------------- training
     def compile_key(self):
-        return ("coconut", self.mcfg, self.remat, self.thought_norm)
+        return ("coconut", self.mcfg, self.remat, self.thought_norm, self.cc.set_loss)
 
     def loss_fn(self, params, batch, static):
         start, num_latent, feedback = static
@@ -362,7 +425,8 @@ class CoconutTask(Task):
                                           mask_id=self.answer.mask_id, feedback=feedback, remat_thoughts=self.remat,
                                           thought_norm=self.thought_norm, shift=self.answer.shift_logits)
         return coconut_loss(params, batch, config=self.mcfg, latent_start=start, num_latent=num_latent,
-                            feedback=feedback, remat_thoughts=self.remat, thought_norm=self.thought_norm)
+                            feedback=feedback, remat_thoughts=self.remat, thought_norm=self.thought_norm,
+                            set_loss=self.cc.set_loss)
 
     def steps_per_epoch(self) -> int:
         return self.data["train"].steps_per_epoch
@@ -372,7 +436,7 @@ class CoconutTask(Task):
         g = geometry([train_sample(e, epoch, self.cc, self.ids) for e in train.examples], self.bucket)
 
         def batch(b) -> Batch:  # re-padded to the stage's Geometry: one compile per stage
-            arrays = repad(b.arrays, b.latent_start, g.start, g.T, self.tok.pad_id)
+            arrays = repad(b.arrays, b.latent_start, g.start, g.T, self.tok.pad_id, g.label_set)
             if self.embeds is not None:
                 arrays.update(self.embeds.arrays(arrays["input_ids"], b.example_idx, "train"))
             if self.answer is not None:  # masked-diffusion noise seeds of (seed, epoch, example): exact on resume
@@ -392,6 +456,9 @@ class CoconutTask(Task):
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, trainer, params, epoch):
+        if self.cc.mode == "walks":  # the shared base: how often its next node is in the children's set
+            acc = self.lookup_accuracy(params, self.data["val"].examples)
+            return {"accuracy": acc}, acc
         # frontier supervision: every epoch is scored on the final task (all thoughts, then the
         # answer), since intermediate stages end in a frontier node rather than an answer
         stage = scheduled_stage(epoch, self.cc)
@@ -399,6 +466,23 @@ class CoconutTask(Task):
         res = self.score(params, self.data["val"], val_stage, int(self.config.seed) + epoch, desc="valid", split="val")
         return {"accuracy": res["accuracy"], "mean_new_tokens": res["mean_new_tokens"]}, (
             res["accuracy"] if val_stage == self.final_stage else None)
+
+    def lookup_accuracy(self, params: dict, examples) -> float:
+        """Graph walks (mode "walks"): the share of walk steps of `examples` (their epoch-0 walks)
+        whose most likely next token is one of the current node's children, teacher-forced."""
+        samples = [walk_sample(e, 0, self.cc) for e in examples]
+        g, bs, pad = geometry(samples, self.bucket), int(self.config.eval_batch_size), self.tok.pad_id
+        if self._walk_eval is None:
+            self._walk_eval = jax.jit(lambda p, b: coconut_loss(p, b, config=self.mcfg, latent_start=g.start,
+                                                                num_latent=0, set_loss=self.cc.set_loss)[1])
+        hit = n = 0.0
+        for i in range(0, len(samples), bs):
+            b = collate_train(samples[i : i + bs], bs, pad, self.bucket)
+            arrays = repad(b.arrays, b.latent_start, g.start, g.T, pad, g.label_set)
+            aux = self._walk_eval(params, {k: jnp.asarray(v) for k, v in arrays.items()})
+            hit += float(aux["token_accuracy"]) * int(aux["n_tokens"])
+            n += int(aux["n_tokens"])
+        return hit / max(n, 1.0)
 
     def export(self, trainer, params):
         self.export_fn(os.path.join(self.workdir, "best_model"), jax.device_get(params))
@@ -497,12 +581,16 @@ class CoconutTask(Task):
         res = self.score(params, self.data["eval"], self.test_stage, seed, self.test_dir, desc="test")
         if "probe" in res:
             res["probe"]["plot"] = plot_probe(os.path.join(self.workdir, "thought_probe.png"), res["probe"])
-            print(format_probe(res["probe"]), flush=True)
+            if not self.config.get("chained", False):
+                print(format_probe(res["probe"]), flush=True)
         print(f"[{self.name}] test accuracy {100 * res['accuracy']:.1f}% "
               f"({res['num_examples']} examples, {res['mean_new_tokens']:.1f} new tokens)", flush=True)
         return res
 
     def finish(self, trainer, state, out):
+        if self.cc.mode == "walks":  # the base has no answers to score
+            out["lookup_accuracy"] = out["best"]
+            return out
         title = MODE_TITLES.get(self.name, self.name)
         out["plot"] = plot_accuracy(os.path.join(self.workdir, "val_accuracy.png"),
                                     {title: [h for h in out["history"] if "accuracy" in h]},

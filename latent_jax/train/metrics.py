@@ -130,3 +130,15 @@ def plot_series(
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def wilson_interval(correct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `correct` / n (95% for the default z):
+    (low, high) in [0, 1]; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = float(correct) / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, center - half)), float(min(1.0, center + half))
