@@ -110,4 +110,5 @@ def coconut_settings() -> ConfigDict:
         # on a shortest path | reach: with its depth's whole BFS layer, a set-valued label
         thought_labels="none",
         set_loss="uniform",  # set labels: uniform (CE to uniform over the set) | sum (-log of the set's probability)
+        walk_tokens=12,  # coconut_mode="walks" (the shared base on graph walks): walk tokens after the question
     ))

@@ -12,7 +12,7 @@ arXiv 2505.12514), which trains a 2-layer model from scratch this way; its Cocon
 near-perfect where 2-layer CoT stays near 75%. The Coconut paper's ProsQA numbers with a
 pretrained GPT-2 are Coconut 97.0, CoT 77.5, no-CoT 76.7 (Hao et al. 2024, arXiv 2412.06769).
 
-Presets: "smoke" (the same chain at toy size), "coconut_only" (one Coconut run), "paper"
+Presets: "smoke" (the same chain at toy size), "coconut_only" (the base, then one Coconut run), "paper"
 (the superposition paper's settings: 2 layers of 768, ProsQA-sized graphs, batch 256, lr 1e-4,
 25 epochs per stage, 300 epochs, frontier supervision; for accelerators), "text" (the earlier
 default: ProsQA as text, Coconut from the CoT model), "paper_text" (the Coconut paper's GPT-2
@@ -106,7 +106,9 @@ def graph_recipe(c: ConfigDict) -> ConfigDict:
 
 def get_config(arg: str = "") -> ConfigDict:
     c = graph_recipe(coconut_fields(get_base()))
-    c.chain = "no_cot,cot,coconut"
+    # a shared base first (graph walks: every supervised token an in-context lookup, nothing
+    # names an answer), then the three methods, each fine-tuned from it with the same updates
+    c.chain = "walks,no_cot,cot,coconut"
     c.seed = 0
 
     # a 2-layer, 128-wide llama-style model trained from scratch (the paper's is GPT-2 style,
@@ -119,25 +121,33 @@ def get_config(arg: str = "") -> ConfigDict:
     c.model.num_key_value_heads = 8
     c.model.head_dim = 16
     c.model.max_position_embeddings = 256
+    c.model.tie_word_embeddings = False  # tied, the lookup formed later and Coconut came last (docs/coconut.md)
 
     # ProsQA-style graphs scaled to a CPU: 7-8 nodes, 1.4 edges per node, 2 hops (a 2-layer
     # model cannot chain two lookups in one pass), a decoy branch from the root beside the
     # path, node ids drawn from 10 tokens (docs/coconut.md: with 3 hops and 10-11 nodes the
     # lookup had not formed after 250-400 updates on this budget)
     g = c.data.gen
-    g.train, g.valid, g.test = 9600, 100, 300
+    g.train, g.valid, g.test = 9600, 500, 1000  # validation large enough to pick an epoch
     g.min_nodes, g.max_nodes, g.edges_per_node, g.node_tokens = 7, 8, 1.4, 10
     g.min_hops, g.max_hops, g.decoy = 2, 2, 1.0
     c.data.bucket = 8
 
-    # the original curriculum (stage 0 = CoT, stage s = s hops as thoughts, then the rest of
-    # the path and the answer) with every thought labelled by its depth's frontier: the
-    # densest signal per example, which is what a CPU budget needs; supervision="frontier"
-    # with thought_labels="none" is the paper's exact recipe
+    # the shared base: 2 epochs of graph walks (32 walk tokens after each question, every walk
+    # node labelled with the set of its children), which forms the in-context lookup in ~150
+    # updates where the methods' own labels take >1,800 (docs/coconut.md)
+    c.coconut.walk_tokens = 32
+    c.chain_overrides.walks = ConfigDict(dict(num_epochs=2))
+
+    # then each method 8 epochs (1,200 updates) from the base; Coconut through the original curriculum (stage
+    # 0 = CoT, stage s = s hops as thoughts, then the rest of the path and the answer) with each
+    # fed-back thought labelled by the set of nodes at its depth (the BFS layer it should hold
+    # in superposition); supervision="frontier" with thought_labels="none" is the paper's exact
+    # recipe
     c.coconut.supervision = "steps"
-    c.coconut.thought_labels = "frontier"
+    c.coconut.thought_labels = "reach"
     c.coconut.max_latent_stage = 2
-    c.coconut.epochs_per_stage = 2
+    c.coconut.epochs_per_stage = 1
     c.num_epochs = 8
     c.batch_size = 64
     c.eval_batch_size = 100
@@ -150,7 +160,6 @@ def get_config(arg: str = "") -> ConfigDict:
     c.generation.no_cot = generation(3)
     c.generation.cot = generation(8)
     c.generation.coconut = generation(8)  # stages 0-1 still write the rest of the path
-    c.chain_overrides = ConfigDict()
 
     if arg == "smoke":
         c.model.hidden_size = 32
@@ -166,9 +175,10 @@ def get_config(arg: str = "") -> ConfigDict:
         c.optim.warmup_steps = 0
         c.log_every = 1
         c.progress = False
+        c.coconut.walk_tokens = 8
+        c.chain_overrides.walks.num_epochs = 1
     elif arg == "coconut_only":
-        c.chain = ""
-        c.coconut_mode = "coconut"
+        c.chain = "walks,coconut"  # the shared base, then one Coconut run
     elif arg == "paper":
         # the superposition paper's settings (args/prosqa_coconut_2l_8h_768d.yaml of
         # Ber666/reasoning-by-superposition) on ProsQA-sized graphs, for accelerators
@@ -182,6 +192,7 @@ def get_config(arg: str = "") -> ConfigDict:
         c.decode_thoughts = 40
         c.model.dtype = "bfloat16"
         c.coconut.supervision, c.coconut.thought_labels = "frontier", "none"  # the paper's exact recipe
+        c.chain, c.model.tie_word_embeddings = "no_cot,cot,coconut", True  # from scratch, tied (GPT-2)
         c.generation.coconut = generation(2)
     elif arg in ("text", "paper_text"):
         c = text_config(c, arg)
@@ -200,6 +211,7 @@ def text_config(c: ConfigDict, arg: str) -> ConfigDict:
         c.coconut[k] = base.coconut[k]
     for k in ("coconut_from_cot", "decode_thoughts"):
         c[k] = base[k]
+    c.chain = "no_cot,cot,coconut"
     c.model.tie_word_embeddings = False
     c.model.intermediate_size = 256
     c.model.max_position_embeddings = 512

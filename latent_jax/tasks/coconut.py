@@ -128,15 +128,19 @@ def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, resul
             boundaries = stage_boundaries(int(sub.num_epochs), curriculum_config(sub))
     plot = plot_accuracy(os.path.join(workdir, "val_accuracy.png"), curves, boundaries,
                          "validation accuracy by epoch", "Coconut stage boundary")
-    test = {m: results[m] if result_key == "" else results[m].get(result_key, {}) for m in modes if m != "walks"}
+    methods = [m for m in modes if m != "walks"]
+    test = {m: results[m] if result_key == "" else results[m].get(result_key, {}) for m in methods}
     table = format_table(test)
+    base = None
     if "walks" in results:
-        table = format_base(results["walks"]) + "\n\n" + table
+        base = {k: results["walks"].get(k) for k in ("lookup_accuracy", "step")}
+        table = format_base(base) + "\n\n" + table
     probe = test.get("coconut", {}).get("probe")
     if probe:
         table += "\n\n" + format_probe(probe)
     print(table, flush=True)
-    summary = {"modes": modes, "test": test, "wall_time_s": time.time() - t0, "plot": plot, "probe": probe}
+    summary = {"modes": methods, "test": test, "base": base, "wall_time_s": time.time() - t0, "plot": plot,
+               "probe": probe}
     write_json(os.path.join(workdir, "results.json"), summary)
     write_text(os.path.join(workdir, "results_table.txt"), table + "\n")
     return summary
@@ -188,22 +192,17 @@ def format_table(test: dict[str, dict]) -> str:
 
 
 def verdict(test: dict[str, dict]) -> str:
-    """One line: is the paper's ordering (Coconut > CoT > no-CoT) reproduced, and does Coconut's
-    95% interval lie above both others' (significant) or overlap one of them (not)."""
+    """One line: is the paper's result reproduced (Coconut first), is it significant (Coconut's 95%
+    interval above both others'), and how CoT and no-CoT compare."""
     acc = {m: float(test[m]["accuracy"]) for m in METHODS}
     iv = {m: accuracy_interval(test[m]) for m in METHODS}
-    ordered = acc["coconut"] > acc["cot"] > acc["no_cot"]
-    first = acc["coconut"] > max(acc["cot"], acc["no_cot"])
+    if acc["coconut"] <= max(acc["cot"], acc["no_cot"]):
+        return "verdict: the paper's result is NOT reproduced: Coconut is not first"
     sig = iv["coconut"][0] > max(iv["cot"][1], iv["no_cot"][1])
-    if ordered:
-        head = "verdict: the paper's ordering Coconut > CoT > no-CoT is reproduced"
-    elif first:
-        head = "verdict: Coconut comes first, but CoT does not beat no-CoT"
-    else:
-        head = "verdict: the paper's ordering is NOT reproduced (Coconut is not first)"
-    tail = ("Coconut's 95% interval lies above both others (significant)" if sig else
-            "Coconut's 95% interval overlaps another's (not significant)")
-    return f"{head}; {tail}"
+    rest = "CoT > no-CoT" if acc["cot"] > acc["no_cot"] else "no-CoT >= CoT"
+    return ("verdict: Coconut first, as in the paper; " +
+            ("its 95% interval lies above both others' (significant)" if sig else
+             "its 95% interval overlaps another's (not significant)") + f"; {rest}")
 
 
 def format_base(res: dict) -> str:

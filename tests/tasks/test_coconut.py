@@ -197,3 +197,37 @@ def test_converted_prosqa_files_train_and_evaluate(tmp_path):
     assert all(str(i) in tok for i in range(16))  # the whole node vocabulary, not only the ids seen
     rows = [json.loads(x) for x in open(tmp_path / "run" / "test" / "predictions.jsonl")]
     assert [r["answer"] for r in rows] == [str(json.load(open(c.data.test_path))[i]["target"]) for i in range(2)]
+
+
+def test_chain_with_walks_starts_every_method_from_the_shared_base(tmp_path):
+    """chain "walks,no_cot,cot,coconut": every method's run loads workdir/walks/best_model, unless
+    the user named a model; in eval mode the base is not re-scored."""
+    from configs.prosqa_coconut import get_config
+    from latent_jax.tasks.coconut import sub_config
+
+    c = get_config("smoke")
+    base = str(tmp_path / "walks")
+    for mode in ("no_cot", "cot", "coconut"):
+        assert sub_config(c, mode, str(tmp_path), None, base).load_model_path == os.path.join(base, "best_model")
+    assert sub_config(c, "walks", str(tmp_path), None, base).load_model_path == ""
+    c.load_model_path = "/mine"
+    assert sub_config(c, "cot", str(tmp_path), None, base).load_model_path == "/mine"
+
+
+def test_table_prints_intervals_and_a_verdict():
+    from latent_jax.tasks.coconut import format_table
+    from latent_jax.train.metrics import wilson_interval
+
+    lo, hi = wilson_interval(475, 500)
+    assert 0.927 < lo < 0.929 and 0.965 < hi < 0.967  # 95% Wilson interval of 95.0% on 500
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    r = lambda acc: {"accuracy": acc, "mean_new_tokens": 3.0, "num_examples": 500}  # noqa: E731
+    t = format_table({"no_cot": r(0.5), "cot": r(0.8), "coconut": r(0.96)})
+    assert "92.9-97.0%" not in t and "93.9-97.4%" in t  # Coconut 96.0% on 500
+    assert t.splitlines()[-1] == ("verdict: Coconut first, as in the paper; its 95% interval lies above both "
+                                  "others' (significant); CoT > no-CoT")
+    close = format_table({"no_cot": r(0.93), "cot": r(0.8), "coconut": r(0.95)})
+    assert "Coconut first" in close and "(not significant)" in close and "no-CoT >= CoT" in close
+    flipped = format_table({"no_cot": r(0.5), "cot": r(0.9), "coconut": r(0.6)})
+    assert "NOT reproduced" in flipped
+    assert "verdict" not in format_table({"cot": r(0.9)})
