@@ -6,10 +6,12 @@ Everything is a pure function of params and arrays. The KV cache is an explicit 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
 import flax.linen as nn
+
 import jax
 import jax.numpy as jnp
 
@@ -251,6 +253,89 @@ def dense(features: int, bias: bool, cfg: ModelConfig, name: str) -> nn.Dense:
     )
 
 
+_BIG_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+def _dot(eq3: str, eq4: str, a: Array, b: Array, **kw) -> Array:
+    """A batched matmul over (B * Hkv, ...) (eq3) or (B, Hkv, ...) (eq4) operands: keys / values
+    from a layer-split cache are (B * Hkv, S, D) and are read as they are stored (a reshape
+    between the cache buffer and the dot makes XLA:CPU duplicate the in-place update)."""
+    if b.ndim == 3:
+        lead = a.shape[:2]
+        out = jnp.einsum(eq3, a.reshape((-1,) + a.shape[2:]), b, **kw)
+        return out.reshape(lead + out.shape[1:])
+    return jnp.einsum(eq4, a, b, **kw)
+
+
+def _attend_fwd_core(q, ks, vs, masks, G, scale):
+    """Softmax attention of q (B, Hkv, G * T, D), scores scaled by `scale`, over the concatenation of the
+    key segments ks[i] (B, Hkv, S_i, D) or (B * Hkv, S_i, D) with boolean masks (B, T, S_i).
+    Returns out (B, Hkv, G * T, D) in q's dtype and probs (B, Hkv, G, T, sum S_i), float32."""
+    B, Hkv, GT, _ = q.shape
+    T = GT // G
+    scores = []
+    for k, m in zip(ks, masks):
+        sc = _dot("nqd,nsd->nqs", "bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+        sc = sc.reshape(B, Hkv, G, T, -1) * scale
+        scores.append(jnp.where(m[:, None, None], sc, _BIG_NEG))
+    sc = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
+    probs = jax.nn.softmax(sc, axis=-1)
+    pm = probs.reshape(B, Hkv, GT, -1)
+    out, at = None, 0
+    for v in vs:
+        S = v.shape[-2]
+        o = _dot("nqs,nsd->nqd", "bkqs,bksd->bkqd", pm[..., at:at + S].astype(v.dtype), v)
+        out = o if out is None else out + o
+        at += S
+    return out.astype(q.dtype), probs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def attend(q, ks, vs, masks, G, scale):
+    """`_attend_fwd_core` with a hand-written backward: the gradients are five batched matmuls
+    and one elementwise pass over the probabilities (dS = P * (dP - rowsum(dO * O)), zero where
+    masked), instead of autodiff's chain through the mask, the softmax's normalisation and the
+    transposes XLA:CPU inserts around each dot. probs carries no gradient (it is read only by
+    decoding heuristics)."""
+    return _attend_fwd_core(q, ks, vs, masks, G, scale)
+
+
+def _attend_fwd(q, ks, vs, masks, G, scale):
+    out, probs = _attend_fwd_core(q, ks, vs, masks, G, scale)
+    return (out, probs), (q, ks, vs, masks, probs, out)
+
+
+def _attend_bwd(G, scale, res, cts):
+    q, ks, vs, masks, probs, out = res
+    d_out = cts[0]
+    B, Hkv, GT, _ = q.shape
+    T = GT // G
+    f32 = jnp.float32
+    delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1).reshape(B, Hkv, G, T, 1)
+    dq = None
+    dks, dvs = [], []
+    at = 0
+    for k, v, m in zip(ks, vs, masks):
+        S = k.shape[-2]
+        p = probs[..., at:at + S]
+        at += S
+        dp = _dot("nqd,nsd->nqs", "bkqd,bksd->bkqs", d_out, v, preferred_element_type=f32).reshape(B, Hkv, G, T, S)
+        ds = jnp.where(m[:, None, None], p * (dp - delta) * scale, 0.0).reshape(B, Hkv, GT, S)
+        pm = p.reshape(B, Hkv, GT, S).astype(v.dtype)
+        dv = _dot("nqs,nqd->nsd", "bkqs,bkqd->bksd", pm, d_out)
+        dk = _dot("nqs,nqd->nsd", "bkqs,bkqd->bksd", ds.astype(q.dtype), q)
+        if v.ndim == 3:
+            dv, dk = dv.reshape(v.shape), dk.reshape(k.shape)
+        dvs.append(dv.astype(v.dtype))
+        dks.append(dk.astype(k.dtype))
+        dqi = _dot("nqs,nsd->nqd", "bkqs,bksd->bkqd", ds.astype(k.dtype), k)
+        dq = dqi if dq is None else dq + dqi
+    return dq.astype(q.dtype), tuple(dks), tuple(dvs), tuple(None for _ in masks)
+
+
+attend.defvjp(_attend_fwd, _attend_bwd)
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
@@ -299,7 +384,7 @@ class Attention(nn.Module):
                 v_m = jax.lax.dynamic_update_slice(layer_cache["v"], vh.reshape(B * Hkv, T, D), idx)
                 kpos_all = jax.lax.dynamic_update_slice(layer_cache["pos"], key_pos.astype(jnp.int32), (zero, cache_end))
                 new_cache = {"k": k_m, "v": v_m, "pos": kpos_all}
-                k_all, v_all = k_m, v_m  # read as they are stored: see keys_dot / values_dot below
+                k_all, v_all = k_m, v_m  # read as they are stored: see _dot
             else:
                 li = jnp.asarray(layer_idx, jnp.int32)
                 idx = (li, zero, zero, cache_end, zero)
@@ -319,49 +404,27 @@ class Attention(nn.Module):
             k_all, v_all, kpos_all = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_pos
 
         G = H // Hkv
-        qg = q.reshape(B, T, Hkv, G, D)
-        big_neg = jnp.finfo(jnp.float32).min
+        # queries head-major with the G query heads of a KV head merged into the rows,
+        # (B, Hkv, G * T, D): every attention matmul is then a plain batched GEMM over
+        # (B, Hkv) (XLA:CPU otherwise transposes around each dot, forward and backward)
+        qm = q.transpose(0, 2, 1, 3).reshape(B, Hkv, G * T, D)
 
-        # keys / values are (B, Hkv, S, D), or (B * Hkv, S, D) from a layer-split cache: those are
-        # read with batch and heads merged, so that the dot's operand is the cache buffer itself
-        # (a reshape between them makes XLA:CPU duplicate the in-place update and copy the buffer)
-        def keys_dot(keys):
-            if keys.ndim == 3:
-                qn = qg.transpose(0, 2, 3, 1, 4).reshape(B * Hkv, G * T, D)
-                sc = jnp.einsum("nqd,nsd->nqs", qn, keys, preferred_element_type=jnp.float32)
-                return sc.reshape(B, Hkv, G, T, -1)
-            return jnp.einsum("btkgd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32)
-
-        def values_dot(p, values):
-            if values.ndim == 3:
-                o = jnp.einsum("nqs,nsd->nqd", p.reshape(B * Hkv, G * T, -1), values)
-                return o.reshape(B, Hkv, G, T, D).transpose(0, 3, 1, 2, 4)
-            return jnp.einsum("bkgts,bksd->btkgd", p, values)
-
-        def scores_for(keys, kpos, extra=None):
-            sc = keys_dot(keys) * (D ** -0.5)
+        def mask_for(kpos, extra=None):
             m = attention_mask_from_positions(positions, kpos, causal, window)
-            if extra is not None:
-                m &= extra
-            return jnp.where(m[:, None, None, :, :], sc, big_neg)
+            return m if extra is None else m & extra
 
-        scores = scores_for(k_all, kpos_all, key_mask)
+        segments = [(k_all, v_all, mask_for(kpos_all, key_mask))]
         if prefix is not None:
-            # scores (not keys) are concatenated: the prefix K/V are read in place
+            # the prefix K/V are read in place (never concatenated with the cache's), before them
             li = jnp.asarray(layer_idx, jnp.int32)
             pk, pv, ppos = (jax.lax.dynamic_index_in_dim(prefix[n], li, 0, keepdims=False) for n in ("k", "v", "pos"))
-            n_prefix = pk.shape[2]
-            scores = jnp.concatenate([scores_for(pk.astype(q.dtype), ppos), scores], axis=-1)
-        probs = jax.nn.softmax(scores, axis=-1)
-        if prefix is not None:
-            pp, probs_c = probs[..., :n_prefix], probs[..., n_prefix:]
-            out = jnp.einsum("bkgts,bksd->btkgd", pp.astype(q.dtype), pv.astype(q.dtype))
-            out = out + values_dot(probs_c.astype(v_all.dtype), v_all)
-        else:
-            out = values_dot(probs.astype(v_all.dtype), v_all)
+            segments.insert(0, (pk.astype(q.dtype), pv.astype(q.dtype), mask_for(ppos)))
+        ks, vs, ms = zip(*segments)
+        out, probs = attend(qm, ks, vs, ms, G, D ** -0.5)
+        out = out.reshape(B, H, T, D).transpose(0, 2, 1, 3)
         out = out.reshape(B, T, H * D)
         out = dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
-        attn_last = probs[:, :, :, -1, :].reshape(B, H, -1)
+        attn_last = jax.lax.stop_gradient(probs[:, :, :, -1, :]).reshape(B, H, -1)
         return out, new_cache, attn_last
 
 
