@@ -139,15 +139,18 @@ def get_config(arg: str = "") -> ConfigDict:
     c.coconut.walk_tokens = 32
     c.chain_overrides.walks = ConfigDict(dict(num_epochs=2))
 
-    # then each method 8 epochs (1,200 updates) from the base; Coconut through the original curriculum (stage
-    # 0 = CoT, stage s = s hops as thoughts, then the rest of the path and the answer) with each
-    # fed-back thought labelled by the set of nodes at its depth (the BFS layer it should hold
-    # in superposition); supervision="frontier" with thought_labels="none" is the paper's exact
-    # recipe
+    # then each method 8 epochs (1,200 updates) from the base; Coconut with both hops as
+    # thoughts from its first update (the paper's "w/o curriculum": from a base that has the
+    # lookup, the curriculum's CoT and one-thought stages only ask the root's state for one path
+    # node, which the last stage then replaces by its BFS layer; the readout of the answer
+    # formed 3+ epochs later with them, docs/coconut.md), each fed-back thought labelled by the
+    # set of nodes at its depth (the BFS layer it should hold in superposition);
+    # supervision="frontier" with thought_labels="none" is the paper's exact recipe
     c.coconut.supervision = "steps"
     c.coconut.thought_labels = "reach"
     c.coconut.max_latent_stage = 2
     c.coconut.epochs_per_stage = 1
+    c.chain_overrides.coconut = ConfigDict(dict(coconut=ConfigDict(dict(ablation="no_curriculum", uniform_prob=0.0))))
     c.num_epochs = 8
     c.batch_size = 64
     c.eval_batch_size = 100
@@ -193,6 +196,7 @@ def get_config(arg: str = "") -> ConfigDict:
         c.model.dtype = "bfloat16"
         c.coconut.supervision, c.coconut.thought_labels = "frontier", "none"  # the paper's exact recipe
         c.chain, c.model.tie_word_embeddings = "no_cot,cot,coconut", True  # from scratch, tied (GPT-2)
+        c.chain_overrides = ConfigDict()  # with its curriculum
         c.generation.coconut = generation(2)
     elif arg in ("text", "paper_text"):
         c = text_config(c, arg)
