@@ -29,7 +29,6 @@ from threads import pin_xla_threads  # noqa: E402
 
 pin_xla_threads()
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 

@@ -6,7 +6,6 @@ import re, glob, gzip, json, os, sys, collections, tempfile
 sys.argv += [] 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
-import runpy
 # build the step via coconut_step's module namespace without its timing loop
 src = open(os.path.join(here, "coconut_step.py")).read().split("losses = []")[0]
 ns = {"__file__": os.path.join(here, "coconut_step.py"), "__name__": "prof"}

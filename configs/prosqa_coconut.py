@@ -1,15 +1,18 @@
-"""The embedded default: Coconut against CoT and no-CoT on graph search, from scratch, on a CPU.
+"""The embedded default: Coconut against CoT and no-CoT on graph search, on a CPU.
 
     python -m latent_jax.main --workdir runs/prosqa              (this file is configs/default.py)
     python -m latent_jax.main --config=configs/prosqa_coconut.py:smoke --workdir runs/smoke
 
 Writes ProsQA-style problems as graph tokens (latent_jax.data.prosqa_graph: one token per
-node, edges as pairs, the two candidates, the root) into workdir/data, then trains three
-models from scratch on the same data and the same number of updates (no-CoT, CoT, Coconut),
-evaluates each on the held-out test split, probes what each continuous thought encodes, and
-prints the table. The recipe follows "Reasoning by Superposition" (Zhu, Hao et al. 2025,
-arXiv 2505.12514), which trains a 2-layer model from scratch this way; its Coconut is
-near-perfect where 2-layer CoT stays near 75%. The Coconut paper's ProsQA numbers with a
+node, edges as pairs, the two candidates, the root) into workdir/data, trains a shared base
+from scratch on graph walks over the training questions (every supervised token an in-context
+lookup, nothing names an answer), then fine-tunes three models from it on the same data and
+the same number of updates (no-CoT, CoT, Coconut), evaluates each on the held-out test split,
+probes what each continuous thought encodes, and prints the table with 95% intervals and a
+verdict. The graph format and the 2-layer model follow "Reasoning by Superposition" (Zhu, Hao
+et al. 2025, arXiv 2505.12514), which trains from scratch for ~17k updates; its Coconut is
+near-perfect where 2-layer CoT stays near 75%. The base and the set-valued thought labels are
+what a CPU budget of 1,200 updates per method needs (docs/coconut.md has the runs). The Coconut paper's ProsQA numbers with a
 pretrained GPT-2 are Coconut 97.0, CoT 77.5, no-CoT 76.7 (Hao et al. 2024, arXiv 2412.06769).
 
 Presets: "smoke" (the same chain at toy size), "coconut_only" (the base, then one Coconut run), "paper"

@@ -25,7 +25,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 from latent_jax.data.streaming import template_for
 from latent_jax.data.video import video_info, vlm_video_frames

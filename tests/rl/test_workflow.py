@@ -5,7 +5,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from latent_jax.latent.curriculum import CurriculumConfig, LatentTokenIds, TokenizedExample
 from latent_jax.testing import tiny_config
