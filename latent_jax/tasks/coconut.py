@@ -411,7 +411,9 @@ class CoconutTask(Task):
         # decoding inside the workflow: the KV-cache policy and the answer decoder (base.py)
         self.tova = tova_options_from_config(config.cache)
         self.answer = answer_options_from_config(config.answer, int(self.settings["max_new_tokens"]), int(tok.pad_id))
-        self._walk_eval = None
+        # teacher-forced walk metrics (mode "walks"), one compile per latent column
+        self._walk_eval = jax.jit(lambda p, b, start: coconut_loss(p, b, config=mcfg, latent_start=start, num_latent=0,
+                                                                  set_loss=self.cc.set_loss)[1], static_argnums=2)
 
     # ---------------------------------------------------------------- training
     def compile_key(self):
@@ -471,14 +473,11 @@ class CoconutTask(Task):
         whose most likely next token is one of the current node's children, teacher-forced."""
         samples = [walk_sample(e, 0, self.cc) for e in examples]
         g, bs, pad = geometry(samples, self.bucket), int(self.config.eval_batch_size), self.tok.pad_id
-        if self._walk_eval is None:
-            self._walk_eval = jax.jit(lambda p, b: coconut_loss(p, b, config=self.mcfg, latent_start=g.start,
-                                                                num_latent=0, set_loss=self.cc.set_loss)[1])
         hit = n = 0.0
         for i in range(0, len(samples), bs):
             b = collate_train(samples[i : i + bs], bs, pad, self.bucket)
             arrays = repad(b.arrays, b.latent_start, g.start, g.T, pad, g.label_set)
-            aux = self._walk_eval(params, {k: jnp.asarray(v) for k, v in arrays.items()})
+            aux = self._walk_eval(params, {k: jnp.asarray(v) for k, v in arrays.items()}, g.start)
             hit += float(aux["token_accuracy"]) * int(aux["n_tokens"])
             n += int(aux["n_tokens"])
         return hit / max(n, 1.0)
