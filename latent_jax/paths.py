@@ -98,6 +98,16 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Every process of a multi-host run waits here until all have arrived (no-op with one)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def makedirs(path: str | os.PathLike) -> None:
     """Create the directory `path` (and parents) locally or under a URI."""
     as_path(path).mkdir(parents=True, exist_ok=True)

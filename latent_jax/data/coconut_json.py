@@ -197,7 +197,7 @@ def save_coconut_json(examples: list[CoconutExample] | list[dict], path: str | o
     path = os.fspath(path)
     rows = [e.to_json() if isinstance(e, CoconutExample) else dict(e) for e in examples]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
         f.write("\n")

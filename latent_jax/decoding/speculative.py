@@ -250,7 +250,6 @@ def candidate_tree(num_paths: int, depth: int) -> dict[str, np.ndarray]:
     draft) and node (P, depth). Chains are not merged where their prefixes agree: a repeated
     node has the same ancestors and position as its twin, so it gets the same logits."""
     P, N = int(num_paths), int(depth)
-    M = 1 + P * N
     dep = np.concatenate([[0], np.tile(np.arange(1, N + 1), P)]).astype(np.int32)
     chain = np.concatenate([[-1], np.repeat(np.arange(P), N)])
     mask = (chain[None, :] == chain[:, None]) & (dep[None, :] <= dep[:, None])

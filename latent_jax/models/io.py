@@ -31,7 +31,7 @@ import numpy as np
 
 from latent_jax.models.config import CHECKPOINT_FIX, ModelConfig, read_json_object
 from latent_jax.models.hf import TOKENIZER_FILES, copy_tokenizer_files, load_hf
-from latent_jax.paths import as_path, is_uri, resolve_path
+from latent_jax.paths import as_path, barrier, is_uri, resolve_path
 
 MODEL_CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -140,10 +140,7 @@ def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str |
 
 def _sync(name: str) -> None:
     """A barrier across the processes of a multi-process run (no-op with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+    barrier(name)
 
 
 def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None) -> str:

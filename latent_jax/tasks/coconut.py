@@ -83,7 +83,7 @@ from latent_jax.latent.probe import format_probe, frontier_probe, plot_probe
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
 from latent_jax.models.io import save_model
-from latent_jax.paths import write_text
+from latent_jax.paths import barrier, is_primary, write_text
 from latent_jax.tasks.common import load_model, model_config_from
 from latent_jax.train.metrics import plot_series, read_metrics, wilson_interval
 from latent_jax.train.trainer import Batch, MappedBatches, Task, Trainer, check_mode, quiet_logs, write_json
@@ -242,14 +242,15 @@ def prepare_data(config: ConfigDict, workdir: str) -> dict[str, str]:
                              "(read data.*_path)")
         out, g = d.generate_dir or os.path.join(workdir, "data"), d.gen
         paths = {s: os.path.join(out, f"{d.generate}_{s}.json") for s in ("train", "valid", "test")}
-        if all(os.path.exists(p) for p in paths.values()):
-            return paths
-        gen = lambda *keys: {k: g[k] for k in ("seed", "min_hops", "max_hops", "decoy") + keys}  # noqa: E731
-        if d.generate == "prosqa_graph":
-            write_graph_splits(out, {s: g[s] for s in ("train", "valid", "test")},
-                               **gen("min_nodes", "max_nodes", "edges_per_node", "node_tokens"))
-        else:
-            write_prosqa(out, **gen("train", "valid", "test", "concepts", "branching", "phrasing"))
+        # process 0 of a multi-host run writes the files; the others wait for them at the barrier
+        if is_primary() and not all(os.path.exists(p) for p in paths.values()):
+            gen = lambda *keys: {k: g[k] for k in ("seed", "min_hops", "max_hops", "decoy") + keys}  # noqa: E731
+            if d.generate == "prosqa_graph":
+                write_graph_splits(out, {s: g[s] for s in ("train", "valid", "test")},
+                                   **gen("min_nodes", "max_nodes", "edges_per_node", "node_tokens"))
+            else:
+                write_prosqa(out, **gen("train", "valid", "test", "concepts", "branching", "phrasing"))
+        barrier(f"prepare_data:{out}")
         return paths
     paths = {"train": d.train_path, "valid": d.val_path, "test": d.test_path or d.val_path}
     for k, p in paths.items():
@@ -267,16 +268,25 @@ def build_tokenizer(config: ConfigDict, workdir: str, train_path: str):
     files, else data.tokenizer_dir (default workdir/tokenizer) or trained there on the training
     texts (reused on resume)."""
     tdir = config.data.tokenizer_dir or os.path.join(workdir, "tokenizer")
-    for src in (config.load_model_path, config.model.path, tdir):
-        if src and any(os.path.exists(os.path.join(src, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    has_files = lambda src: any(os.path.exists(os.path.join(src, f))  # noqa: E731
+                                for f in ("tokenizer.json", "tokenizer_config.json"))
+    for src in (config.load_model_path, config.model.path):
+        if src and has_files(src):
             tok = load_tokenizer(src)
             add_coconut_tokens(tok)
             return tok, src
         if src and src == config.model.path:  # a pretrained model comes with its tokenizer
             raise ValueError(f"model.path={config.model.path} has no tokenizer files; copy tokenizer.json into it")
-    rows = load_coconut_json(train_path, on_bad_row=config.on_bad_row)
-    tok = train_tokenizer(text_corpus(rows, problem_format(config.data.format)), tdir,
-                          vocab_size=int(config.data.tokenizer_vocab_size), kind=config.data.tokenizer_kind)
+    # process 0 of a multi-host run trains and saves it; the others load it after the barrier
+    tok = None
+    if is_primary() and not has_files(tdir):
+        rows = load_coconut_json(train_path, on_bad_row=config.on_bad_row)
+        tok = train_tokenizer(text_corpus(rows, problem_format(config.data.format)), tdir,
+                              vocab_size=int(config.data.tokenizer_vocab_size), kind=config.data.tokenizer_kind)
+    barrier(f"build_tokenizer:{tdir}")
+    if tok is None:
+        tok = load_tokenizer(tdir)
+        add_coconut_tokens(tok)
     return tok, tdir
 
 
