@@ -40,6 +40,7 @@ from latent_jax.models.decoder import init_params
 from latent_jax.models.hf_vlm import VLM_MODEL_TYPES, vlm_config_from_hf
 from latent_jax.models.multimodal import init_vlm_params
 from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated, use_mesh
+from latent_jax.train.trainer import quiet_xla_logs
 
 # chip: (HBM bytes per device, peak dense bf16 FLOP/s per device, what a device is)
 CHIPS = {
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-activation-sharding", action="store_true",
                    help="trace without the mesh, so the decoder's activation constraints are off (for comparison)")
     p.add_argument("--json", default="", help="also write the plan as JSON here")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep XLA's C++ log lines (e.g. its 'Very slow compile?' banner on real-size programs)")
     return p
 
 
@@ -260,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
     os.environ["JAX_PLATFORMS"] = "cpu"
     jax.config.update("jax_platforms", "cpu")
+    if not args.verbose:  # a real-size compile takes minutes; XLA's banner about it is no error
+        quiet_xla_logs()
     plan = make_plan(args)
     print(format_plan(plan))
     if args.json:

@@ -3,6 +3,7 @@ the Coconut train step on fake CPU devices, per-device bytes checked against a c
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -21,14 +22,23 @@ def tiny_plan(tmp_path_factory):
     out = d / "plan.json"
     p = subprocess.run([sys.executable, "-m", "latent_jax.plan", f"--config={d / 'config.json'}", "--devices", "4",
                         "--mesh", "data=1,fsdp=4,tensor=1", "--chip", "v5e", "--batch", "4", "--seq", "32",
-                        "--latent", "2", "--json", str(out)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                        "--latent", "2", "--json", str(out)], cwd=ROOT,
+                       # TF_CPP_MIN_LOG_LEVEL=0: XLA's C++ logs on, as a real-size plan's "Very slow
+                       # compile?" banner would be; the tool must keep them off without --verbose
+                       env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="0"),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    return cfg, json.loads(out.read_text()), p.stdout
+    return cfg, json.loads(out.read_text()), p.stdout, p.stderr
+
+
+def test_plan_prints_no_xla_log_lines(tiny_plan):
+    stderr = tiny_plan[3]
+    noise = [line for line in stderr.splitlines() if re.match(r"[IWEF]\d{4} ", line)]
+    assert not noise, noise[:5]
 
 
 def test_plan_bytes_match_a_hand_count(tiny_plan):
-    cfg, plan, text = tiny_plan
+    cfg, plan, text, _ = tiny_plan
     V, D, F, L = 256, 64, 128, 2
     kv = 2 * 16  # kv heads x head_dim
     per_layer = D * D + 2 * D * kv + D * D + 3 * D * F + 2 * D  # q, k, v, o, gate/up/down, 2 norms

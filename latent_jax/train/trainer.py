@@ -81,9 +81,23 @@ from latent_jax.train.optim import make_optimizer, param_path
 
 
 def quiet_logs(config: ConfigDict) -> None:
-    """Orbax logs every read and write at INFO: keep absl at WARNING unless config.verbose."""
-    if not config.verbose:
+    """Unless config.verbose, only the library's own lines: absl at WARNING (Orbax logs every
+    read and write at INFO, jax its backend probing, datasets the JAX version at import) and
+    XLA's C++ log lines off (its "Very slow compile?" banner on large programs)."""
+    if not config.get("verbose", False):
         absl_logging.set_verbosity(absl_logging.WARNING)
+        quiet_xla_logs()
+
+
+def quiet_xla_logs() -> None:
+    """XLA's C++ logging (which TF_CPP_MIN_LOG_LEVEL sets only before jax is imported) at FATAL
+    only: its errors that matter reach Python as exceptions."""
+    try:  # the setter jax_logging_level uses, which would also silence jax's Python warnings
+        from jax._src.lib import utils as jaxlib_utils
+
+        jaxlib_utils.absl_set_min_log_level(3)
+    except (ImportError, AttributeError):  # jax moved it: the public switch
+        jax.config.update("jax_logging_level", "CRITICAL")
 
 
 def check_mode(config: ConfigDict) -> None:
@@ -211,6 +225,8 @@ class Trainer:
         else:
             self.tx_key = str(id(tx))
         self.tx = tx
+        # train steps (micro-batches) the run plans: what config.max_steps counts
+        self.total_steps = int(total_updates) * max(1, int(self.config.optim.get("grad_accum", 1) or 1))
         params = jax.device_put(params, param_shardings(params, self.mesh))
         opt_sh = param_shardings(jax.eval_shape(tx.init, params), self.mesh)
         opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
@@ -352,7 +368,8 @@ class Trainer:
                 task.export(self, state["params"])
             save(epoch + 1, None, {task.best_metric: metrics[task.best_metric]} if task.best_metric in metrics else None)
         ckpt.close()
-        out: dict[str, Any] = {"history": history, "step": step, "stopped": stopped, "best": best}
+        out: dict[str, Any] = {"history": history, "step": step, "stopped": stopped, "best": best,
+                               "total_steps": getattr(self, "total_steps", None)}
         if not stopped:
             if best is None:  # never scored (e.g. no evaluation at the final stage): the last model
                 task.export(self, state["params"])
