@@ -78,6 +78,12 @@ def test_bad_config_arguments_are_one_line_and_write_nothing(tmp_path):
         (["--config=configs/nope.py"], "--config file configs/nope.py does not exist"),
         ([f"--config={ROOT}/configs/mnist_act.py:bogus"], "unknown preset 'bogus'"),
         ([f"--config={ROOT}/configs/prosqa_coconut.py:smoke", "--config.c_thougth=2"], "unknown config key 'c_thougth'"),
+        # a value of the wrong type: the key and its type (config_flags' own error is two lines, exit 1)
+        ([f"--config={ROOT}/configs/prosqa_coconut.py:smoke", "--config.batch_size=abc"],
+         "--config.batch_size=abc: batch_size takes an int, not 'abc'"),
+        ([f"--config={ROOT}/configs/prosqa_coconut.py:smoke", "--config.optim.learning_rate=fast"],
+         "optim.learning_rate takes a float"),
+        ([f"--config={ROOT}/configs/prosqa_coconut.py:smoke", "--no_such_flag"], "Unknown command line flag"),
     ]
     for args, want in cases:
         out = _main([*args, "--workdir", "w"], cwd=tmp_path, timeout=120)
@@ -172,3 +178,43 @@ def test_no_pytorch_notice_without_torch(tmp_path):
                  "assert not is_torch_available()\n"
                  "transformers.utils.logging.get_logger('transformers').warning('a real warning')")
     assert "PyTorch was not found" not in err and "a real warning" in err
+
+
+def test_help_exits_0_with_the_configs_presets_fields_and_workdir_default(tmp_path):
+    """--help: exit 0; without --config the usage and the config files (not base.py /
+    mm_common.py); with --config the file's presets and every field with its default, and the
+    workdir actually used when --workdir is not given."""
+    out = _main(["--help"], cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: python -m latent_jax.main" in out.stdout and "runs/default" in out.stdout
+    assert "configs/prosqa_coconut.py" in out.stdout and "configs/medusa_heads.py" in out.stdout
+    assert "base.py" not in out.stdout and "mm_common.py" not in out.stdout
+    assert "Default: config.workdir" not in out.stdout
+    out = _main(["--config=configs/prosqa_coconut.py:smoke", "--help"], cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "presets (--config=configs/prosqa_coconut.py:PRESET): smoke, coconut_only, paper, text or paper_text" in text
+    assert "workdir when --workdir is not given: runs/default" in text
+    assert "\n  batch_size = 16\n" in text and "\n  data.gen.max_hops = 2\n" in text  # the smoke preset's values
+    assert "\n  optim.learning_rate = " in text and "\n  workflow = 'coconut'\n" in text
+    out = _main(["--config=configs/nope.py", "--help"], cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_a_smoke_run_prints_only_the_librarys_lines_and_says_it_stopped(tmp_path):
+    """verbose=False (the default): no absl INFO lines (jax's backend probing, Orbax internals),
+    no "JAX version ... available" from datasets' import, no XLA C++ log lines (turned on here
+    with TF_CPP_MIN_LOG_LEVEL=0, as a slow compile's banner would be). The run is cut by
+    config.max_steps, which the entry point reports with the step of the total and how to resume."""
+    import re
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="0")
+    out = subprocess.run([sys.executable, "-m", "latent_jax.main", "--config=configs/medusa_heads.py:smoke",
+                          "--config.max_steps=1", f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = (out.stdout + out.stderr).splitlines()
+    noise = [l for l in lines if re.match(r"[IWEF]\d{4} |WARNING:|INFO:", l) or "JAX version" in l]
+    assert not noise, noise[:5]
+    assert f"training stopped early at step 1 of 20 (config.max_steps=1). To resume, run the same command with " \
+           f"--workdir {tmp_path} and a larger --config.max_steps" in out.stdout, out.stdout[-2000:]

@@ -117,10 +117,12 @@ def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, resul
     base_dir = os.path.join(workdir, "walks") if "walks" in modes else None
     if config.mode == "eval":  # the base has no test split to score
         modes = [m for m in modes if m != "walks"]
-    for m in modes:
+    for i, m in enumerate(modes):
         sub = sub_config(config, m, workdir, cot_dir, base_dir)
         print(f"== {MODE_TITLES[m]} run -> {os.path.join(workdir, m)}", flush=True)
         results[m] = run_one(sub, os.path.join(workdir, m))
+        if results[m].get("stopped"):  # config.max_steps: the later runs start from this one's model
+            return chain_stopped(results[m], m, modes[i + 1:])
         if m != "walks":
             curves[MODE_TITLES[m]] = [{"epoch": r["val/epoch"], "accuracy": r["val/accuracy"]}
                                       for r in read_metrics(os.path.join(workdir, m)) if "val/accuracy" in r]
@@ -144,6 +146,13 @@ def run(config: ConfigDict, workdir: str, run_one: Callable | None = None, resul
     write_json(os.path.join(workdir, "results.json"), summary)
     write_text(os.path.join(workdir, "results_table.txt"), table + "\n")
     return summary
+
+
+def chain_stopped(res: dict, mode: str, rest: list[str]) -> dict:
+    """The chain's result when config.max_steps stopped the run of `mode` (resumable): where it
+    stopped and which runs did not run; no table and no results.json, as nothing was scored."""
+    return {"stopped": True, "run": MODE_TITLES[mode], "step": res.get("step"), "total_steps": res.get("total_steps"),
+            "not_run": [MODE_TITLES[m] for m in rest]}
 
 
 def sub_config(config: ConfigDict, mode: str, workdir: str, cot_dir: str | None,

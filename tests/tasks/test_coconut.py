@@ -231,3 +231,34 @@ def test_table_prints_intervals_and_a_verdict():
     flipped = format_table({"no_cot": r(0.5), "cot": r(0.9), "coconut": r(0.6)})
     assert "NOT reproduced" in flipped
     assert "verdict" not in format_table({"cot": r(0.9)})
+
+
+def test_a_chain_stopped_by_max_steps_says_so_and_writes_no_table(tmp_path, capsys):
+    """A chained run that config.max_steps stops ends the chain there (the later runs start from
+    its model): no table and no results.json, and the entry point's line names the run, the step
+    of the planned total and how to resume."""
+    sys.path.insert(0, ROOT)
+    from configs.prosqa_coconut import get_config
+    from latent_jax.main import stopped_message
+    from latent_jax.tasks.coconut import run
+
+    calls = []
+
+    def run_one(config, workdir):
+        calls.append(config.coconut_mode)
+        if config.coconut_mode == "cot":
+            return {"stopped": True, "step": 5, "total_steps": 40, "history": [], "best": None}
+        return {"stopped": False, "step": 40, "test": {"accuracy": 0.5, "mean_new_tokens": 2.0, "num_examples": 8}}
+
+    c = get_config("smoke")
+    c.max_steps = 5
+    out = run(c, str(tmp_path), run_one=run_one)
+    assert calls == ["walks", "no_cot", "cot"]
+    assert out["stopped"] and out["run"] == "CoT" and out["not_run"] == ["Coconut"]
+    printed = capsys.readouterr().out
+    assert "method" not in printed and "accuracy" not in printed  # no (partial) table
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "results_table.txt").exists()
+    msg = stopped_message(out, c, str(tmp_path))
+    assert "stopped early in the CoT run at step 5 of 40 (config.max_steps=5)" in msg
+    assert "not run: Coconut" in msg and f"--workdir {tmp_path}" in msg and "--config.max_steps" in msg
+    assert stopped_message({"stopped": False}, c, str(tmp_path)) is None
