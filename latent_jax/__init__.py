@@ -1,5 +1,7 @@
 """latent_jax: Flax models of Hugging Face checkpoints and latent-reasoning methods on them."""
 
+__version__ = "0.3.0"  # the one place of the version (pyproject.toml reads it)
+
 import logging as _logging
 
 # transformers messages that tell a latent_jax user nothing they can act on. latent_jax uses
