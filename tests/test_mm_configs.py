@@ -54,13 +54,14 @@ def runs(tmp_path_factory, fixtures_dir):
     from latent_jax.main import resolve_workflow
     from latent_jax.tasks import coconut as text_loop
     from latent_jax.tasks import coconut_mm as mm_loop
+    from latent_jax.tasks import coconut_model
 
     out = tmp_path_factory.mktemp("mm_runs")
     fx = fixtures_dir
     res: dict = {"_fx": fx, "_out": out}
     feedback = {"loss": [], "generate": []}
     # the multimodal workflow is the text CoconutTask: one coconut_loss, one coconut_generate
-    loss0, gen0 = text_loop.coconut_loss, text_loop.coconut_generate
+    loss0, gen0 = text_loop.coconut_loss, coconut_model.coconut_generate  # CoconutTask.generate's decoding
 
     def loss(*a, **kw):
         feedback["loss"].append(kw.get("feedback", True))
@@ -72,7 +73,7 @@ def runs(tmp_path_factory, fixtures_dir):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(text_loop, "coconut_loss", loss)
-        mp.setattr(text_loop, "coconut_generate", gen)
+        mp.setattr(coconut_model, "coconut_generate", gen)
         for spec in IN_PROCESS:
             c = _config(spec, fx)
             res[spec] = resolve_workflow(c.workflow)(c, str(out / spec))

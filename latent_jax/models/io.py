@@ -6,6 +6,7 @@ A model checkpoint directory holds
     params/             Orbax PyTree checkpoint of the decoder params
     model_config.json   ModelConfig.to_json()
     tokenizer files     copied from the source HF directory, when given
+    extra files         a workflow's own, when given (a Coconut run's coconut.json: tasks/coconut_model.py)
 
 A local write goes to a temporary sibling directory first and is renamed into place, so a
 write that is interrupted never destroys an existing good checkpoint. A URI destination
@@ -96,15 +97,18 @@ def first_line(e: BaseException, limit: int = 300) -> str:
 
 
 # --------------------------------------------------------------------------- model weights
-def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None = None) -> str:
-    """Write params (Orbax PyTree) + model_config.json (+ tokenizer files) to `path`, atomically.
+def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None = None,
+               extra_files: dict[str, str] | None = None) -> str:
+    """Write params (Orbax PyTree) + model_config.json (+ tokenizer files, + `extra_files`:
+    {file name: text}, e.g. a Coconut run's coconut.json) to `path`, atomically.
 
     An existing checkpoint at `path` is replaced only once the new one is complete.
     Returns the absolute path.
     """
     path = resolve_path(path)
+    extra_files = dict(extra_files or {})
     if is_uri(path):
-        return _save_model_uri(path, params, config, tokenizer_dir)
+        return _save_model_uri(path, params, config, tokenizer_dir, extra_files)
     multi = jax.process_count() > 1  # every process calls this; Orbax's save is collective
     primary = jax.process_index() == 0
     # one temporary name all processes agree on in a multi-process run
@@ -125,6 +129,9 @@ def save_model(path: str, params: Any, config: ModelConfig, tokenizer_dir: str |
                 f.write(config.to_json())
             if tokenizer_dir and os.path.isdir(tokenizer_dir):
                 copy_tokenizer_files(tokenizer_dir, tmp)
+            for name, text in extra_files.items():
+                with open(os.path.join(tmp, name), "w") as f:
+                    f.write(text)
             prev = path + PREVIOUS_SUFFIX
             if os.path.exists(path):
                 shutil.rmtree(prev, ignore_errors=True)
@@ -143,7 +150,8 @@ def _sync(name: str) -> None:
     barrier(name)
 
 
-def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None) -> str:
+def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: str | None,
+                    extra_files: dict[str, str]) -> str:
     """save_model to a URI: Orbax writes params/ (committed last, replacing an old copy), then
     model_config.json and the tokenizer files go through etils.epath."""
     dst = as_path(path)
@@ -161,6 +169,8 @@ def _save_model_uri(path: str, params: Any, config: ModelConfig, tokenizer_dir: 
         for fn in TOKENIZER_FILES:
             if os.path.exists(os.path.join(tokenizer_dir, fn)):
                 (dst / fn).write_bytes(open(os.path.join(tokenizer_dir, fn), "rb").read())
+    for name, text in extra_files.items():
+        (dst / name).write_text(text)
     _sync(f"save_model:end:{path}")
     return path
 

@@ -57,15 +57,11 @@ from latent_jax.data.tokenizer import (
     train_tokenizer,
 )
 from latent_jax.decoding.diffusion import answer_options_from_config
-from latent_jax.decoding.sampling import SamplingParams
 from latent_jax.decoding.tova import tova_options_from_config
 from latent_jax.latent.coconut import (
     check_thought_norm,
-    coconut_diffusion_generate,
     coconut_diffusion_loss,
-    coconut_generate,
     coconut_loss,
-    diffusion_as_generate_output,
     thought_topk,
 )
 from latent_jax.latent.curriculum import (
@@ -84,6 +80,7 @@ from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
 from latent_jax.models.io import save_model
 from latent_jax.paths import barrier, is_primary, write_text
+from latent_jax.tasks.coconut_model import generate_aligned, task_files
 from latent_jax.tasks.common import load_model, model_config_from
 from latent_jax.train.metrics import plot_series, read_metrics, wilson_interval
 from latent_jax.train.trainer import Batch, MappedBatches, Task, Trainer, check_mode, quiet_logs, write_json
@@ -507,22 +504,13 @@ class CoconutTask(Task):
     def generate(self, params: dict, eb, rng, geom: Geometry, split: str = "eval"):
         """Batched cached generation for an EvalBatch re-padded to `geom`; `split` names the
         embedding source's rows."""
-        s = self.settings
         a, start, n = self.padded(eb, geom)
         extra = {} if self.embeds is None else {
             k: jnp.asarray(v) for k, v in self.embeds.arrays(a["input_ids"], eb.example_idx, split).items()}
-        stops = jnp.asarray([self.tok.eos_id], jnp.int32)
-        ids, mask, lat = (jnp.asarray(a[k]) for k in ("input_ids", "attention_mask", "latent_mask"))
-        if self.answer is not None:  # thoughts autoregressively, then the answer by masked diffusion
-            out = coconut_diffusion_generate(params, ids, mask, lat, rng, config=self.mcfg, latent_start=start,
-                                             num_latent=n, opts=self.answer, feedback=bool(eb.feedback),
-                                             thought_norm=self.thought_norm, **extra)
-            return diffusion_as_generate_output(out, stops, self.tok.pad_id)
-        sp = SamplingParams.make(s["temperature"] if s["do_sample"] else 0.0, s["top_p"])
-        return coconut_generate(
-            params, ids, mask, lat, rng, sp, stops, config=self.mcfg, latent_start=start, num_latent=n,
-            max_new_tokens=s["max_new_tokens"], pad_id=self.tok.pad_id, feedback=bool(eb.feedback),
-            thought_norm=self.thought_norm, tova=self.tova, **extra)
+        # the decoding `python -m latent_jax.generate` runs on the saved model (tasks/coconut_model.py)
+        return generate_aligned(params, self.mcfg, a, start, n, rng, settings=self.settings,
+                                stop_ids=[self.tok.eos_id], pad_id=self.tok.pad_id, feedback=bool(eb.feedback),
+                                thought_norm=self.thought_norm, answer=self.answer, tova=self.tova, extra=extra)
 
     def padded(self, eb, geom: Geometry) -> tuple[dict, int, int]:
         """An EvalBatch's arrays re-padded to `geom`, its latent start and its thought count."""
@@ -656,7 +644,10 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
                               on_bad_row=config.on_bad_row)  # error | skip (count and skip corrupt rows)
                 for k, f in splits.items()}
     data = coconut_data(config, examples, tok.latent_ids, tok.pad_id, int(config.eval_batch_size))
-    task = CoconutTask(config, workdir, mcfg, tok, data, lambda path, p: save_model(path, p, mcfg, tok_dir))
+    # best_model carries its coconut.json (thought layout, decoding) for `latent_jax.generate`
+    # (`task` is read when the best model is exported, after it is bound here)
+    task = CoconutTask(config, workdir, mcfg, tok, data,
+                       lambda path, p: save_model(path, p, mcfg, tok_dir, extra_files=task_files(task)))
     trainer = Trainer(config, task, workdir)
     if config.mode == "eval":
         res = task.test(trainer.put(params), int(config.seed))

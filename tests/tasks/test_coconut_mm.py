@@ -29,7 +29,7 @@ def runs(tmp_path_factory):
     after epoch 2 (so the best model is epoch 1's); a chained CoT -> Coconut run; a Coconut run
     scheduled up to 3 thoughts but trained for 2 epochs (stages 0 and 1)."""
     from latent_jax.tasks import coconut as text_task
-    from latent_jax.tasks import coconut_mm
+    from latent_jax.tasks import coconut_mm, coconut_model
 
     out = tmp_path_factory.mktemp("mm_task")
     fx = str(out / "fx")
@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
         return r
 
     calls = []
-    real_gen = text_task.coconut_generate
+    real_gen = coconut_model.coconut_generate  # CoconutTask.generate's decoding
 
     def gen(*a, **kw):
         calls.append(kw["num_latent"])
@@ -67,7 +67,7 @@ def runs(tmp_path_factory):
         res["chain"] = coconut_mm.run(c, str(out / "chain"))
         res["chain_loads"] = loads
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(text_task, "coconut_generate", gen)
+        mp.setattr(coconut_model, "coconut_generate", gen)
         c = _config("aokvqa_coconut.py:smoke", fx)
         c.coconut.max_latent_stage = 3
         res["thoughts"] = coconut_mm.run(c, str(out / "thoughts"))
