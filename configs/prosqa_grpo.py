@@ -45,17 +45,26 @@ def rl_fields() -> ConfigDict:
         num_iterations=1,  # updates per rollout (>1: ratio against the rollout policy, clipping active)
         format_weight=0.0,  # + weight * (exactly one "[A] answer")
         strict_format=True,  # no correctness reward without the answer delimiter ("###" / "[A]")
+        # the seed's length penalty (rl/rewards.py); correct_only: only correct answers pay, at most
+        # max_fraction (< 1) of their reward, so every correct answer outranks every wrong one
         length_penalty=ConfigDict(dict(enabled=False, threshold=1000, factor=0.001, shape="quadratic",
-                                       preserve_accuracy=False)),
+                                       preserve_accuracy=False, correct_only=False, max_fraction=0.5)),
         eval_every=20,  # held-out greedy accuracy every N steps (and at the end)
         checkpoint_every=0,  # extra checkpoints between evaluations
         max_eval_rows=0,  # 0 = the whole test split
     ))
 
 
+PRESETS = ("smoke", "length", "coconut")
+
+
 def get_config(arg: str = "") -> ConfigDict:
-    base = "smoke" if arg == "smoke" else ""
-    c = _prosqa(base)
+    presets = [p for p in (arg or "").split(",") if p]
+    for p in presets:
+        if p not in PRESETS:
+            raise ValueError(f"unknown preset {p!r} for prosqa_grpo.py; use {', '.join(PRESETS)} (comma-separated)")
+    smoke = "smoke" in presets
+    c = _prosqa("smoke" if smoke else "")
     c.workflow = "grpo"
     c.chain = ""
     c.coconut_mode = "cot"
@@ -68,18 +77,19 @@ def get_config(arg: str = "") -> ConfigDict:
     c.optim.grad_clip = 1.0
     # an under-trained CoT start: one epoch (150 updates; the embedded default trains CoT for 8)
     c.rl.sft = ConfigDict(dict(num_epochs=1, progress=False, optim=sft_optim))
-    if arg == "smoke":
-        c.rl.steps, c.rl.group_size, c.rl.prompts_per_step, c.rl.eval_every = 4, 4, 4, 2
-        c.rl.sft = ConfigDict(dict(num_epochs=1, optim=sft_optim))
-        return c
-    if arg == "length":
+    if "length" in presets:
         c.rl.length_penalty.enabled = True
         c.rl.length_penalty.threshold, c.rl.length_penalty.factor, c.rl.length_penalty.shape = 4, 0.2, "linear"
-    elif arg == "coconut":
+    if "coconut" in presets:
         c.coconut_mode = "coconut"
-        c.rl.sft = ConfigDict(dict(num_epochs=4, data=ConfigDict(dict(max_train_rows=1920)), progress=False,
-                                   optim=sft_optim))
+        # as the embedded default's Coconut run: its final layout (every hop a thought) from the
+        # first update, no stage mixing
+        c.coconut.ablation, c.coconut.uniform_prob = "no_curriculum", 0.0
+        c.rl.sft = ConfigDict(dict(num_epochs=4, progress=False, optim=sft_optim))
+        if not smoke:
+            c.rl.sft.data = ConfigDict(dict(max_train_rows=1920))
         c.num_epochs = 4
-    elif arg:
-        raise ValueError(f"unknown preset {arg!r} for prosqa_grpo.py; use smoke, length or coconut")
+    if smoke:
+        c.rl.steps, c.rl.group_size, c.rl.prompts_per_step, c.rl.eval_every = 4, 4, 4, 2
+        c.rl.sft.num_epochs = 1
     return c

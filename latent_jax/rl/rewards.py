@@ -135,20 +135,31 @@ def length_penalty(length, threshold: float = 1000, factor: float = 0.001, shape
     elif shape == "quadratic":
         p = factor * x * x
     else:
-        p = np.expm1(factor * x)
+        with np.errstate(over="ignore"):  # a huge excess is an infinite penalty, not a warning
+            p = np.expm1(factor * x)
     return float(p) if np.ndim(p) == 0 else p
 
 
 def apply_length_penalty(reward, length, accuracy=None, threshold: float = 1000, factor: float = 0.001,
-                         shape: str = "quadratic", preserve_accuracy: bool = False):
-    """`reward` minus the length penalty of `length`. With `preserve_accuracy`, `accuracy` (the
-    correctness part of `reward`) is kept intact: the penalty is taken only from the positive
-    rest, reward - accuracy, and never past it. Numbers or arrays of one shape."""
+                         shape: str = "quadratic", preserve_accuracy: bool = False, correct_only: bool = False,
+                         max_fraction: float = 0.5):
+    """`reward` minus the length penalty of `length`. Numbers or arrays of one shape.
+
+    preserve_accuracy: `accuracy` (the correctness part of `reward`) is kept intact: the
+    penalty is taken only from the positive rest, reward - accuracy, and never past it.
+    correct_only: only correct answers pay, and at most `max_fraction` (< 1) of their accuracy
+    reward: penalty = min(penalty, max_fraction) * accuracy, so a wrong answer's length costs
+    nothing and a correct answer of any length earns more than every wrong one."""
     pen = np.asarray(length_penalty(length, threshold, factor, shape), np.float64)
     r = np.asarray(reward, np.float64)
+    if (preserve_accuracy or correct_only) and accuracy is None:
+        raise ValueError("preserve_accuracy / correct_only need the accuracy component of the reward; pass accuracy=")
+    if correct_only:
+        if not 0.0 <= max_fraction < 1.0:
+            raise ValueError(f"length penalty max_fraction={max_fraction}; use 0 <= max_fraction < 1 (a correct "
+                             "answer must keep more than a wrong one)")
+        pen = np.minimum(pen, max_fraction) * np.clip(np.asarray(accuracy, np.float64), 0.0, 1.0)
     if preserve_accuracy:
-        if accuracy is None:
-            raise ValueError("preserve_accuracy needs the accuracy component of the reward; pass accuracy=")
         rest = r - np.asarray(accuracy, np.float64)
         out = r - np.minimum(pen, np.maximum(rest, 0.0))
     else:
@@ -164,7 +175,7 @@ def answer_rewards(texts: Sequence[str], refs: Sequence, lengths: Sequence[int],
 
     reward = accuracy + format_weight * format - length penalty. `refs` are the gold answers
     (task "prosqa") or the data rows (cinepile, aokvqa_mc, aokvqa_da). `penalty`: None (off) or
-    {threshold, factor, shape, preserve_accuracy}. `strict` (prosqa, aokvqa_*): no correctness
+    {threshold, factor, shape, preserve_accuracy, correct_only, max_fraction}. `strict` (prosqa, aokvqa_*): no correctness
     reward without the answer delimiter (the module docstring)."""
     if task not in TASKS:
         raise ValueError(f"config.rl.task={task!r}; use one of {', '.join(TASKS)}")
@@ -187,9 +198,11 @@ def answer_rewards(texts: Sequence[str], refs: Sequence, lengths: Sequence[int],
     lens = np.asarray(lengths, np.float64)
     if penalty:
         pen_kw = dict(threshold=float(penalty.get("threshold", 1000)), factor=float(penalty.get("factor", 0.001)),
-                      shape=str(penalty.get("shape", "quadratic")))
-        reward = apply_length_penalty(base, lens, acc_a, preserve_accuracy=bool(penalty.get("preserve_accuracy", False)),
-                                      **pen_kw)
+                      shape=str(penalty.get("shape", "quadratic")),
+                      preserve_accuracy=bool(penalty.get("preserve_accuracy", False)),
+                      correct_only=bool(penalty.get("correct_only", False)),
+                      max_fraction=float(penalty.get("max_fraction", 0.5)))
+        reward = apply_length_penalty(base, lens, acc_a, **pen_kw)
         pen = base - reward
     else:
         reward, pen = base, np.zeros_like(base)

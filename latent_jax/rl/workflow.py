@@ -83,7 +83,12 @@ def rl_settings(config: ConfigDict) -> dict:
     s["penalty"] = None
     if lp is not None and bool(lp.get("enabled", False)):
         s["penalty"] = dict(threshold=float(lp.threshold), factor=float(lp.factor), shape=check_shape(str(lp.shape)),
-                            preserve_accuracy=bool(lp.get("preserve_accuracy", False)))
+                            preserve_accuracy=bool(lp.get("preserve_accuracy", False)),
+                            correct_only=bool(lp.get("correct_only", False)),
+                            max_fraction=float(lp.get("max_fraction", 0.5)))
+        if s["penalty"]["correct_only"] and not 0.0 <= s["penalty"]["max_fraction"] < 1.0:
+            raise ValueError(f"config.rl.length_penalty.max_fraction={s['penalty']['max_fraction']}; use 0 <= "
+                             "max_fraction < 1 (a correct answer must keep more reward than a wrong one)")
     if s["init"] not in INITS:
         raise ValueError(f"config.rl.init={s['init']!r}; use 'sft' (a short supervised run first) or 'model' "
                          "(start from config.load_model_path)")
@@ -383,6 +388,8 @@ class GRPOTask(Task):
             "prompts_per_step": s["prompts_per_step"],
             "length_penalty": s["penalty"],
             "aggregation": s["aggregation"],
+            "coconut_mode": self.mode,
+            "num_thoughts": int(self.train_set.num_latent),  # continuous thoughts in the policy's prompts
             "rollout_share": roll / max(roll + upd, 1e-9),
             "plot": plot,
             **out,

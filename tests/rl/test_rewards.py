@@ -123,3 +123,44 @@ def test_answer_rewards_combines_accuracy_format_and_penalty():
     np.testing.assert_allclose(out["reward"], [1.5, 1.2, 0.0])
     with pytest.raises(ValueError, match="rl.task"):
         R.answer_rewards(["x"], ["y"], [1], task="gsm")
+
+
+def test_correct_only_penalty_keeps_every_correct_answer_above_every_wrong_one():
+    # 0.2 per token past 4, linear: correct answers pay it up to max_fraction 0.5, wrong ones nothing
+    acc = np.array([1, 1, 1, 1, 0, 0, 0.5])
+    lens = np.array([4, 5, 6, 40, 5, 40, 6])
+    out = R.apply_length_penalty(acc, lens, acc, 4, 0.2, "linear", correct_only=True, max_fraction=0.5)
+    np.testing.assert_allclose(out, [1.0, 0.8, 0.6, 0.5, 0.0, 0.0, 0.3])  # partial credit pays in proportion
+    # the seed's form takes from every answer: a long correct answer drops below a short wrong one
+    seed = R.apply_length_penalty(acc, lens, acc, 4, 0.2, "linear")
+    assert seed[3] < seed[4] and seed[5] < 0
+    rng = np.random.default_rng(0)
+    for shape in R.PENALTY_SHAPES:
+        for factor in (0.001, 0.2, 5.0):
+            lens = rng.integers(0, 2000, 64)
+            acc = (rng.random(64) < 0.5).astype(float)
+            r = R.apply_length_penalty(acc, lens, acc, 10, factor, shape, correct_only=True, max_fraction=0.9)
+            assert r[acc == 1].min() > r[acc == 0].max() and (r[acc == 0] == 0).all()
+    with pytest.raises(ValueError, match="max_fraction"):
+        R.apply_length_penalty(1.0, 20, 1.0, 10, 0.01, correct_only=True, max_fraction=1.0)
+    with pytest.raises(ValueError, match="accuracy="):
+        R.apply_length_penalty(1.0, 20, None, 10, 0.01, correct_only=True)
+
+
+def test_correct_only_penalty_in_group_advantages():
+    """Only groups with a correct answer learn about length: all wrong -> no gradient at any
+    length; all correct -> the shorter ones are pushed up; a mixed group ranks correct first."""
+    from latent_jax.rl.grpo import group_advantages
+
+    texts = ["1 2 [A] 2", "1 [A] 2", "1 2 [A] 3", "1 [A] 3"] * 2
+    golds = ["2"] * 4 + ["9"] * 4  # group 1: two right (5 and 4 tokens), two wrong; group 2: all wrong
+    lens = [5, 4, 5, 4] * 2
+    pen = {"threshold": 4, "factor": 0.02, "shape": "linear", "correct_only": True, "max_fraction": 0.5}
+    out = R.answer_rewards(texts, golds, lens, task="prosqa", delimiter="[A]", penalty=pen)
+    np.testing.assert_allclose(out["reward"], [0.98, 1, 0, 0, 0, 0, 0, 0])
+    adv = np.asarray(group_advantages(out["reward"], 4))
+    assert adv[1] > adv[0] > 0 > adv[2] == adv[3]
+    np.testing.assert_allclose(adv[4:], 0.0)  # wrong answers' length earns nothing
+    seed = R.answer_rewards(texts, golds, lens, task="prosqa", delimiter="[A]", penalty={**pen, "correct_only": False})
+    adv = np.asarray(group_advantages(seed["reward"], 4))
+    assert adv[7] > 0.5 and adv[6] < -0.5  # the seed's form: an all-wrong group learns "shorter" at full scale

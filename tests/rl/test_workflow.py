@@ -1,5 +1,6 @@
 """The grpo workflow on the one Trainer: a toy reward rises, and a stopped run resumes exactly."""
 
+import json
 import os
 import sys
 
@@ -85,3 +86,24 @@ def test_toy_reward_rises_and_a_stopped_run_resumes_exactly(tmp_path):
     assert int(a["step"]) == int(b["step"]) == 9
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+
+
+def test_coconut_preset_runs_at_smoke_size(tmp_path):
+    """configs/prosqa_grpo.py:coconut at smoke size through the workflow: a supervised Coconut
+    start (its final layout, thoughts from the first update), then GRPO on prompts that hold the
+    thoughts, evaluated and exported."""
+    from latent_jax.rl.workflow import run
+    from latent_jax.train.metrics import read_metrics
+
+    c = get_config("coconut,smoke")
+    assert c.coconut_mode == "coconut" and c.rl.sft.num_epochs == 1
+    res = run(c, str(tmp_path))
+    assert res["steps"] == 4 and res["coconut_mode"] == "coconut"
+    assert res["num_thoughts"] == c.coconut.max_latent_stage * c.coconut.c_thought == 1
+    sft = json.load(open(tmp_path / "sft" / "test" / "results.json"))
+    assert sft["stage"] == c.coconut.max_latent_stage + 1  # the start was scored at its final stage (thoughts only)
+    rows = [r for r in read_metrics(str(tmp_path / "metrics.jsonl")) if "train/reward" in r]
+    assert len(rows) == 4 and all(np.isfinite(r["train/loss"]) for r in rows)
+    assert [e["step"] for e in res["evals"]] == [0, 2, 4]
+    for d in ("best_model", "final_model"):
+        assert (tmp_path / d / "model_config.json").exists()
