@@ -43,6 +43,7 @@ from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder, default_positions
 from latent_jax.models.decoder import init_params as init_decoder_params
 from latent_jax.models.layers import KVCache
+from latent_jax.models.lm_head import logprob_and_argmax, map_head_chunks, target_logprobs
 
 Array = jax.Array
 
@@ -285,9 +286,12 @@ class ACTOutput:
     sum_k (k+1) w_k; remainder (B,T) the last step's weight R; halt_mass (B,T) total weight
     (1 for real tokens); kl (B,T) KL of the step weights to the geometric prior;
     ds_ce (B,T) per-step cross-entropy summed over the steps run (when labels are given);
-    inner_steps () stack applications run (the largest n_steps); cache: updated ACTCache."""
+    inner_steps () stack applications run (the largest n_steps); cache: updated ACTCache;
+    mixed (B,T,D) float32: with model ce_chunk > 0, the halting-weighted mix of the steps'
+    final-normed states, whose LM head is `logits` (the chunked loss reads it), else None."""
 
     logits: Array
+    mixed: Array | None
     hidden: Array
     n_steps: Array
     expected_steps: Array
@@ -315,25 +319,19 @@ def _step(params, mcfg: ModelConfig, acfg: ACTConfig, consts, carry, k):
     x_in = mods.apply(ap, h, k, method=ACTModules.step_input)
     # keys/values visible at this depth: [cache of earlier chunks] + [this chunk's halted
     # tokens, frozen] + [slots the stack writes for this chunk's running tokens]
+    # + [the running tokens' own, which leave the layer scan as outputs (return_kv): no cache is
+    # threaded through the layers]
     frozen_pos = jnp.broadcast_to(jnp.where(~run & valid, positions, -1), (L, B, T)).astype(jnp.int32)
-    parts = [
-        KVCache(k=fk, v=fv, pos=frozen_pos, end=jnp.int32(0)),
-        KVCache(k=jnp.zeros_like(fk), v=jnp.zeros_like(fv), pos=jnp.full((L, B, T), -1, jnp.int32), end=jnp.int32(0)),
-    ]
+    parts = [KVCache(k=fk, v=fv, pos=frozen_pos, end=jnp.int32(0))]
     cache = carry.get("cache")
-    S0 = 0
     if cache is not None:
-        prev = cache.depth(k)
-        S0 = prev.slots
-        parts = [prev] + parts
-    tmp = KVCache.concat_slots(parts, S0 + T)
-    y, _, _, tmp = dec.apply(dp, x_in, run.astype(jnp.int32), positions, tmp, causal, method=Decoder.stack)
-    fresh = tmp.slice_slots(S0 + T, S0 + 2 * T)
+        parts = [cache.depth(k)] + parts
+    y, _, _, fresh = dec.apply(dp, x_in, run.astype(jnp.int32), positions, None, causal, tuple(parts),
+                               return_kv=True, method=Decoder.stack)
     fresh_k, fresh_v = fresh.k, fresh.v
 
     h = jnp.where(run[..., None], mods.apply(ap, h, y, k, method=ACTModules.refine), h)
     normed = dec.apply(dp, h, method=Decoder.final_norm)
-    logits = dec.apply(dp, normed, method=Decoder.head)
     p = mods.apply(ap, normed, method=ACTModules.halt_prob)
     w, cum, run_next, halted = halting_update(carry["cum"], run, p, k, acfg.k_max, acfg.tau)
 
@@ -343,7 +341,6 @@ def _step(params, mcfg: ModelConfig, acfg: ACTConfig, consts, carry, k):
         h=h,
         cum=cum,
         running=run_next,
-        logits=carry["logits"] + w[..., None] * logits,
         n_steps=carry["n_steps"] + run.astype(jnp.int32),
         expected=carry["expected"] + w * (k + 1).astype(jnp.float32),
         remainder=jnp.where(halted, w, carry["remainder"]),
@@ -352,8 +349,19 @@ def _step(params, mcfg: ModelConfig, acfg: ACTConfig, consts, carry, k):
         fv=jnp.where(sel, fresh_v.astype(fv.dtype), fv),
         normed=jnp.where(run[..., None], normed, carry["normed"]),
     )
+    if mcfg.ce_chunk:
+        # the LM head is linear: the mix of the steps' logits is the head of the mix of their
+        # final-normed states, which is carried instead of (B, T, V) logits (the chunked loss
+        # applies the head; ACTOutput.logits is the head of it)
+        new["mixed"] = carry["mixed"] + w[..., None] * normed.astype(jnp.float32)
+        if labels is not None:
+            ce = -map_head_chunks(params["decoder"], mcfg, normed, target_logprobs, labels)
+    else:
+        logits = dec.apply(dp, normed, method=Decoder.head)
+        new["logits"] = carry["logits"] + w[..., None] * logits
+        if labels is not None:
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if labels is not None:
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         new["ds_ce"] = carry["ds_ce"] + jnp.where(run, ce, 0.0)
     if cache is not None:
         # this chunk's keys/values at depth k: fresh for tokens that ran, frozen otherwise
@@ -437,7 +445,6 @@ def act_apply(
         h=x,
         cum=zf,
         running=valid,
-        logits=jnp.zeros((B, T, mcfg.vocab_size), jnp.float32),
         n_steps=jnp.zeros((B, T), jnp.int32),
         expected=zf,
         remainder=zf,
@@ -447,6 +454,10 @@ def act_apply(
         fv=jnp.zeros((L, B, Hkv, T, Dh), kv_dtype),
         normed=jnp.zeros_like(x),
     )
+    if mcfg.ce_chunk:
+        carry["mixed"] = jnp.zeros((B, T, D), jnp.float32)
+    else:
+        carry["logits"] = jnp.zeros((B, T, mcfg.vocab_size), jnp.float32)
     if cache is not None:
         carry["cache"] = cache
     log_prior = jnp.asarray(geometric_log_prior(acfg.k_max, acfg.pondernet_prior))
@@ -478,8 +489,10 @@ def act_apply(
             new_cache = _fill_deeper(new_cache, carry["fk"], carry["fv"], kpos, ran)
         new_cache = new_cache.replace(end=new_cache.end + T)
     inner = jnp.max(jnp.where(valid, carry["n_steps"], 0))
+    mixed = carry.get("mixed")
     return ACTOutput(
-        logits=carry["logits"],
+        logits=carry["logits"] if mixed is None else Decoder(mcfg).apply(dp, mixed, method=Decoder.head),
+        mixed=mixed,
         hidden=carry["normed"],
         n_steps=carry["n_steps"],
         expected_steps=carry["expected"],
@@ -504,15 +517,28 @@ def act_loss(
     loss_mask: Array,
     act_config: ACTConfig,
     ponder_mask: Array | None = None,
+    *,
+    params: dict | None = None,
+    model_config: ModelConfig | None = None,
 ) -> tuple[Array, dict]:
     """Cross-entropy of the mixed logits on loss_mask + lambda_ponder * ponder cost (mean
     over ponder_mask, default loss_mask) + lambda_deep_supervision * mean per-step CE.
+    With model_config.ce_chunk > 0 (out.mixed set) the LM head runs inside the loss over
+    chunks (models.lm_head.map_head_chunks), which needs params and model_config.
 
-    Returns (loss, metrics) with ce, ponder, deep_supervision, act_expected_steps,
-    act_mean_steps and act_inner_steps."""
+    Returns (loss, metrics) with ce, token_accuracy (argmax on loss_mask), ponder,
+    deep_supervision, act_expected_steps, act_mean_steps and act_inner_steps."""
     a = act_config
     ponder_mask = loss_mask if ponder_mask is None else ponder_mask
-    ce = _masked_mean(optax.softmax_cross_entropy_with_integer_labels(out.logits, labels), loss_mask)
+    if out.mixed is not None:
+        if params is None or model_config is None:
+            raise ValueError("act_loss of a chunked ACT output (model.ce_chunk > 0) needs params= and model_config=")
+        logp, argmax = map_head_chunks(params["decoder"], model_config, out.mixed, logprob_and_argmax, labels)
+        ce_tok = -logp
+    else:
+        ce_tok = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels)
+        argmax = jnp.argmax(out.logits, -1)
+    ce = _masked_mean(ce_tok, loss_mask)
     if a.ponder_type == "act":
         per_tok = ponder_act(out.n_steps, out.remainder)
     else:
@@ -525,6 +551,7 @@ def act_loss(
     metrics = {
         "loss": loss,
         "ce": ce,
+        "token_accuracy": _masked_mean((argmax == labels).astype(jnp.float32), loss_mask),
         "ponder": ponder,
         "deep_supervision": ds,
         "act_expected_steps": _masked_mean(out.expected_steps, ponder_mask),

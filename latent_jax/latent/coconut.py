@@ -4,16 +4,20 @@ A batch is left-padded so that every row's first latent slot sits at column
 `latent_start`; the columns `latent_start .. latent_start + num_latent - 1` are the thought
 columns (a row with fewer latents has ordinary tokens there, `latent_mask` False).
 
-    forward:  prefix [0, latent_start) is prefilled once into a KVCache
+    forward:  prefix [0, latent_start) runs once; its per-layer K/V leave the layer scan as
+              outputs (Decoder return_kv: no cache is carried through the layers, whose
+              backward would save it at every layer)
               lax.scan over the num_latent thought columns: at a latent slot the input
               embedding is the previous position's last-layer hidden state (after the final
               norm); elsewhere the token's embedding. The prefix cache is a scan constant,
               only the per-thought K/V buffer (num_latent slots) is carried, and each
               thought step is rematerialised, so the backward pass keeps O(num_latent) small
               buffers instead of num_latent copies of the full cache.
-              the remaining tokens run teacher-forced against [prefix cache | thought K/V].
+              the remaining tokens run teacher-forced against [prefix cache | thought K/V]
+              (read-only segments); a cache for decoding is assembled only when asked for.
     loss:     mean next-token cross entropy over labels != -100 (labels aligned with
-              input_ids, shifted inside, as transformers and the original code do).
+              input_ids, shifted inside, as transformers and the original code do), the LM
+              head applied inside the loss over chunks of config.ce_chunk positions.
     generate: the same prefill + thought scan, then a lax.while_loop decode (batched, KV
               cached) with latent_jax.decoding.sampling.sample_logits; or (`coconut_diffusion_
               generate`) the answer decoded by masked diffusion reading the same cache.
@@ -57,7 +61,6 @@ from latent_jax.decoding.sampling import (
     GenerateOutput,
     SamplingParams,
     decode_loop,
-    is_stop,
     needs_long_switch,
     sample_logits,
 )
@@ -65,19 +68,27 @@ from latent_jax.decoding.tova import TovaOptions, TovaOutput, head_weights_for, 
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
+from latent_jax.models.lm_head import (
+    IGNORE_INDEX,
+    logprob_and_argmax,
+    map_head_chunks,
+    masked_mean_nll,
+    target_logprobs,
+)
 
 Array = jax.Array
-
-IGNORE_INDEX = -100
 LATENT_TOKENS = ("<|start-latent|>", "<|end-latent|>", "<|latent|>")
 
 
 @flax.struct.dataclass
 class CoconutOutput:
-    """logits (B, T, V) float32 for every input position; cache: the KV cache after the whole
-    sequence (slots: T + extra_slots) or None when not requested."""
+    """logits (B, T, V) float32 for every input position; hidden (B, T, D): the final-normed
+    hidden states they are the LM head of (a chunked loss reads these and never forms the whole
+    logits; unused logits are removed under jit); cache: the KV cache after the whole sequence
+    (slots: T + extra_slots) or None when not requested."""
 
     logits: Array
+    hidden: Array
     cache: KVCache | None
 
 
@@ -185,7 +196,7 @@ def coconut_forward(
         # no thoughts, or pause-as-thought: latents are ordinary (learned) token embeddings
         cache = _empty_cache_like(cfg, B, T + extra, cdt) if want_cache else None
         out = model.apply(p, inputs_embeds=emb, attention_mask=attention_mask, positions=position_ids, cache=cache)
-        return CoconutOutput(logits=out.logits, cache=out.cache)
+        return CoconutOutput(logits=out.logits, hidden=out.hidden, cache=out.cache)
 
     if P < 1 or P + n > T:
         raise ValueError(
@@ -193,19 +204,21 @@ def coconut_forward(
             "needs a preceding token (the question and <|start-latent|>)"
         )
 
-    # 1. prefix, prefilled once
+    # 1. prefix, run once; its per-layer K/V come out of the layer scan (no cache is threaded
+    #    through the layers, so the backward does not save a whole cache at every layer)
     pre = model.apply(
         p,
         inputs_embeds=emb[:, :P],
         attention_mask=attention_mask[:, :P],
         positions=position_ids[:, :P],
-        cache=_empty_cache_like(cfg, B, P, cdt),
+        return_kv=True,
     )
     prefix_cache = pre.cache  # scan constant
 
     # 2. thoughts: scan over columns P .. P+n-1 carrying the previous hidden state and a
     #    small K/V buffer for the thought slots only; the prefix cache is a read-only scan
-    #    constant that attention reads in place (never concatenated or copied per thought)
+    #    constant that attention reads in place (never concatenated or copied per thought).
+    #    Each step attends [prefix | thoughts so far | itself] and writes its K/V into the buffer.
     buf0 = _empty_cache_like(cfg, B, n, cdt)
     cols = slice(P, P + n)
     xs = (
@@ -224,45 +237,63 @@ def coconut_forward(
         th = _rescale(h_prev, target)
         inp = jnp.where(is_latent[:, None], th.astype(tok_emb.dtype), tok_emb)[:, None]
         o = model.apply(p, inputs_embeds=inp, attention_mask=m[:, None], positions=pos[:, None],
-                        cache=buf.replace(end=i), prefix_cache=prefix_cache)
+                        prefix_cache=(prefix_cache, buf), return_kv=True)
         h = o.hidden[:, 0]
-        return (h, o.cache), h
+        return (h, buf.write_slots(o.cache, i)), h
 
     if remat_thoughts:
         step = jax.checkpoint(step, prevent_cse=True)
     h0 = pre.hidden[:, -1]
     (_, thoughts), hs = jax.lax.scan(step, (h0, buf0), xs)
-    thought_logits = model.apply(p, jnp.swapaxes(hs, 0, 1), method=model.head)  # (B, n, V)
+    thought_hidden = jnp.swapaxes(hs, 0, 1)  # (B, n, D)
 
-    # 3. the rest, teacher-forced against [prefix | thoughts]
+    # 3. the rest, teacher-forced against [prefix | thoughts] (read-only segments)
     rest = T - P - n
-    tail = _empty_cache_like(cfg, B, rest + extra, cdt)
-    cache = KVCache.concat_slots([prefix_cache, thoughts, tail], P + n)
-    logits = [pre.logits, thought_logits]
+    hidden = [pre.hidden, thought_hidden]
+    parts = [prefix_cache, thoughts]
     if rest > 0:
         suf = model.apply(
             p,
             inputs_embeds=emb[:, P + n :],
             attention_mask=attention_mask[:, P + n :],
             positions=position_ids[:, P + n :],
-            cache=cache,
+            prefix_cache=(prefix_cache, thoughts),
+            return_kv=True,
         )
-        logits.append(suf.logits)
-        cache = suf.cache
-    return CoconutOutput(logits=jnp.concatenate(logits, axis=1), cache=cache if want_cache else None)
+        hidden.append(suf.hidden)
+        parts.append(suf.cache)
+    hidden = jnp.concatenate(hidden, axis=1)
+    cache = None
+    if want_cache:  # decoding continues in one cache of T + extra_slots slots
+        cache = KVCache.concat_slots(parts, T).pad_slots(extra)
+    return CoconutOutput(logits=model.apply(p, hidden, method=model.head), hidden=hidden, cache=cache)
 
 
 def masked_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
     """(mean next-token CE over labels != -100, number of such tokens). labels are aligned
     with the inputs: logits[:, t] predicts labels[:, t + 1]."""
-    lg = logits[:, :-1].astype(jnp.float32)
-    lb = labels[:, 1:]
-    valid = lb != IGNORE_INDEX
-    logp = jax.nn.log_softmax(lg, axis=-1)
-    nll = -jnp.take_along_axis(logp, jnp.where(valid, lb, 0)[..., None], axis=-1)[..., 0]
-    count = jnp.sum(valid)
-    loss = jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(count, 1)
-    return loss, count
+    return masked_mean_nll(target_logprobs(logits[:, :-1], labels[:, 1:]), labels[:, 1:])
+
+
+def _set_member_logprobs(logp: Array, sets: Array) -> Array:
+    """log p of each member of sets (B, T, K) (0 where padded) from log-probabilities (B, T, V)."""
+    return jnp.take_along_axis(logp, jnp.where(sets != IGNORE_INDEX, sets, 0), axis=-1)
+
+
+def _set_loss_terms(lp: Array, argmax: Array, sets: Array, kind: str) -> tuple[Array, Array, Array]:
+    """set_cross_entropy's (summed loss, labelled positions, argmax hits) from the members'
+    log-probabilities lp (B, T, K) and the argmax (B, T), sets aligned with them."""
+    member = sets != IGNORE_INDEX
+    n = jnp.sum(member, -1)
+    if kind == "uniform":
+        nll = -jnp.sum(jnp.where(member, lp, 0.0), -1) / jnp.maximum(n, 1)
+    elif kind == "sum":
+        nll = -jax.nn.logsumexp(jnp.where(member, lp, -jnp.inf), axis=-1)
+    else:
+        raise ValueError(f"set_loss={kind!r}; use 'uniform' or 'sum'")
+    has = n > 0
+    hit = jnp.any(member & (sets == argmax[..., None]), -1)
+    return jnp.sum(jnp.where(has, nll, 0.0)), jnp.sum(has), jnp.sum(hit & has)
 
 
 def set_cross_entropy(logits: Array, label_sets: Array, kind: str = "uniform") -> tuple[Array, Array, Array]:
@@ -272,19 +303,8 @@ def set_cross_entropy(logits: Array, label_sets: Array, kind: str = "uniform") -
     the set, -mean_k log p(k); "sum": -log sum_k p(k)."""
     lg = logits[:, :-1].astype(jnp.float32)
     sets = label_sets[:, 1:]
-    member = sets != IGNORE_INDEX  # (B, T-1, K)
-    n = jnp.sum(member, -1)
-    logp = jax.nn.log_softmax(lg, axis=-1)
-    lp = jnp.take_along_axis(logp, jnp.where(member, sets, 0), axis=-1)  # (B, T-1, K)
-    if kind == "uniform":
-        nll = -jnp.sum(jnp.where(member, lp, 0.0), -1) / jnp.maximum(n, 1)
-    elif kind == "sum":
-        nll = -jax.nn.logsumexp(jnp.where(member, lp, -jnp.inf), axis=-1)
-    else:
-        raise ValueError(f"set_loss={kind!r}; use 'uniform' or 'sum'")
-    has = n > 0
-    hit = jnp.any(member & (sets == jnp.argmax(lg, -1)[..., None]), -1)
-    return jnp.sum(jnp.where(has, nll, 0.0)), jnp.sum(has), jnp.sum(hit & has)
+    lp = _set_member_logprobs(jax.nn.log_softmax(lg, axis=-1), sets)
+    return _set_loss_terms(lp, jnp.argmax(lg, -1), sets, kind)
 
 
 def coconut_loss(
@@ -303,7 +323,8 @@ def coconut_loss(
     optionally position_ids, embeds_override, embeds_override_mask and label_sets (set-valued
     labels, `set_cross_entropy` of kind `set_loss`; each labelled set counts as one token of
     the mean). aux: n_tokens, token_accuracy (next-token accuracy on labelled positions; a set
-    is right when its argmax is a member)."""
+    is right when its argmax is a member). The LM head runs inside the loss over chunks of
+    config.ce_chunk positions (models.lm_head.map_head_chunks)."""
     out = coconut_forward(
         params,
         batch["input_ids"],
@@ -319,12 +340,21 @@ def coconut_loss(
         embeds_override=batch.get("embeds_override"),
         embeds_override_mask=batch.get("embeds_override_mask"),
     )
-    loss, count = masked_cross_entropy(out.logits, batch["labels"])
     lb = batch["labels"][:, 1:]
+    sets = batch["label_sets"][:, 1:] if "label_sets" in batch else None
+
+    def per_token(lg, y, *s):
+        logp = jax.nn.log_softmax(lg, axis=-1)
+        tok = jnp.take_along_axis(logp, jnp.where(y == IGNORE_INDEX, 0, y)[..., None], axis=-1)[..., 0]
+        res = (tok, jnp.argmax(lg, -1).astype(jnp.int32))
+        return res + ((_set_member_logprobs(logp, s[0]),) if s else ())
+
+    res = map_head_chunks(params, config, out.hidden[:, :-1], per_token, lb, *(() if sets is None else (sets,)))
+    loss, count = masked_mean_nll(res[0], lb)
     valid = lb != IGNORE_INDEX
-    correct = jnp.sum((jnp.argmax(out.logits[:, :-1], -1) == lb) & valid)
-    if "label_sets" in batch:
-        s_sum, s_n, s_hit = set_cross_entropy(out.logits, batch["label_sets"], set_loss)
+    correct = jnp.sum((res[1] == lb) & valid)
+    if sets is not None:
+        s_sum, s_n, s_hit = _set_loss_terms(res[2], res[1], sets, set_loss)
         loss = (loss * count + s_sum) / jnp.maximum(count + s_n, 1)
         count, correct = count + s_n, correct + s_hit
     return loss, {"n_tokens": count, "token_accuracy": correct / jnp.maximum(count, 1)}
@@ -362,14 +392,14 @@ def coconut_diffusion_loss(
         thought_norm=thought_norm, embeds_override=batch.get("embeds_override"),
         embeds_override_mask=batch.get("embeds_override_mask"),
     )
-    logits = out.logits[:, :-1] if shift else out.logits
+    hidden = out.hidden[:, :-1] if shift else out.hidden
     tgt, m, p = (ids[:, 1:], masked[:, 1:], p_mask[:, 1:]) if shift else (ids, masked, p_mask)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    ce = -jnp.take_along_axis(logp, tgt[..., None], axis=-1)[..., 0]
+    logp, argmax = map_head_chunks(params, config, hidden, logprob_and_argmax, tgt)
+    ce = -logp
     ans_len = jnp.maximum(jnp.sum(answer, axis=-1, keepdims=True), 1).astype(jnp.float32)
     loss = jnp.sum(jnp.where(m, ce / p, 0.0) / ans_len) / ids.shape[0]
     n = jnp.maximum(jnp.sum(m), 1)
-    acc = jnp.sum(m & (jnp.argmax(logits, -1) == tgt)) / n
+    acc = jnp.sum(m & (argmax == tgt)) / n
     return loss, {"n_tokens": jnp.sum(m), "token_accuracy": acc, "mask_frac": jnp.sum(masked) / jnp.maximum(
         jnp.sum(answer), 1)}
 
@@ -530,19 +560,8 @@ def coconut_generate(
         return tova_decode_loop(params, tstate, sp, stop_ids, config=config, opts=tova, cache_size=C, **kw)
     rng, sub = jax.random.split(rng)
     tok = sample_logits(last_logits, sub, sp, top_k)
-    state = DecodeState(
-        step=jnp.int32(1),
-        tok=tok,
-        cache=out.cache,
-        pos=last_pos,
-        done=is_stop(tok, stop_ids),
-        tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
-        lengths=jnp.ones((B,), jnp.int32),
-        rng=rng,
-        long=jnp.asarray(True),
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-    )
+    state = DecodeState.start(out.cache, tok, last_pos, rng, stop_ids, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                              long=jnp.asarray(True), input_ids=input_ids, attention_mask=attention_mask)
     return decode_loop(params, state, sp, stop_ids, config=config, max_new_tokens=max_new_tokens, top_k=top_k,
                        pad_id=pad_id)
 

@@ -90,6 +90,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat_policy: str = "none"  # none | full | dots | dots_no_batch
+    # training losses apply the LM head over sequence chunks of this many tokens (0 = the whole
+    # sequence at once): full-vocabulary fp32 logits then exist for one chunk at a time
+    # (models.lm_head.map_head_chunks)
+    ce_chunk: int = 0
     initializer_range: float = 0.02
     # unknown HF keys, kept for a faithful export (JSON string so the config stays hashable)
     hf_extra_json: str = "{}"
@@ -100,6 +104,9 @@ class ModelConfig:
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}; fix the config"
             )
+        if not isinstance(self.ce_chunk, int) or self.ce_chunk < 0:
+            raise ConfigError(f"ce_chunk={self.ce_chunk!r}; use a token count >= 0 (0 = the loss over the whole "
+                              "sequence at once)")
         if not self.layer_windows:
             object.__setattr__(self, "layer_windows", (0,) * self.num_hidden_layers)
         if len(self.layer_windows) != self.num_hidden_layers:

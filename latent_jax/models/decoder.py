@@ -51,14 +51,16 @@ class _ScanBody(nn.Module):
     remat: str = "none"
 
     @nn.compact
-    def __call__(self, carry, positions, key_pos, causal, cache_end, prefix, key_mask, xs):
+    def __call__(self, carry, positions, key_pos, causal, cache_end, key_mask, xs):
         x, cache = carry
-        window, layer_idx = xs
+        window, layer_idx, prefix = xs  # prefix: this layer's read-only K/V segments (a scan input)
         layer_cls = _maybe_remat(DecoderLayer, self.remat)
         y, new_cache, attn = layer_cls(self.config, name="layer")(
             x, positions, key_pos, causal, window, cache, cache_end, layer_idx, prefix, key_mask
         )
-        return (y, new_cache), (attn, x)
+        if cache is None:  # this layer's K/V leave the scan as an output (None unless asked for)
+            return (y, None), (attn, x, new_cache)
+        return (y, new_cache), (attn, x, None)
 
 
 def _maybe_remat(cls, policy: str):
@@ -86,7 +88,7 @@ class Decoder(nn.Module):
                 _ScanBody,
                 variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_hidden_layers,
             )(cfg, cfg.remat_policy)
         else:
@@ -118,8 +120,9 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         inputs_embeds: Array | None = None,
         causal: bool | Array = True,
-        prefix_cache: KVCache | None = None,
+        prefix_cache: KVCache | tuple[KVCache, ...] | None = None,
         tree_mask: Array | None = None,
+        return_kv: bool = False,
     ) -> DecoderOutput:
         """Run the stack on (B, T) tokens or (B, T, D) embeddings.
 
@@ -129,7 +132,12 @@ class Decoder(nn.Module):
         cache: written at slots [cache.end, cache.end + T); the returned cache has end += T
         and the form of the given one (stacked, or layer-split: see KVCache).
         causal: False gives bidirectional attention (masked-diffusion models).
-        prefix_cache: read-only keys attended before `cache`'s (never written or copied).
+        prefix_cache: read-only keys attended before `cache`'s (never written or copied); a tuple
+        of caches is attended segment after segment.
+        return_kv (without `cache`): the output's cache holds these T tokens' K/V of every layer
+        (end = T), emitted by the layer scan as outputs. Training uses this instead of a cache:
+        nothing of the size of the whole cache is carried through the layers (whose backward
+        would save it at every layer). Decoding passes `cache`, updated in place.
         tree_mask (B, T, T) bool: which of these T tokens each may attend to, ANDed with the
         position rule (Medusa tree attention: candidates see their ancestors, not other branches).
         """
@@ -138,7 +146,7 @@ class Decoder(nn.Module):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
         x, all_hidden, attn, new_cache = self.stack(x, attention_mask, positions, cache, causal, prefix_cache,
-                                                    tree_mask)
+                                                    tree_mask, return_kv)
         hidden = self.norm(x)
         return DecoderOutput(
             logits=self.head(hidden), hidden=hidden, all_hidden=all_hidden, attn_last=attn, cache=new_cache
@@ -154,24 +162,27 @@ class Decoder(nn.Module):
         positions: Array | None = None,
         cache: KVCache | None = None,
         causal: bool | Array = True,
-        prefix_cache: KVCache | None = None,
+        prefix_cache: KVCache | tuple[KVCache, ...] | None = None,
         tree_mask: Array | None = None,
+        return_kv: bool = False,
     ) -> tuple[Array, Array, Array, KVCache | None]:
         """Apply every layer to embeddings x (B, T, D).
 
         Returns (x before the final norm, all_hidden, attn_last, new cache). Recursive
         methods (ACT) call this repeatedly on their own state. With prefix_cache, attn_last
-        covers the prefix slots first, then the cache's.
+        covers the prefix slots first, then the cache's. return_kv: see __call__.
         """
         cfg = self.config
         B, T = x.shape[:2]
         if attention_mask is None:
             attention_mask = jnp.ones((B, T), jnp.int32)
         valid = attention_mask.astype(bool)
+        prefixes = () if prefix_cache is None else (
+            (prefix_cache,) if isinstance(prefix_cache, KVCache) else tuple(prefix_cache))
         if positions is None:
             positions = default_positions(valid, cache)
-            if prefix_cache is not None:
-                positions = jnp.maximum(positions, default_positions(valid, prefix_cache))
+            for pc in prefixes:
+                positions = jnp.maximum(positions, default_positions(valid, pc))
         positions = positions.astype(jnp.int32)
         key_pos = jnp.where(valid, positions, -1)
         causal = jnp.asarray(causal, bool)
@@ -184,40 +195,50 @@ class Decoder(nn.Module):
                 full = jnp.ones((B, T, cache.slots), bool)
                 key_mask = jax.lax.dynamic_update_slice(full, key_mask, (0, 0, cache.end))
 
-        # the whole cache is threaded through the layers and each layer updates its own entries
-        # in place (dynamic_update_slice on the full arrays): no per-step copy of the cache.
+        # decoding: the whole cache is threaded through the layers and each layer updates its own
+        # entries in place (dynamic_update_slice on the full arrays): no per-step copy of the cache.
+        # (Training passes no cache: return_kv emits each layer's K/V as a scan output.)
         # A layer-split cache (decode loops) gives each layer its own arrays instead.
         split = cache is not None and cache.is_split
         if split and cfg.scan_layers:
             raise ValueError("a layer-split KVCache needs scan_layers=False; use cache.stack_layers()")
         caches = None if cache is None else {"k": cache.k, "v": cache.v, "pos": cache.pos}
-        prefix = None if prefix_cache is None else {"k": prefix_cache.k, "v": prefix_cache.v, "pos": prefix_cache.pos}
+        # every layer gets its own slice of the prefix segments (a scan input, never a carry)
+        prefix = tuple({"k": pc.k, "v": pc.v, "pos": pc.pos} for pc in prefixes) or None
         if cfg.scan_layers:
             layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
-            (x, new_caches), (attn, hs) = self.layers(
-                (x, caches), positions, key_pos, causal, cache_end, prefix, key_mask, (windows, layer_ids)
+            (x, new_caches), (attn, hs, kvs) = self.layers(
+                (x, caches), positions, key_pos, causal, cache_end, key_mask, (windows, layer_ids, prefix)
             )
         else:
-            outs_a, outs_h = [], []
+            outs_a, outs_h, outs_kv = [], [], []
             new_caches = caches
             split_out = {"k": [], "v": [], "pos": []}
             for i, layer in enumerate(self.layers):
                 outs_h.append(x)
                 layer_cache = {n: a[i] for n, a in caches.items()} if split else new_caches
-                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], layer_cache, cache_end, i, prefix,
-                                         key_mask)
+                layer_prefix = None if prefix is None else jax.tree.map(lambda a: a[i], prefix)
+                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], layer_cache, cache_end, i,
+                                         layer_prefix, key_mask)
                 if split:
                     for n in split_out:
                         split_out[n].append(new_caches[n])
+                if cache is None:
+                    outs_kv.append(new_caches)
+                    new_caches = None
                 outs_a.append(a)
             if split:
                 new_caches = {n: tuple(a) for n, a in split_out.items()}
             attn = jnp.stack(outs_a)
             hs = jnp.stack(outs_h)
+            kvs = jax.tree.map(lambda *a: jnp.stack(a), *outs_kv) if outs_kv else None
         all_hidden = jnp.concatenate([hs, x[None]], axis=0)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(k=new_caches["k"], v=new_caches["v"], pos=new_caches["pos"], end=cache.end + T)
+        elif return_kv:
+            pos = jnp.broadcast_to(key_pos, (cfg.num_hidden_layers, B, T))
+            new_cache = KVCache(k=kvs["k"], v=kvs["v"], pos=pos, end=jnp.asarray(T, jnp.int32))
         return x, all_hidden, attn, new_cache
 
 

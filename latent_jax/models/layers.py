@@ -159,6 +159,15 @@ class KVCache:
         return self.replace(k=put(self.k, k, ka), v=put(self.v, v, ka), pos=put(self.pos, pos, pa),
                             end=start + jnp.asarray(n_keep, jnp.int32))
 
+    def write_slots(self, new: "KVCache", start) -> "KVCache":
+        """`new`'s slots written at [start, start + new.slots) (start may be traced); end becomes
+        start + new.slots. Coconut's thought scan fills its thought buffer this way."""
+        ka, pa = self._axes()
+        start = jnp.asarray(start, jnp.int32)
+        put = lambda a, b, axis: jax.lax.dynamic_update_slice_in_dim(a, b.astype(a.dtype), start, axis=axis)
+        return self.replace(k=put(self.k, new.k, ka), v=put(self.v, new.v, ka), pos=put(self.pos, new.pos, pa),
+                            end=start + new.slots)
+
     @classmethod
     def concat_slots(cls, parts: "list[KVCache]", end) -> "KVCache":
         """Slots of `parts` one after another, with the given `end`."""
@@ -347,14 +356,16 @@ class Attention(nn.Module):
         head_dim), a layer-split cache's), or, when layer_idx is given, for every layer:
         this layer's entries are then updated in place in the full arrays, so a decode step
         never copies the whole cache.
-        prefix: an optional read-only dict(k, v, pos) for every layer (needs layer_idx) whose
-        keys are attended before the cache's; it is never written or copied (Coconut keeps the
-        question's cache constant while thoughts are appended to a small cache).
+        prefix: an optional read-only dict(k, v, pos) of this layer (k: (B, kv_heads, S, head_dim)),
+        or a tuple of them, whose keys are attended before the cache's (or these tokens'); never
+        written or copied (Coconut's question cache, and its thoughts' K/V, while the thoughts
+        and the answer run).
         key_mask: optional boolean (B, T, K) over the cache's keys (or these T tokens' without a
         cache), ANDed with the position rule (tree attention: a candidate sees its ancestors only).
 
         Returns (out, new_layer_cache, attn_last) where attn_last is the newest query's
-        attention probabilities (B, heads, keys); unused, it is removed under jit.
+        attention probabilities (B, heads, keys); unused, it is removed under jit. Without a
+        layer_cache, new_layer_cache is dict(k, v) of these T tokens (B, kv_heads, T, head_dim).
         """
         cfg = self.config
         B, T, _ = x.shape
@@ -402,6 +413,9 @@ class Attention(nn.Module):
             v_all = v_all.astype(q.dtype)
         else:
             k_all, v_all, kpos_all = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), key_pos
+            # these tokens' own K/V (head-major), for a caller that keeps them (Decoder return_kv):
+            # in training they leave the layer scan as outputs, no cache is threaded through it
+            new_cache = {"k": k_all, "v": v_all}
 
         G = H // Hkv
         # queries head-major with the G query heads of a KV head merged into the rows,
@@ -415,10 +429,10 @@ class Attention(nn.Module):
 
         segments = [(k_all, v_all, mask_for(kpos_all, key_mask))]
         if prefix is not None:
-            # the prefix K/V are read in place (never concatenated with the cache's), before them
-            li = jnp.asarray(layer_idx, jnp.int32)
-            pk, pv, ppos = (jax.lax.dynamic_index_in_dim(prefix[n], li, 0, keepdims=False) for n in ("k", "v", "pos"))
-            segments.insert(0, (pk.astype(q.dtype), pv.astype(q.dtype), mask_for(ppos)))
+            # this layer's read-only prefix segments, attended in order before the cache's (or
+            # these tokens'); read in place, never concatenated with them
+            segs = [prefix] if isinstance(prefix, dict) else list(prefix)
+            segments[:0] = [(s["k"].astype(q.dtype), s["v"].astype(q.dtype), mask_for(s["pos"])) for s in segs]
         ks, vs, ms = zip(*segments)
         out, probs = attend(qm, ks, vs, ms, G, D ** -0.5)
         out = out.reshape(B, H, T, D).transpose(0, 2, 1, 3)

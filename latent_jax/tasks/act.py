@@ -140,7 +140,8 @@ def image_task(config: ConfigDict, acfg: ACTConfig, rng) -> _Task:
         mask = jnp.zeros((B, T), jnp.float32).at[:, -1].set(1.0)
         labels = tgt if acfg.lambda_deep_supervision else None
         out = act_apply(params, mcfg, acfg, inputs_embeds=emb, labels=labels, loop="scan")
-        loss, m = act_loss(out, tgt, mask, acfg, None if not ponder_all else jnp.ones_like(mask))
+        loss, m = act_loss(out, tgt, mask, acfg, None if not ponder_all else jnp.ones_like(mask), params=params,
+                           model_config=mcfg)
         pred = jnp.argmax(vt.label_logits(out.logits[:, -1], n_classes), -1)
         m["accuracy"] = jnp.mean((pred == batch["labels"]).astype(jnp.float32))
         m["act_label_steps"] = jnp.mean(out.n_steps[:, -1].astype(jnp.float32))
@@ -190,8 +191,8 @@ def text_task(config: ConfigDict, acfg: ACTConfig, rng, workdir: str) -> _Task:
         x, y = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
         out = act_apply(params, mcfg, acfg, x, labels=y if acfg.lambda_deep_supervision else None, loop="scan")
         mask = jnp.ones(y.shape, jnp.float32)
-        loss, m = act_loss(out, y, mask, acfg)
-        m["accuracy"] = jnp.mean((jnp.argmax(out.logits, -1) == y).astype(jnp.float32))
+        loss, m = act_loss(out, y, mask, acfg, params=params, model_config=mcfg)
+        m["accuracy"] = m["token_accuracy"]  # every position is labelled
         return loss, m
 
     def eval_fn(params, batch):

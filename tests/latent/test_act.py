@@ -155,6 +155,33 @@ def test_loss_has_ponder_gradient_on_halting_head():
     assert 1.0 <= float(m["act_expected_steps"]) <= ac.k_max
 
 
+def test_chunked_lm_head_loss_equals_the_mixed_logits():
+    """model ce_chunk > 0 (issue 24): the mix of the steps' final-normed states carried instead of
+    the mixed logits, the head applied in chunks inside the loss and the deep supervision: the
+    same loss, metrics and gradients as the mixed (B, T, V) logits."""
+    ac = dataclasses.replace(AC, lambda_ponder=0.5, lambda_deep_supervision=0.3)
+    p = _params(ac)
+    ids, mask = _batch()
+
+    def loss(p, mc):
+        out = A.act_apply(p, mc, ac, ids, attention_mask=mask, labels=ids)
+        return A.act_loss(out, ids, mask, ac, params=p, model_config=mc)
+
+    @jax.jit
+    def both(p):
+        g = jax.value_and_grad(loss, has_aux=True)
+        return g(p, MC), g(p, MC.replace(ce_chunk=3))
+
+    ((l0, m0), g0), ((l3, m3), g3) = both(p)
+    np.testing.assert_allclose(float(l3), float(l0), rtol=1e-5)
+    for k in ("ce", "deep_supervision", "token_accuracy", "ponder"):
+        np.testing.assert_allclose(float(m3[k]), float(m0[k]), rtol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(g3), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="params"):
+        A.act_loss(A.act_apply(p, MC.replace(ce_chunk=3), ac, ids, attention_mask=mask), ids, mask, ac)
+
+
 def test_chunked_cache_equals_full_sequence():
     p, ids, mask, _, full = _scan_while()
     cache = A.ACTCache.init(MC, AC.k_max, 2, 8)

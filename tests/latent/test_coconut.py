@@ -231,3 +231,67 @@ def test_bad_alignment_is_a_clear_error(setup):
     with pytest.raises(ValueError, match="latent_start"):
         coconut_forward(params, batch["input_ids"], batch["attention_mask"], batch["latent_mask"],
                         config=cfg, latent_start=0, num_latent=n)
+
+
+def carried_cache_logits(params, ids, mask, lat, pos, *, cfg, P, n):
+    """Coconut's training forward as it was before issue 24 (the reference of the per-layer K/V
+    path): the prefix prefilled into a KVCache threaded through the layers, each thought written
+    into a small cache buffer, the rest run against the concatenated cache."""
+    from latent_jax.latent.coconut import input_embeddings
+    from latent_jax.models.decoder import Decoder
+    from latent_jax.models.layers import KVCache
+
+    model, p = Decoder(cfg), {"params": params}
+    emb = input_embeddings(params, ids, cfg)
+    B, T = ids.shape
+    pre = model.apply(p, inputs_embeds=emb[:, :P], attention_mask=mask[:, :P], positions=pos[:, :P],
+                      cache=KVCache.init(cfg, B, P))
+    buf, h, logits = KVCache.init(cfg, B, n), pre.hidden[:, -1], [pre.logits]
+    for i in range(n):
+        c = slice(P + i, P + i + 1)
+        inp = jnp.where(lat[:, P + i, None], h, emb[:, P + i])[:, None]
+        o = model.apply(p, inputs_embeds=inp, attention_mask=mask[:, c], positions=pos[:, c], cache=buf.replace(end=i),
+                        prefix_cache=pre.cache)
+        buf, h = o.cache, o.hidden[:, 0]
+        logits.append(o.logits)
+    cache = KVCache.concat_slots([pre.cache, buf, KVCache.init(cfg, B, T - P - n)], P + n)
+    suf = model.apply(p, inputs_embeds=emb[:, P + n:], attention_mask=mask[:, P + n:], positions=pos[:, P + n:],
+                      cache=cache)
+    return jnp.concatenate(logits + [suf.logits], axis=1)
+
+
+@pytest.mark.parametrize("scan_layers,ce_chunk", [(False, 0), (True, 4)])
+def test_training_path_equals_the_carried_cache_path(setup, scan_layers, ce_chunk):
+    """Issue 24: K/V as layer-scan outputs (no carried cache) and the chunked LM head in the loss
+    give the loss and gradients of the carried-cache forward with the whole logits (fp32, 1e-5),
+    with set-valued labels too."""
+    from latent_jax.latent.coconut import set_cross_entropy
+    from latent_jax.models.io import restack_layers
+
+    cfg0, params = setup
+    cfg = cfg0.replace(scan_layers=scan_layers, ce_chunk=ce_chunk)
+    params = restack_layers(params, cfg, scan_layers)
+    batch, P, n = make_batch(ROWS)
+    B, T = batch["input_ids"].shape
+    sets = np.full((B, T, 2), -100, np.int32)
+    sets[:, P:P + n, 0], sets[0, P:P + n, 1] = 20, 21  # a set label on each thought column
+    batch["label_sets"] = jnp.asarray(sets)
+    args = (batch["input_ids"], batch["attention_mask"], batch["latent_mask"], batch["position_ids"])
+
+    def loss_ref(p):
+        lg = carried_cache_logits(p, *args, cfg=cfg, P=P, n=n)
+        loss, count = masked_cross_entropy(lg, batch["labels"])
+        s_sum, s_n, _ = set_cross_entropy(lg, batch["label_sets"])
+        return (loss * count + s_sum) / (count + s_n)
+
+    @jax.jit
+    def both(p):
+        ln, gn = jax.value_and_grad(lambda q: coconut_loss(q, batch, config=cfg, latent_start=P, num_latent=n)[0])(p)
+        lr, gr = jax.value_and_grad(loss_ref)(p)
+        return ln, gn, lr, gr
+
+    ln, gn, lr, gr = both(params)
+    np.testing.assert_allclose(float(ln), float(lr), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(gn), jax.tree.leaves(gr)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(gn)) > 1e-2

@@ -40,3 +40,15 @@ def test_prefix_cache_equals_concatenated_cache(scan):
     alone = model.apply({"params": params}, ids[:, P:], attention_mask=mask[:, P:], cache=KVCache.init(cfg, B, T),
                         positions=out.cache.pos[0])
     assert np.abs(np.asarray(alone.logits) - np.asarray(ref.logits)).max() > 1e-3
+
+    # training form (issue 24): no cache is threaded through the layers; each layer's K/V leave as
+    # outputs (return_kv), and the prefix may be several read-only segments
+    pre_kv = model.apply({"params": params}, ids[:, :P], attention_mask=mask[:, :P], return_kv=True)
+    np.testing.assert_allclose(np.asarray(pre_kv.cache.k), np.asarray(pre.cache.k), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(pre_kv.cache.pos), np.asarray(pre.cache.pos))
+    segs = (pre_kv.cache.slice_slots(0, 4), pre_kv.cache.slice_slots(4, P))
+    kv = model.apply({"params": params}, ids[:, P:], attention_mask=mask[:, P:], prefix_cache=segs, return_kv=True)
+    np.testing.assert_allclose(np.asarray(kv.logits), np.asarray(ref.logits), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(kv.cache.v), np.asarray(out.cache.v), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(kv.cache.pos), np.asarray(out.cache.pos))
+    assert int(kv.cache.end) == T
