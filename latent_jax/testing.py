@@ -1,7 +1,10 @@
 """The one fixtures module for tests, demos, benchmarks and every config's `:smoke` preset
 (nothing downloaded): tiny random Hugging Face checkpoints of the real transformers classes
-(language models and vision-language models), tokenizers, synthetic images, short synthetic
-videos written with PyAV, and dataset rows in the real CinePile / A-OKVQA schemas.
+(language models and vision-language models) in the layout their save_pretrained writes,
+tokenizers, synthetic images, short synthetic videos written with PyAV, and dataset rows in the
+real CinePile / A-OKVQA schemas. None of it needs torch (transformers' config classes, the
+tokenizers library and latent_jax's own safetensors writer), so every `:smoke` preset runs on a
+machine without it; tests/test_testing.py checks the checkpoints against transformers.
 Also tiny in-memory ModelConfigs (`tiny_config`).
 
 Library code below the tasks does not import this module: tests, benchmarks, the CLIs and the
@@ -11,12 +14,19 @@ tasks' `:smoke` presets do (docs/architecture.md, "Layers").
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 
+import jax
 import numpy as np
 
 from latent_jax.data.cinepile import clip_id
 from latent_jax.models.config import ModelConfig
+from latent_jax.models.hf import expected_shapes
+from latent_jax.models.hf_vlm import vlm_config_from_hf, vlm_params_to_hf
+from latent_jax.models.multimodal import init_vlm_params
+from latent_jax.models.safetensors_np import save_file
 
 
 def tiny_config(model_type: str = "llama", **kw) -> ModelConfig:
@@ -98,23 +108,69 @@ def tiny_hf_config(family: str, **kw):
 
 
 def make_tiny_hf(family: str, out_dir: str, seed: int = 0, **kw) -> str:
-    """Save a random *ForCausalLM of `family` with save_pretrained; returns out_dir."""
-    import torch
+    """Save a random *ForCausalLM of `family` as save_pretrained writes it (config.json,
+    generation_config.json, model.safetensors with the same tensor names, shapes and dtype),
+    without torch: normal(0, initializer_range) weights, pad embedding row zero, and
+    non-trivial norms (1 + 0.1 N) and biases (0.05 N) so parity tests exercise every tensor.
+    Returns out_dir."""
+    cfg = tiny_hf_config(family, **kw)
+    arch = type(cfg).__name__.replace("Config", "ForCausalLM")
+
+    def tensors(hf: dict) -> dict[str, np.ndarray]:
+        shapes = expected_shapes(ModelConfig.from_hf(hf))
+        return _random_state(shapes, seed, std=float(hf.get("initializer_range", 0.02)), bias_std=0.05,
+                             pad_rows={"model.embed_tokens.weight": hf.get("pad_token_id")})
+
+    return _write_hf_dir(out_dir, cfg, arch, tensors)
+
+
+_NORM_SUFFIXES = ("norm.weight", "norm1.weight", "norm2.weight", "layernorm_before.weight", "layernorm_after.weight")
+
+
+def _random_state(shapes: dict[str, tuple[int, ...]], seed: int, std: float, bias_std: float,
+                  small: tuple[str, ...] = (), pad_rows: dict | None = None) -> dict[str, np.ndarray]:
+    """float32 tensors for `shapes` (sorted by name, so the values depend only on seed and
+    names): norm weights 1 + 0.1 N, biases and names containing any of `small` bias_std * N,
+    everything else std * N; the rows in pad_rows ({name: row or None}) zeroed, as
+    nn.Embedding(padding_idx) initialises them."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in sorted(shapes):
+        shape = tuple(shapes[name])
+        z = rng.standard_normal(shape, dtype=np.float32)
+        if name.endswith(_NORM_SUFFIXES):
+            x = 1.0 + 0.1 * z
+        elif name.endswith(".bias") or any(k in name for k in small):
+            x = bias_std * z
+        else:
+            x = std * z
+        row = (pad_rows or {}).get(name)
+        if row is not None and 0 <= int(row) < shape[0]:
+            x[int(row)] = 0.0
+        out[name] = np.ascontiguousarray(x, dtype=np.float32)
+    return out
+
+
+def _write_hf_dir(out_dir: str, hf_cfg, architecture: str, tensors) -> str:
+    """Write config.json + generation_config.json with transformers' config classes (no torch)
+    and model.safetensors = tensors(config.json as a dict), as save_pretrained does. Written
+    beside out_dir, then moved in with config.json last (a directory with config.json is complete)."""
     import transformers
 
-    cfg = tiny_hf_config(family, **kw)
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    # random, non-trivial norms and biases so parity tests exercise every tensor
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.05 * torch.randn_like(p))
-    model.eval()
+    hf_cfg.architectures = [architecture]
+    hf_cfg.dtype = "float32"
+    tmp = out_dir.rstrip("/") + ".tmp-write"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    hf_cfg.save_pretrained(tmp)
+    transformers.GenerationConfig.from_model_config(hf_cfg).save_pretrained(tmp)
+    with open(os.path.join(tmp, "config.json")) as f:
+        hf = json.load(f)
+    save_file(tensors(hf), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    for fn in sorted(os.listdir(tmp), key=lambda n: n == "config.json"):
+        os.replace(os.path.join(tmp, fn), os.path.join(out_dir, fn))
+    shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -189,32 +245,100 @@ def tiny_vlm_hf_config(family: str, image_size: int = 28, patch_size: int = 7, *
 
 
 def make_tiny_vlm(family: str, out_dir: str, seed: int = 0, with_tokenizer: bool = True, **kw) -> str:
-    """Save a random InternVLForConditionalGeneration / Phi4MultimodalForCausalLM with
-    non-trivial norms, biases, layer scales and newline vectors; returns out_dir."""
-    import torch
-    import transformers
-
+    """Save a random InternVLForConditionalGeneration / Phi4MultimodalForCausalLM as
+    save_pretrained writes it (config.json, generation_config.json, model.safetensors with the
+    same tensor names and shapes: InternVL's on-disk llava-style names, Phi-4-MM's unported
+    audio tower, pooling head and vision layers past the feature layer included), without
+    torch: non-trivial norms, biases, layer scales and newline vectors. Returns out_dir."""
     cfg = tiny_vlm_hf_config(family, **kw)
-    torch.manual_seed(seed)
-    cls = transformers.InternVLForConditionalGeneration if family == "internvl" else transformers.Phi4MultimodalForCausalLM
-    model = cls._from_config(cfg, attn_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "audio" in name:
-                continue
-            if name.endswith(("norm.weight", "norm1.weight", "norm2.weight", "layernorm_before.weight",
-                              "layernorm_after.weight", "layer_norm.weight")):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias") or "lambda_" in name or "extensor" in name:
-                p.copy_(0.1 * torch.randn_like(p))
-            elif "position_embedding" in name or "cls_token" in name:
-                p.copy_(0.1 * torch.randn_like(p))
-    model.eval()
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    arch = "InternVLForConditionalGeneration" if family == "internvl" else "Phi4MultimodalForCausalLM"
+
+    def tensors(hf: dict) -> dict[str, np.ndarray]:
+        vcfg = vlm_config_from_hf(hf)
+        full = vcfg.replace(vision=vcfg.vision.replace(feature_layer=-1))  # every vision layer
+        tree = jax.eval_shape(lambda: init_vlm_params(full, 0))
+        tree = jax.tree.map(lambda a: np.empty(a.shape, np.float32), tree)
+        shapes = {k: v.shape for k, v in vlm_params_to_hf(tree, full).items()}
+        if family == "phi4mm":
+            shapes.update(_phi4mm_unported_shapes(hf))
+        else:
+            shapes = {_internvl_disk_name(k): v for k, v in shapes.items()}
+        embed = "language_model.model.embed_tokens.weight" if family == "internvl" else "model.embed_tokens.weight"
+        text = hf.get("text_config", hf)
+        return _random_state(shapes, seed, std=float(text.get("initializer_range", 0.02)), bias_std=0.1,
+                             small=("lambda_", "extensor", "position_embedding", "cls_token"),
+                             pad_rows={embed: text.get("pad_token_id")})
+
+    _write_hf_dir(out_dir, cfg, arch, tensors)
     if with_tokenizer:
         write_tiny_tokenizer(out_dir)
     return out_dir
+
+
+def _internvl_disk_name(name: str) -> str:
+    """The llava-style name save_pretrained writes for InternVL's run-time tensor `name`
+    (the inverse of latent_jax.models.hf_vlm.normalize_keys)."""
+    if name.startswith("model.language_model."):
+        return "language_model.model." + name[len("model.language_model."):]
+    if name.startswith("lm_head."):
+        return "language_model." + name
+    return name.removeprefix("model.")
+
+
+def _phi4mm_unported_shapes(hf: dict) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the Phi4MultimodalForCausalLM tensors latent_jax does not port (the
+    SigLIP post-norm and pooling head, the audio tower and its projections), from config.json."""
+    v, a, h = hf["vision_config"], hf["audio_config"], int(hf["hidden_size"])
+    out: dict[str, tuple[int, ...]] = {}
+
+    def lin(name: str, n_out: int, n_in: int, *kernel: int) -> None:
+        out[name + ".weight"] = (n_out, n_in, *kernel)
+        out[name + ".bias"] = (n_out,)
+
+    vh, vi = int(v["hidden_size"]), int(v["intermediate_size"])
+    img = "model.embed_tokens_extend.image_embed.img_processor."
+    out[img + "post_layernorm.weight"] = out[img + "post_layernorm.bias"] = (vh,)
+    out[img + "head.probe"] = (1, 1, vh)
+    out[img + "head.attention.in_proj_weight"], out[img + "head.attention.in_proj_bias"] = (3 * vh, vh), (3 * vh,)
+    lin(img + "head.attention.out_proj", vh, vh)
+    out[img + "head.layernorm.weight"] = out[img + "head.layernorm.bias"] = (vh,)
+    lin(img + "head.mlp.fc1", vi, vh)
+    lin(img + "head.mlp.fc2", vh, vi)
+
+    aud = "model.embed_tokens_extend.audio_embed."
+    ah, ai, heads = int(a["hidden_size"]), int(a["intermediate_size"]), int(a["num_attention_heads"])
+    ch, ext, k = int(a["nemo_conv_channels"]), int(a["ext_pw_out_channel"]), int(a["kernel_size"])
+    dw = ah * int(a["depthwise_multiplier"])
+    for use in ("speech", "vision_speech"):
+        lin(f"{aud}up_proj_for_{use}", h, ah * int(a["downsample_rate"]))
+        lin(f"{aud}down_proj_for_{use}", h, h)
+    enc = aud + "encoder."
+    out[enc + "encoder_embedding.global_mean"] = out[enc + "encoder_embedding.global_invstd"] = (int(a["input_size"]),)
+    lin(enc + "embed.conv.0", ch, 1, 3, 3)
+    for i in range(int(math.log2(int(a["time_reduction"]))) - 1):
+        lin(f"{enc}embed.conv.{2 + 3 * i}", ch, 1, 3, 3)
+        lin(f"{enc}embed.conv.{3 + 3 * i}", ch, ch, 1, 1)
+    lin(enc + "embed.out", ah, ch * int(a["nemo_final_size"]))
+    buckets = int(a["bias_max_distance"]) * (1 if a["bias_symmetric"] else 2)
+    out[enc + "relative_attention_bias_layer.bias_values.weight"] = (buckets, heads)
+    for b in range(int(a["num_blocks"])):
+        layer = f"{enc}encoders.{b}."
+        for ff in ("feed_forward_in", "feed_forward_out"):
+            out[f"{layer}{ff}.layer_norm.weight"] = out[f"{layer}{ff}.layer_norm.bias"] = (ah,)
+            lin(f"{layer}{ff}.gate_up_proj", 2 * ai, ah)
+            lin(f"{layer}{ff}.down_proj", ah, ai)
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            lin(f"{layer}self_attn.{p}", ah, ah)
+        conv = layer + "conv."
+        out[conv + "layer_norm.weight"] = out[conv + "layer_norm.bias"] = (ah,)
+        lin(conv + "glu.ext_pw_conv_1d", 2 * ext, ah, 1)
+        out[conv + "glu.b1"] = out[conv + "glu.b2"] = (1, ext, 1)
+        lin(conv + "dw_sep_conv_1d.dw_conv", dw, 1, k)
+        lin(conv + "dw_sep_conv_1d.pw_conv", int(a["depthwise_separable_out_channel"]), dw, 1)
+        lin(conv + "ext_pw_conv_1d", ext, ah, 1)
+        for n in ("layer_norm_att", "layer_norm"):
+            out[f"{layer}{n}.weight"] = out[f"{layer}{n}.bias"] = (ah,)
+    return out
 
 
 # ------------------------------------------------------------------ tokenizer
