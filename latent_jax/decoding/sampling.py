@@ -98,12 +98,15 @@ def emit_token(logits: Array, rng: Array, sp: SamplingParams, top_k: int, i: Arr
 
 @flax.struct.dataclass
 class DecodeState:
-    """The while_loop state between the prefill and the decode loop (see `prefill`, `decode`).
+    """The while_loop state of every token-by-token decode loop: sampling's `decode_loop`
+    (plain, Coconut after its thoughts, VLM after its media prefill) and TOVA's.
 
     step: () index of the next token to write in `tokens`; tok (B,) the last token; cache the
     KV cache; pos (B,) the last token's positions; done (B,); tokens (B, max_new); lengths (B,);
-    rng; long () whether longrope's long factors are in use; input_ids / attention_mask: the
-    left-padded prompt (kept for Phi-3's one-time cache recompute with long factors)."""
+    rng. Longrope (decode_loop): long () whether the long factors are in use; input_ids /
+    attention_mask the left-padded prompt, kept for Phi-3's one-time cache recompute. Eviction
+    (TOVA): head_weights (B, L, H) and their momentum velocity. Fields a loop does not use are
+    None."""
 
     step: Array
     tok: Array
@@ -113,9 +116,21 @@ class DecodeState:
     tokens: Array
     lengths: Array
     rng: Array
-    long: Array
-    input_ids: Array
-    attention_mask: Array
+    long: Array | None = None
+    input_ids: Array | None = None
+    attention_mask: Array | None = None
+    head_weights: Array | None = None
+    velocity: Array | None = None
+
+    @classmethod
+    def start(cls, cache: KVCache, tok: Array, pos: Array, rng: Array, stop_ids: Array, *, max_new_tokens: int,
+              pad_id: int, **fields) -> DecodeState:
+        """The state after a prefill into `cache` that sampled the first token `tok` (B,) at
+        positions `pos` (B,): one token written, rows that stopped on it done."""
+        B = tok.shape[0]
+        return cls(step=jnp.int32(1), tok=tok, cache=cache, pos=pos.astype(jnp.int32), done=is_stop(tok, stop_ids),
+                   tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
+                   lengths=jnp.ones((B,), jnp.int32), rng=rng, **fields)
 
 
 def needs_long_switch(config: ModelConfig, total_len: int) -> bool:
@@ -134,21 +149,9 @@ def prefill_state(params, input_ids, attention_mask, rng, sp, stop_ids, *, confi
     last_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32) - 1
     rng, sub = jax.random.split(rng)
     tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
-    tokens = jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
     orig = config.rope_original_max_position_embeddings or 0
-    return DecodeState(
-        step=jnp.int32(1),
-        tok=tok,
-        cache=out.cache,
-        pos=last_pos,
-        done=is_stop(tok, stop_ids),
-        tokens=tokens,
-        lengths=jnp.ones((B,), jnp.int32),
-        rng=rng,
-        long=jnp.max(last_pos) + 1 > orig,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-    )
+    return DecodeState.start(out.cache, tok, last_pos, rng, stop_ids, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                             long=jnp.max(last_pos) + 1 > orig, input_ids=input_ids, attention_mask=attention_mask)
 
 
 def decode_loop(params, state: DecodeState, sp, stop_ids, *, config, max_new_tokens, top_k, pad_id) -> GenerateOutput:

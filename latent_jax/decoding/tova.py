@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.decoding.sampling import SamplingParams, emit_token, is_stop, needs_long_switch, sample_logits
+from latent_jax.decoding.sampling import DecodeState, SamplingParams, emit_token, needs_long_switch, sample_logits
 from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
@@ -160,34 +160,15 @@ def head_weights_for(config: ModelConfig, batch: int, opts: TovaOptions, head_we
     return hw / jnp.maximum(jnp.sum(hw, axis=-1, keepdims=True), 1e-9)
 
 
-@flax.struct.dataclass
-class TovaState:
-    """The TOVA while_loop state: step () next column of tokens; tok (B,) last token; cache;
-    pos (B,) last token's positions; done (B,); tokens (B, max_new); lengths (B,); rng;
-    head_weights (B, L, H) and their momentum velocity."""
-
-    step: Array
-    tok: Array
-    cache: KVCache
-    pos: Array
-    done: Array
-    tokens: Array
-    lengths: Array
-    rng: Array
-    head_weights: Array
-    velocity: Array
-
-
 def tova_start(cache: KVCache, last_logits: Array, last_pos: Array, rng: Array, sp: SamplingParams,
                stop_ids: Array, head_weights: Array, *, cache_size: int, max_new_tokens: int, top_k: int,
-               pad_id: int, prefill_scores: Array | None = None) -> TovaState:
+               pad_id: int, prefill_scores: Array | None = None) -> DecodeState:
     """The TOVA state after a prefill that left the prompt in `cache` (slots [0, cache.end)):
     sample the first token from last_logits (B, V) at last_pos (B,). With prefill_scores
     (L, B, S) (the last prompt token's attention, from `token_scores`) a prompt longer than
     the budget is cut to cache_size slots now; without them (Coconut, whose right-padded
     prompt has no common last query) the whole prompt stays and the first decode step cuts
     it by the first answer token's attention."""
-    B = last_logits.shape[0]
     C, S = int(cache_size), cache.slots
     if prefill_scores is not None:
         cache = _pad_slots(keep_top(cache, prefill_scores, min(C, S)), C + 1).replace(end=jnp.asarray(C, jnp.int32))
@@ -195,15 +176,11 @@ def tova_start(cache: KVCache, last_logits: Array, last_pos: Array, rng: Array, 
         cache = _pad_slots(cache, max(S, C) + 1).replace(end=jnp.asarray(S, jnp.int32))
     rng, sub = jax.random.split(rng)
     tok = sample_logits(last_logits, sub, sp, top_k)
-    return TovaState(
-        step=jnp.int32(1), tok=tok, cache=cache, pos=last_pos.astype(jnp.int32), done=is_stop(tok, stop_ids),
-        tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
-        lengths=jnp.ones((B,), jnp.int32), rng=rng, head_weights=head_weights,
-        velocity=jnp.zeros_like(head_weights),
-    )
+    return DecodeState.start(cache, tok, last_pos, rng, stop_ids, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                             head_weights=head_weights, velocity=jnp.zeros_like(head_weights))
 
 
-def tova_decode_loop(params: dict, state: TovaState, sp: SamplingParams, stop_ids: Array, *, config: ModelConfig,
+def tova_decode_loop(params: dict, state: DecodeState, sp: SamplingParams, stop_ids: Array, *, config: ModelConfig,
                      max_new_tokens: int, opts: TovaOptions, top_k: int, pad_id: int, cache_size: int) -> TovaOutput:
     """Traceable TOVA decode loop from `tova_start`: each step writes the new token into the
     spare slot, attends, and keeps the cache_size best slots by `token_scores`. A state whose
@@ -212,10 +189,10 @@ def tova_decode_loop(params: dict, state: TovaState, sp: SamplingParams, stop_id
     model = Decoder(config)
     C = int(cache_size)
 
-    def cond_fn(s: TovaState):
+    def cond_fn(s: DecodeState):
         return (s.step < max_new_tokens) & ~jnp.all(s.done)
 
-    def body_fn(s: TovaState) -> TovaState:
+    def body_fn(s: DecodeState) -> DecodeState:
         pos = s.pos + 1
         o = model.apply({"params": params}, s.tok[:, None], positions=pos[:, None], cache=s.cache)
         hw, vel = s.head_weights, s.velocity
@@ -229,7 +206,7 @@ def tova_decode_loop(params: dict, state: TovaState, sp: SamplingParams, stop_id
                          rng=rng, head_weights=hw, velocity=vel)
 
     if state.cache.slots != C + 1:
-        def shrink(s: TovaState) -> TovaState:  # nothing left to decode: keep the most recent slots
+        def shrink(s: DecodeState) -> DecodeState:  # nothing left to decode: keep the most recent slots
             c = s.cache
             rec = jnp.where(c.pos >= 0, c.pos, -1).astype(jnp.float32)
             return s.replace(cache=_pad_slots(keep_top(c, rec, C), C + 1).replace(end=jnp.asarray(C, jnp.int32)))

@@ -28,7 +28,6 @@ from latent_jax.decoding.sampling import (
     SamplingParams,
     decode,
     decode_loop,
-    is_stop,
     left_pad,
     needs_long_switch,
     sample_logits,
@@ -107,12 +106,8 @@ def _prefill_embeds(lm_params, inputs_embeds, input_ids, attention_mask, rng, sp
     last_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32) - 1
     rng, sub = jax.random.split(rng)
     tok = sample_logits(out.logits[:, -1], sub, sp, top_k)
-    return DecodeState(
-        step=jnp.int32(1), tok=tok, cache=out.cache, pos=last_pos, done=is_stop(tok, stop_ids),
-        tokens=jnp.full((B, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok),
-        lengths=jnp.ones((B,), jnp.int32), rng=rng, long=jnp.asarray(False), input_ids=input_ids,
-        attention_mask=attention_mask,
-    )
+    return DecodeState.start(out.cache, tok, last_pos, rng, stop_ids, max_new_tokens=max_new_tokens, pad_id=pad_id,
+                             long=jnp.asarray(False), input_ids=input_ids, attention_mask=attention_mask)
 
 
 prefill_embeds = jax.jit(_prefill_embeds, static_argnames=("config", "max_new_tokens", "top_k", "pad_id"))
