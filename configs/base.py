@@ -30,6 +30,9 @@ def get_base() -> ConfigDict:
     c.model.param_dtype = "float32"
     c.model.scan_layers = False
     c.model.remat_policy = "none"
+    # every task's loss applies the LM head over chunks of this many positions (0 = the whole
+    # sequence): full-vocabulary fp32 logits exist for one chunk at a time (models/lm_head.py)
+    c.model.ce_chunk = 0
 
     # device mesh (data, fsdp, tensor); -1 = all remaining devices
     c.mesh = ConfigDict()

@@ -1,6 +1,7 @@
 """Sharding: the same loss and gradients on 1 device and on 8 fake CPU devices with a
 (data=2, fsdp=2, tensor=2) mesh, with and without the decoder's activation constraints
-(parallel.use_mesh while tracing); mesh-shape errors name the fix."""
+(parallel.use_mesh while tracing), and for the Coconut training path with the chunked LM head;
+mesh-shape errors name the fix."""
 
 import os
 import subprocess
@@ -63,6 +64,24 @@ SCRIPT = textwrap.dedent(
         diffs_c = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), g1, gc))
         assert max(diffs_c) < 1e-5, max(diffs_c)
         print("scan", scan, "loss", float(l1), "max grad diff", max(diffs))
+
+    # the training path of issue 24 on the mesh: Coconut with each layer's K/V leaving the layer
+    # scan as outputs and the LM head applied in chunks inside the loss (ce_chunk)
+    from latent_jax.latent.coconut import coconut_loss
+    cfg = tiny_config("qwen2", scan_layers=True, initializer_range=0.1, ce_chunk=4)
+    params = init_params(cfg, 0)
+    lat = np.zeros_like(ids, bool)
+    lat[:, 5:7] = True
+    cb = {"input_ids": ids, "attention_mask": mask, "latent_mask": lat,
+          "labels": np.where(np.arange(12) >= 8, ids, -100).astype(np.int32)}
+    closs = lambda p, b: coconut_loss(p, b, config=cfg, latent_start=5, num_latent=2)[0]
+    l1, g1 = jax.jit(jax.value_and_grad(closs))(jax.device_put(params, one), jax.device_put(cb, one))
+    with parallel.use_mesh(mesh):
+        l8, g8 = jax.jit(jax.value_and_grad(closs))(parallel.shard_params(params, mesh), parallel.shard_batch(cb, mesh))
+    assert abs(float(l1) - float(l8)) < 1e-5, (float(l1), float(l8))
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), g1, g8))
+    assert max(diffs) < 1e-5, max(diffs)
+    print("coconut ce_chunk loss", float(l1), "max grad diff", max(diffs))
 
     # mesh errors
     for bad, msg in [((3, 1, 1), "needs 3 devices but 8 are visible"), ({"dp": 8}, "unknown mesh axes")]:

@@ -50,6 +50,7 @@ from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, p
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
+from latent_jax.models.lm_head import logprob_and_argmax, map_head_chunks
 
 Array = jax.Array
 
@@ -384,9 +385,10 @@ def masked_diffusion_loss(params: dict, ids: Array, attention_mask: Array, rng: 
     valid = attention_mask.astype(bool)
     maskable = valid if prompt_mask is None else valid & ~prompt_mask.astype(bool)
     noisy, masked, p_mask = forward_process(ids, rng, mask_id, eps, maskable)
-    logits = Decoder(config).apply({"params": params}, noisy, attention_mask=attention_mask, causal=causal).logits
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    ce = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+    hidden = Decoder(config).apply({"params": params}, noisy, attention_mask=attention_mask, causal=causal).hidden
+    # the LM head inside the loss, over chunks of config.ce_chunk positions
+    logp, argmax = map_head_chunks(params, config, hidden, logprob_and_argmax, ids)
+    ce = -logp
     weighted = jnp.where(masked, ce / p_mask, 0.0)
     B, T = ids.shape
     if prompt_mask is None:
@@ -395,7 +397,7 @@ def masked_diffusion_loss(params: dict, ids: Array, attention_mask: Array, rng: 
         ans_len = jnp.maximum(jnp.sum(maskable, axis=-1, keepdims=True), 1).astype(jnp.float32)
         loss = jnp.sum(weighted / ans_len) / B
     n = jnp.maximum(jnp.sum(masked), 1)
-    acc = jnp.sum(jnp.where(masked, jnp.argmax(logits, -1) == ids, False)) / n
+    acc = jnp.sum(jnp.where(masked, argmax == ids, False)) / n
     return loss, {"loss": loss, "masked_ce": jnp.sum(jnp.where(masked, ce, 0.0)) / n, "masked_acc": acc,
                   "mask_frac": jnp.sum(masked) / jnp.maximum(jnp.sum(maskable), 1)}
 

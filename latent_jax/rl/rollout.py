@@ -31,6 +31,7 @@ import numpy as np
 from latent_jax.decoding.sampling import SamplingParams, generate
 from latent_jax.latent.coconut import coconut_forward, coconut_generate
 from latent_jax.models.config import ModelConfig
+from latent_jax.models.lm_head import map_head_chunks
 from latent_jax.rl.grpo import token_logprobs
 
 Array = jax.Array
@@ -171,8 +172,9 @@ def completion_logprobs(
     last = (P - 1 - jnp.argmax(pm[:, ::-1], axis=1)).astype(jnp.int32)
     cols = jnp.concatenate([last[:, None], jnp.broadcast_to(P + jnp.arange(m - 1, dtype=jnp.int32), (ids.shape[0], m - 1))],
                            axis=1)
-    logits = jnp.take_along_axis(out.logits, cols[:, :, None], axis=1)
-    lp = token_logprobs(logits, ids[:, P:], temperature)
+    # the LM head only at the completion's columns, inside chunks of config.ce_chunk positions
+    hidden = jnp.take_along_axis(out.hidden, cols[:, :, None], axis=1)
+    lp = map_head_chunks(params, config, hidden, lambda lg, t: token_logprobs(lg, t, temperature), ids[:, P:])
     return jnp.where(batch["completion_mask"], lp, 0.0)
 
 

@@ -16,7 +16,7 @@ run's best model.
 As the text workflow: validation accuracy every epoch (config.data.val_holdout training
 items held out, or the eval split when 0), keep-best by it, the eval split scored with the
 best model at the trained thought count. model.dtype / param_dtype / remat_policy /
-scan_layers apply to the language model.
+scan_layers / ce_chunk apply to the language model.
 
     workdir/metrics.jsonl, tb/       train loss, val accuracy (MetricsWriter)
     workdir/predictions.jsonl        per eval example: question, response, scores
@@ -276,7 +276,7 @@ def load_model(config: ConfigDict):
     scan = bool(m.scan_layers)
     if scan != text.scan_layers:
         lm = restack_layers(lm, text, scan)
-    text = text.replace(dtype=m.dtype, remat_policy=m.remat_policy, scan_layers=scan)
+    text = text.replace(dtype=m.dtype, remat_policy=m.remat_policy, scan_layers=scan, ce_chunk=int(m.get("ce_chunk", 0)))
     return cfg.replace(text=text), dict(params, language_model=lm), unused, tok, ids
 
 

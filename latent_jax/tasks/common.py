@@ -9,7 +9,7 @@ from latent_jax.models.io import load_any
 
 MODEL_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "max_position_embeddings", "dtype", "param_dtype",
-                "scan_layers", "remat_policy")
+                "scan_layers", "remat_policy", "ce_chunk")
 
 
 def model_config_from(model_cfg: ConfigDict, vocab_size: int, **extra) -> ModelConfig:
@@ -21,7 +21,8 @@ def model_config_from(model_cfg: ConfigDict, vocab_size: int, **extra) -> ModelC
 
 def load_model(config: ConfigDict, path: str = "") -> tuple[ModelConfig, dict]:
     """(ModelConfig, params) of `path` (default config.model.path; an HF directory or a
-    latent_jax checkpoint) with config.model's param_dtype, dtype, remat_policy and scan_layers."""
+    latent_jax checkpoint) with config.model's param_dtype, dtype, remat_policy, scan_layers and
+    ce_chunk."""
     m = config.model
     mcfg, params = load_any(path or m.path, dtype=m.param_dtype, scan_layers=bool(m.scan_layers))
-    return mcfg.replace(dtype=m.dtype, remat_policy=m.remat_policy), params
+    return mcfg.replace(dtype=m.dtype, remat_policy=m.remat_policy, ce_chunk=int(m.get("ce_chunk", 0))), params

@@ -39,6 +39,7 @@ from latent_jax.decoding.streaming import StreamOptions, StreamSession
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder, init_params
 from latent_jax.models.io import save_model
+from latent_jax.models.lm_head import next_token_stats
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, quiet_logs, write_json
 
 CATEGORIES = ("query", "noise", "stop")
@@ -65,13 +66,14 @@ def encode_samples(samples, tok, template, max_len: int) -> tuple[np.ndarray, np
 
 
 def reply_loss(params, config: ModelConfig, ids, mask, tgt):
-    """Mean next-token cross-entropy over reply tokens, and their accuracy."""
-    logits = Decoder(config).apply({"params": params}, ids, attention_mask=mask).logits[:, :-1]
+    """Mean next-token cross-entropy over reply tokens, and their accuracy (the LM head inside
+    the loss, over chunks of config.ce_chunk positions)."""
+    hidden = Decoder(config).apply({"params": params}, ids, attention_mask=mask).hidden
     labels, w = ids[:, 1:], tgt[:, 1:].astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    logp, argmax = next_token_stats(params, config, hidden, ids)
+    nll = -logp
     n = jnp.maximum(jnp.sum(w), 1.0)
-    acc = jnp.sum((jnp.argmax(logits, -1) == labels) * w) / n
+    acc = jnp.sum((argmax == labels) * w) / n
     return jnp.sum(nll * w) / n, {"token_accuracy": acc}
 
 
@@ -129,7 +131,7 @@ class StreamTask(Task):
             num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
             head_dim=m.head_dim, max_position_embeddings=m.max_position_embeddings, rms_norm_eps=1e-5,
             bos_token_id=self.tok.bos_id, eos_token_id=tuple(self.tok.encode(self.template.end)),
-            pad_token_id=self.tok.pad_id, dtype=m.dtype, param_dtype=m.param_dtype)
+            pad_token_id=self.tok.pad_id, dtype=m.dtype, param_dtype=m.param_dtype, ce_chunk=int(m.get("ce_chunk", 0)))
         base = synthetic_streams(int(d.n_train), seed=int(config.seed), turns=int(d.turns))
         self.train = mix_stop_noise(base, int(d.n_stop), int(d.n_noise), seed=int(config.seed))
         held = synthetic_streams(int(d.n_eval), seed=int(config.seed) + 1000, turns=int(d.turns))
