@@ -8,10 +8,15 @@ VLMs: Phi-4-multimodal, InternVL3; no weights: params are jax.ShapeDtypeStruct),
 with the library's rules (latent_jax.parallel) on `--devices` fake CPU devices, AOT-lowers under
 parallel.use_mesh (so the decoder's activation constraints apply) and compiles the Coconut train
 step (latent.coconut.coconut_loss, value_and_grad, AdamW update; bf16 compute, fp32 master
-params and moments, per-layer remat, scanned layers), and prints
-per-device bytes of params, optimizer state and the compiled step's temporaries
-(compiled.memory_analysis()), FLOPs per step (compiled.cost_analysis(), with the 6·N·tokens
-estimate beside it), whether it fits the chip's HBM, and the step time at 50% MFU.
+params and moments, per-layer remat, scanned layers; --ce-chunk N applies the LM head and the
+loss over chunks of N positions, as config model.ce_chunk; --mu-dtype bfloat16 halves the first
+moment, as optim.mu_dtype), and prints per-device bytes of params, optimizer state and the
+compiled step's temporaries (compiled.memory_analysis()), the buffers live at the step's peak
+summed by kind (params, optimizer, weight copies, gradients, logits, attention, per-layer
+stacks, ...: XLA's own live-range and buffer-assignment dumps of the compile, so a user sees
+what to change), FLOPs per step (the 6·N·tokens count, remat's recompute on the layers only, the
+LM head once; compiled.cost_analysis() beside it), whether it fits the chip's HBM, and the step
+time at 50% MFU.
 
 For a VLM the vision tower is frozen in the multimodal Coconut workflow (its features are
 computed once and spliced into the token embeddings), so the step trains the language model on
@@ -26,7 +31,9 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 
 import jax
@@ -69,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remat", default="full", choices=("none", "full", "dots", "dots_no_batch"))
     p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="master params and AdamW moments (compute is bf16 either way)")
+    p.add_argument("--mu-dtype", default="", choices=("", "float32", "bfloat16"),
+                   help="AdamW's first moment (config optim.mu_dtype; default: the param dtype)")
+    p.add_argument("--ce-chunk", type=int, default=0,
+                   help="LM head + cross-entropy over chunks of this many positions (config model.ce_chunk; 0 = off)")
+    p.add_argument("--no-breakdown", action="store_true",
+                   help="skip the peak breakdown (it reads XLA's buffer assignment from a dump of the compile)")
     p.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (scaling experiments)")
     p.add_argument("--no-activation-sharding", action="store_true",
                    help="trace without the mesh, so the decoder's activation constraints are off (for comparison)")
@@ -124,7 +137,8 @@ def make_plan(args, devices=None) -> dict:
         raise SystemExit(f"error: {len(devices)} devices visible, --devices {n}; run the plan in a fresh "
                          "process (it sets XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)")
     text, vlm = load_model_config(args.config)
-    cfg = text.replace(dtype="bfloat16", param_dtype=args.param_dtype, scan_layers=True, remat_policy=args.remat)
+    cfg = text.replace(dtype="bfloat16", param_dtype=args.param_dtype, scan_layers=True, remat_policy=args.remat,
+                       ce_chunk=args.ce_chunk)
     if args.layers:
         w = tuple(cfg.layer_windows)
         cfg = cfg.replace(num_hidden_layers=args.layers, layer_windows=(w * args.layers)[:args.layers])
@@ -140,7 +154,7 @@ def make_plan(args, devices=None) -> dict:
 
     params = jax.eval_shape(lambda: init_params(cfg, 0))
     p_sh = param_shardings(params, mesh)
-    tx = optax.adamw(1e-5, weight_decay=0.0)
+    tx = optax.adamw(1e-5, weight_decay=0.0, mu_dtype=jnp.dtype(args.mu_dtype) if args.mu_dtype else None)
     opt = jax.eval_shape(tx.init, params)
     o_sh = param_shardings(opt, mesh)
     D = cfg.hidden_size
@@ -170,7 +184,18 @@ def make_plan(args, devices=None) -> dict:
     constrained = not args.no_activation_sharding
     with use_mesh(mesh) if constrained else contextlib.nullcontext():
         lowered = jitted.lower(params, opt, batch)
-    compiled = lowered.compile()
+    with tempfile.TemporaryDirectory(prefix="latent_jax_plan_") as dump:
+        # XLA's own account of the buffers live at the step's peak (its live-range dump), for the
+        # breakdown; the dump options are per-compile (never the process's XLA_FLAGS)
+        opts = {} if args.no_breakdown else {"xla_dump_to": dump, "xla_dump_hlo_module_re": ".*step.*"}
+        cache_on = jax.config.jax_enable_compilation_cache
+        if opts:  # a persistent-cache hit would skip the compile, and with it the dump
+            jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            compiled = lowered.compile(compiler_options=opts) if opts else lowered.compile()
+        finally:
+            jax.config.update("jax_enable_compilation_cache", cache_on)
+        breakdown = None if args.no_breakdown else peak_breakdown(dump, params, cfg)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -180,14 +205,19 @@ def make_plan(args, devices=None) -> dict:
     n_params = _count(params)
     emb = cfg.vocab_size * D * (1 if cfg.tie_word_embeddings else 2)
     tokens = B * T
-    # 6 N per token (forward 2N + backward 4N) on the non-embedding weights and the LM head,
-    # the attention scores (12 L T D per token for QK^T and AV, forward + backward), and the
-    # thoughts: each is one more decoder pass over one position, so ~the same per-token cost
-    # the embedding lookup is a gather (no FLOPs); a tied LM head is a matmul with the same weights
-    n_matmul = n_params - cfg.vocab_size * D + (cfg.vocab_size * D if cfg.tie_word_embeddings else 0)
-    est = 6 * n_matmul * tokens + 12 * cfg.num_hidden_layers * T * D * tokens / 2
+    # 6 N per token (forward 2N + backward 4N) on the decoder layers' weights, plus the attention
+    # scores (12 L T D per token for QK^T and AV, forward + backward, halved by the causal mask);
+    # the thoughts are one more decoder pass over one position each, so the same per-token cost.
+    # remat recomputes the layers' forward once (8 N). The LM head (V x D; a tied head is a matmul
+    # with the embedding) is outside the layers' remat: 6 V D per token, or 8 V D when the chunked
+    # loss recomputes it in the backward. The embedding lookup is a gather (no FLOPs).
+    n_head = cfg.vocab_size * D
+    n_layers = n_params - emb
+    est_layers = 6 * n_layers * tokens + 12 * cfg.num_hidden_layers * T * D * tokens / 2
     if args.remat != "none":
-        est *= 8 / 6  # remat recomputes the forward once
+        est_layers *= 8 / 6
+    est_head = (8 if cfg.ce_chunk and cfg.ce_chunk < T - 1 else 6) * n_head * tokens
+    est = est_layers + est_head
     hbm, peak, chip_desc = CHIPS[args.chip]
     p_bytes = _bytes_per_device(params, p_sh)
     o_bytes = _bytes_per_device(opt, o_sh)
@@ -207,16 +237,154 @@ def make_plan(args, devices=None) -> dict:
         "devices": n, "mesh": {k: int(v) for k, v in mesh.shape.items()}, "chip": args.chip, "chip_desc": chip_desc,
         "global_batch": B, "seq": T, "latent": L, "latent_start": P, "media_tokens": args.media_tokens,
         "layers": cfg.num_hidden_layers, "activation_sharding": constrained,
-        "remat": args.remat, "param_dtype": args.param_dtype, "compute_dtype": "bfloat16",
+        "remat": args.remat, "param_dtype": args.param_dtype, "mu_dtype": args.mu_dtype or args.param_dtype,
+        "compute_dtype": "bfloat16", "ce_chunk": cfg.ce_chunk,
         "bytes_per_device": {"params": p_bytes, "optimizer": o_bytes, "arguments": args_b, "outputs": out_b,
                              "aliased": alias, "temporaries": temp, "code": code, "peak": peak_bytes},
+        "peak_breakdown": breakdown,
         "hbm_bytes": hbm, "fits": peak_bytes <= 0.95 * hbm,
         "flops_per_step_compiled": flops_dev * n if flops_dev else None, "flops_per_step_6N": est,
+        "flops_per_step_lm_head": est_head,
         "step_time_at_50pct_mfu_s": total_flops / (n * peak * 0.5),
         "tokens_per_s_at_50pct_mfu": tokens / (total_flops / (n * peak * 0.5)),
         "compile_s": compile_s,
     }
     return plan
+
+
+# what a buffer live at the step's peak holds, in the order the tests are applied (peak_breakdown)
+KINDS = {
+    "params": "params (fp32 master weights, sharded)",
+    "optimizer": "optimizer state (AdamW moments)",
+    "batch": "the batch",
+    "weights": "weight copies: FSDP all-gathers, bf16 casts",
+    "grads": "weight gradients (and their reductions)",
+    "update": "optimizer update temporaries, gradient accumulators",
+    "logits": "LM head: logits over the vocabulary, their gradients",
+    "attention": "attention: scores, probabilities, K/V",
+    "layers": "per-layer stacks: saved layer inputs, K/V outputs",
+    "mlp": "MLP activations",
+    "other": "other activations",
+}
+_VALUE = re.compile(r"value: <\d+ (\S+?)(\{[\d,]*\})?(?: \(phi\))? @\d+> \(size=(\d+),offset=\d+\): (\S+)")
+_INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = ")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_COMP = re.compile(r"^(?:ENTRY )?%(\S+) \(.*\{\s*$")
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
+_OPERAND = re.compile(r"%([\w.\-]+)")
+_DIMS = re.compile(r"^[a-z]+\d*\[([\d,]*)\]")
+
+
+def _read(dump: str, suffix: str) -> str:
+    names = [f for f in os.listdir(dump) if f.endswith(suffix) and "jit_step" in f]
+    if not names:
+        raise FileNotFoundError(suffix)
+    with open(os.path.join(dump, sorted(names)[-1])) as f:
+        return f.read()
+
+
+def peak_breakdown(dump: str, params, cfg) -> dict | None:
+    """The buffers live at the compiled step's peak, summed by kind (`KINDS`), from XLA's dump of
+    the compile in `dump` (its live ranges at the peak, the buffer shapes, each instruction's
+    op_name): {"live_bytes", "kinds": {kind: bytes}, "largest": [[value, shape, bytes, kind], ...]}.
+    None when the dump lacks what this reads (another XLA version)."""
+    try:
+        live_txt = _read(dump, "-live-range.txt")
+        values_txt = _read(dump, "-buffer-assignment.txt")
+        hlo_txt = _read(dump, "cpu_after_optimizations.txt") if any(
+            f.endswith("cpu_after_optimizations.txt") for f in os.listdir(dump)) else _read(dump, "after_optimizations.txt")
+    except (FileNotFoundError, OSError):
+        return None
+    at = live_txt.find("(peak):")
+    if at < 0:
+        return None
+    live = []
+    for line in live_txt[at:].splitlines()[1:]:
+        m = re.match(r"\s+(\S+): (\d+) bytes", line)
+        if not m:
+            break
+        live.append((m.group(1), int(m.group(2))))
+    shapes = {}
+    for m in _VALUE.finditer(values_txt):
+        shapes.setdefault(m.group(1) + (m.group(2) or "{}"), m.group(4))
+    # each instruction's op_name (JAX's name stack: jvp(...) forward, transpose(...) backward); a
+    # fusion without one takes its fused computation's, another instruction its first operand's
+    own, calls, operands, comp_op = {}, {}, {}, {}
+    comp = None
+    for line in hlo_txt.splitlines():
+        h = _COMP.match(line)
+        if h:
+            comp = h.group(1)
+            continue
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name = m.group(1)
+        o = _OP_NAME.search(line)
+        own[name] = o.group(1) if o else ""
+        if own[name] and comp and (line.lstrip().startswith("ROOT") or comp not in comp_op):
+            comp_op[comp] = own[name]
+        c = _CALLS.search(line)
+        if c:
+            calls[name] = c.group(1)
+        operands[name] = _OPERAND.findall(line[m.end():].split("),")[0])
+
+    def op_name(name: str, depth: int = 0) -> str:
+        if own.get(name):
+            return own[name]
+        if name in calls and comp_op.get(calls[name]):
+            return comp_op[calls[name]]
+        for o in operands.get(name, [])[:2] if depth < 6 else []:
+            found = op_name(o, depth + 1)
+            if found:
+                return found
+        return ""
+
+    op_names = {name.split("{")[0]: op_name(name.split("{")[0]) for name, _ in live}
+    # weight-shaped buffers: a param's whole shape, one layer's (scanned layers), or a shard of either
+    wshapes = set()
+    for x in jax.tree.leaves(params):
+        full = tuple(int(d) for d in x.shape)
+        for sh in (full, full[1:] if len(full) > 2 else full):
+            wshapes.add(tuple(sorted(sh)))
+            for i in range(len(sh)):
+                for k in (2, 4, 8, 16, 32, 64):
+                    if sh[i] % k == 0:
+                        wshapes.add(tuple(sorted(sh[:i] + (sh[i] // k,) + sh[i + 1:])))
+    L, V = cfg.num_hidden_layers, cfg.vocab_size
+
+    def kind(name: str, shape: str) -> str:
+        op = op_names.get(name.split("{")[0], "")
+        if op.startswith("params["):
+            return "params"
+        if op.startswith("opt_state") or op.startswith("opt["):
+            return "optimizer"
+        if op.startswith("batch["):
+            return "batch"
+        m = _DIMS.match(shape)
+        dims = tuple(int(d) for d in m.group(1).split(",") if d) if m else ()
+        if len(dims) >= 2 and tuple(sorted(dims)) in wshapes:
+            return "grads" if ("transpose(" in op or name.startswith(("all-reduce", "reduce-scatter"))) else (
+                "weights" if "jvp(" in op else "update")
+        if V in dims:
+            return "logits"
+        if "self_attn" in op:
+            return "attention"
+        if dims and dims[0] == L and len(dims) >= 3:
+            return "layers"
+        if "/mlp/" in op:
+            return "mlp"
+        return "other"
+
+    kinds: dict[str, int] = {}
+    rows = []
+    for name, size in live:
+        shape = shapes.get(name, "?")
+        k = kind(name, shape)
+        kinds[k] = kinds.get(k, 0) + size
+        rows.append([name, shape, size, k])
+    rows.sort(key=lambda r: -r[2])
+    return {"live_bytes": sum(s for _, s in live), "kinds": kinds, "largest": rows[:12]}
 
 
 def _vision_params(vlm) -> int:
@@ -237,18 +405,29 @@ def format_plan(p: dict) -> str:
         f"  {p['devices']} x {p['chip_desc']}, mesh {p['mesh']}, global batch {p['global_batch']} x {p['seq']} tokens, "
         f"{p['latent']} thoughts at {p['latent_start']}"
         + (f", {p['media_tokens']} media tokens" if p["media_tokens"] else ""),
-        f"  remat {p['remat']}, params/moments {p['param_dtype']}, compute {p['compute_dtype']}",
+        f"  remat {p['remat']}, params/moments {p['param_dtype']} (first moment {p['mu_dtype']}), compute "
+        f"{p['compute_dtype']}, ce_chunk {p['ce_chunk'] or 'off'}",
         "  per device:",
         f"    params        {g(b['params'])}",
         f"    optimizer     {g(b['optimizer'])}",
         f"    temporaries   {g(b['temporaries'])}   (activations, gradients, collectives: compiled memory_analysis)",
         f"    peak          {g(b['peak'])}   (arguments + outputs - donated + temporaries + code)",
-        f"    HBM           {g(p['hbm_bytes'])}   -> {'fits' if p['fits'] else 'DOES NOT FIT'}",
-        f"  FLOPs/step     {p['flops_per_step_6N']:.3e} (6N + attention, with remat's recompute); compiled "
+        f"    HBM           {g(p['hbm_bytes'])}   -> {'fits' if p['fits'] else 'DOES NOT FIT'}"
+        f" ({100 * (1 - b['peak'] / p['hbm_bytes']):.0f}% headroom; the tool wants >= 5%)",
+        f"  FLOPs/step     {p['flops_per_step_6N']:.3e} (6N + attention; remat's recompute on the layers, the LM head "
+        f"{p['flops_per_step_lm_head']:.3e} counted once{' + its chunked recompute' if p['ce_chunk'] else ''}); compiled "
         f"cost_analysis x devices {p['flops_per_step_compiled'] or 0:.3e} (XLA counts each loop body once)",
         f"  step time at 50% MFU: {p['step_time_at_50pct_mfu_s']:.3f} s "
         f"({p['tokens_per_s_at_50pct_mfu']:.0f} tokens/s)   [compiled in {p['compile_s']:.0f} s]",
     ]
+    bd = p.get("peak_breakdown")
+    if bd:
+        lines.append(f"  live at the step's peak (XLA buffer assignment, {g(bd['live_bytes']).strip()}), by kind:")
+        for k, v in sorted(bd["kinds"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {g(v)}  {KINDS.get(k, k)}")
+        lines.append("  largest buffers live at the peak:")
+        for name, shape, size, k in bd["largest"][:6]:
+            lines.append(f"    {g(size)}  {shape.split('{')[0]:<28} {k:<10} ({name})")
     return "\n".join(lines)
 
 

@@ -52,10 +52,18 @@ def test_plan_bytes_match_a_hand_count(tiny_plan):
     assert b["temporaries"] > 0 and b["peak"] >= b["params"] + b["optimizer"]
     assert plan["fits"] is True and plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     est = plan["flops_per_step_6N"]
-    assert est == pytest.approx((6 * (n - V * D) * 4 * 32 + 6 * L * 32 * D * 4 * 32) * 8 / 6)
+    # remat recomputes the layers (8/6), never the LM head (counted once: 6 V D per token)
+    tokens = 4 * 32
+    assert plan["flops_per_step_lm_head"] == 6 * V * D * tokens
+    assert est == pytest.approx((6 * (n - 2 * V * D) * tokens + 6 * L * 32 * D * tokens) * 8 / 6 + 6 * V * D * tokens)
     assert plan["flops_per_step_compiled"] > 0
     assert plan["step_time_at_50pct_mfu_s"] == pytest.approx(est / (4 * 197e12 * 0.5))
     assert "fits" in text and "optimizer" in text
+    # the peak as a breakdown by kind, from XLA's buffers live at the peak
+    bd = plan["peak_breakdown"]
+    assert bd and sum(bd["kinds"].values()) == bd["live_bytes"] <= b["peak"]
+    assert bd["kinds"]["params"] > 0 and bd["kinds"]["optimizer"] > 0
+    assert "live at the step's peak" in text
 
 
 def test_bad_mesh_is_one_line():

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     out = {}
     for constrained, n in ((True, 2), (True, 8), (False, 8)):
         argv = ["--config", sys.argv[1], "--devices", str(n), "--mesh", f"data=1,fsdp={n},tensor=1",
-                "--batch", str(n), "--seq", "128", "--latent", "2"]
+                "--batch", str(n), "--seq", "128", "--latent", "2", "--no-breakdown"]
         if not constrained:
             argv.append("--no-activation-sharding")
         plan = make_plan(build_parser().parse_args(argv), jax.devices()[:n])
