@@ -34,6 +34,10 @@ def get_base() -> ConfigDict:
     # sequence): full-vocabulary fp32 logits exist for one chunk at a time (models/lm_head.py)
     c.model.ce_chunk = 0
 
+    # multi-host (--multihost): seconds a process waits for a peer that stopped answering before
+    # it fails (jax.distributed's heartbeat; jax's default is 100)
+    c.heartbeat_timeout_s = 100
+
     # device mesh (data, fsdp, tensor); -1 = all remaining devices
     c.mesh = ConfigDict()
     c.mesh.data = -1

@@ -274,7 +274,8 @@ def main(argv):
     workdir = resolve_path(flags.FLAGS.workdir or config.get("workdir") or DEFAULT_WORKDIR)
     resolve_config_paths(config)
     if flags.FLAGS.multihost:
-        initialize_distributed()  # coordinator / process ids come from the TPU or SLURM environment
+        # coordinator / process ids come from the TPU or SLURM environment (or JAX_* variables)
+        initialize_distributed(heartbeat_timeout_s=config.get("heartbeat_timeout_s"))
     run = resolve_workflow(config.workflow)
     if not is_uri(workdir):
         os.makedirs(workdir, exist_ok=True)

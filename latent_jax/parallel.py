@@ -190,13 +190,15 @@ def constrain(x: jax.Array, axes: Sequence[str | None], rules: dict | None = Non
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, heartbeat_timeout_s: int | None = None) -> None:
     """Multi-host init (TPU pods, multi-node GPU, or several processes on one machine); call
     before any device is touched.
 
     Arguments left out are read from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
     JAX_PROCESS_ID (jax itself reads only the first), else discovered by jax (TPU VMs, SLURM,
-    Open MPI). On CPU, cross-process collectives use gloo."""
+    Open MPI). On CPU, cross-process collectives use gloo. heartbeat_timeout_s: how long a
+    process waits for a peer that stopped answering before it fails (config
+    heartbeat_timeout_s; jax's default, 100 s, when None)."""
     env = os.environ
     coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
     if num_processes is None and env.get("JAX_NUM_PROCESSES"):
@@ -211,7 +213,13 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     platforms = (env.get("JAX_PLATFORMS") or jax.config.jax_platforms or "").split(",")
     if "cpu" in platforms[:1]:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    if heartbeat_timeout_s is not None:
+        if int(heartbeat_timeout_s) < 1:
+            raise ValueError(f"heartbeat_timeout_s={heartbeat_timeout_s}; use a number of seconds >= 1")
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+    else:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
 def _env_int(name: str) -> int:

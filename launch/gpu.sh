@@ -14,6 +14,8 @@
 # XLA_FLAGS=--xla_force_host_platform_device_count=4; tests/test_multihost.py does this):
 #   export JAX_COORDINATOR_ADDRESS=127.0.0.1:12355 JAX_NUM_PROCESSES=2
 #   JAX_PROCESS_ID=0 launch/gpu.sh run --multihost & JAX_PROCESS_ID=1 launch/gpu.sh run --multihost
+# A process whose peer died waits config.heartbeat_timeout_s (default 100 s) before it fails:
+# add --config.heartbeat_timeout_s=20 to fail faster (too low and a slow step looks like a death).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -19,7 +19,8 @@
 # MODEL_DIR / DATA_DIR are set.
 #
 # run: every worker runs `python -m latent_jax.main --multihost` (jax.distributed discovers the
-# coordinator on TPU VMs). WORKDIR must be shared by the workers on a multi-host slice: a
+# coordinator on TPU VMs; a worker whose peer died fails after --config.heartbeat_timeout_s, default
+# 100 s). WORKDIR must be shared by the workers on a multi-host slice: a
 # gs:// URI (checkpoints, metrics and results.json are written there by process 0 / Orbax).
 # Preemption-safe: when the VM is PREEMPTED (spot) or gone, `run` re-creates it, re-runs
 # setup and stage, and starts again; a failed run is retried up to MAX_RESTARTS times; each

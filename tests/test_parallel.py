@@ -104,6 +104,19 @@ def test_one_vs_eight_devices_same_loss_and_grads():
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
 
 
+def test_heartbeat_timeout_reaches_jax(monkeypatch):
+    """config.heartbeat_timeout_s (main passes it) is jax.distributed's heartbeat timeout."""
+    import latent_jax.parallel as par
+
+    seen = []
+    monkeypatch.setattr(par.jax.distributed, "initialize", lambda *a, **k: seen.append((a, k)))
+    monkeypatch.setenv("JAX_PLATFORMS", "tpu")
+    par.initialize_distributed("127.0.0.1:1234", 2, 0, heartbeat_timeout_s=20)
+    assert seen == [(("127.0.0.1:1234", 2, 0), {"heartbeat_timeout_seconds": 20})]
+    with pytest.raises(ValueError, match="heartbeat_timeout_s"):
+        par.initialize_distributed("127.0.0.1:1234", 2, 0, heartbeat_timeout_s=0)
+
+
 def test_initialize_distributed_reads_all_three_env_vars(monkeypatch):
     """jax reads only JAX_COORDINATOR_ADDRESS ("Number of processes must be defined"); the
     launch path reads the process count and id too, and picks gloo for CPU collectives."""
