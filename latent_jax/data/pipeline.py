@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import grain
 import numpy as np
@@ -528,3 +528,50 @@ def load_split(
     """Coconut JSON file -> tokenized examples, length-filtered (never empty)."""
     rows = load_coconut_json(path, on_bad_row=on_bad_row, max_rows=max_rows)
     return filter_by_length(tokenize_examples(rows, tok, fmt), cc, max_length, name=path)
+
+
+# ----------------------------------------------------------------------------- one shape per stage
+class Geometry(NamedTuple):
+    """One batch shape for a whole stage: latent column, length, thought columns, and the
+    largest set of a set-valued label (0: the stage has none)."""
+
+    start: int
+    T: int
+    num_latent: int = 0
+    label_set: int = 0
+
+
+def geometry(samples, bucket: int) -> Geometry:
+    """The Geometry that fits every sample (anchor, input_ids, n_latent): one compiled program
+    per curriculum stage instead of one per batch (with uniform_prob mixing the batches of a
+    stage hold different latent counts; thought columns past a row's latents hold its
+    ordinary tokens, so scanning the stage's maximum is exact)."""
+    start = _round_up(max(max(s.anchor for s in samples), 1), bucket)
+    suffix = _round_up(max(max(len(s.input_ids) - s.anchor for s in samples), 1), bucket)
+    K = max((len(m) for s in samples for _, m in getattr(s, "label_sets", ())), default=0)
+    return Geometry(start, start + suffix, max(s.n_latent for s in samples), K)
+
+
+def repad(arrays: dict, latent_start: int, start: int, T: int, pad_id: int, label_set: int = 0) -> dict:
+    """Re-pad an aligned batch so its latent column is `start`, its length `T` and, with
+    label_set > 0, its `label_sets` (B, T, label_set) (created empty when the batch has none)."""
+    shift = start - latent_start
+    old_T = arrays["input_ids"].shape[1]
+    if shift < 0 or shift + old_T > T:
+        raise ValueError(f"batch (latent_start {latent_start}, T {old_T}) does not fit geometry ({start}, {T})")
+    arrays = dict(arrays)
+    if label_set and "label_sets" not in arrays:
+        arrays["label_sets"] = np.full(arrays["input_ids"].shape + (label_set,), -100, np.int32)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": -100, "latent_mask": False, "position_ids": 0,
+            "label_sets": -100}
+    out = {k: np.pad(a, ((0, 0), (shift, T - shift - old_T), (0, label_set - a.shape[-1]))[: a.ndim],
+                     constant_values=fill.get(k, 0))
+           for k, a in arrays.items()}
+    if "attention_mask" in out:
+        out["position_ids"] = np.maximum(np.cumsum(out["attention_mask"], axis=1) - 1, 0).astype(np.int32)
+    return out
+
+
+def eval_geometry(examples, stage: int, cc: CurriculumConfig, ids, bucket: int) -> Geometry:
+    """The Geometry of the evaluation prompts of `examples` at curriculum `stage`."""
+    return geometry([eval_prompt(e, stage, cc, ids) for e in examples], bucket)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from latent_jax.data.pipeline import CoconutEvalData, load_split
+from latent_jax.data.pipeline import CoconutEvalData, eval_geometry, load_split, repad
 from latent_jax.latent.curriculum import problem_format, scheduled_stage
 from latent_jax.models.hf_vlm import save_vlm_checkpoint
 from latent_jax.models.io import save_model
@@ -51,10 +51,8 @@ from latent_jax.tasks.coconut import (
     build_model,
     build_tokenizer,
     curriculum_config,
-    eval_geometry,
     generation_settings,
     prepare_data,
-    repad,
 )
 from latent_jax.tasks.coconut_mm import FeatureCache, MMEmbeds, ensure_smoke_fixtures, load_items, tokenize_items
 from latent_jax.train.metrics import read_metrics

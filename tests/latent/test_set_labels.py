@@ -11,7 +11,7 @@ from latent_jax.data.pipeline import collate_train
 from latent_jax.latent import curriculum as C
 from latent_jax.latent.coconut import coconut_forward, coconut_loss, masked_cross_entropy, set_cross_entropy
 from latent_jax.models.decoder import init_params
-from latent_jax.tasks.coconut import geometry, repad
+from latent_jax.data.pipeline import geometry, repad
 from latent_jax.testing import tiny_config
 
 PAD, BOS, EOS, START, END, LAT, A = 0, 1, 2, 3, 4, 5, 6

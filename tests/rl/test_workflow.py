@@ -11,7 +11,7 @@ from latent_jax.latent.curriculum import CurriculumConfig, LatentTokenIds, Token
 from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
 from latent_jax.rl.workflow import GRPOTask, GRPOTrainer, PromptSet, rl_settings
-from latent_jax.tasks.coconut import eval_geometry
+from latent_jax.data.pipeline import eval_geometry
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from configs.prosqa_grpo import get_config  # noqa: E402
