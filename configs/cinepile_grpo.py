@@ -13,7 +13,8 @@ embeddings); with coconut_mode = "coconut" the continuous thoughts after the vid
 question are deterministic and the answer tokens after them are sampled. rl.init = "sft"
 runs a short multimodal Coconut run first (the :smoke default); "model" starts from
 load_model_path (a multimodal_coconut run's best_model). The seed's length penalty:
-rl.length_penalty.enabled = True (threshold 1000 tokens, factor 0.001, quadratic).
+rl.length_penalty.enabled = True (threshold 1000 tokens, factor 0.001, quadratic; correct answers
+only, rl.length_penalty.correct_only = False for the seed's form that takes from every answer).
 """
 
 import os

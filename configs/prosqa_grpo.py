@@ -11,8 +11,10 @@ and the curriculum fields of that run to train a Coconut policy, whose continuou
 deterministic while the tokens after them are sampled). Reward: 1 for the right answer (the
 Coconut exact match after "[A]"), optionally minus the seed's length penalty.
 
-Presets: "smoke" (toy sizes, seconds), "length" (the length penalty on: 0.2 per token past 4),
-"coconut" (a Coconut policy from a short Coconut run).
+Presets, comma-separated ("coconut,smoke"): "smoke" (toy sizes, seconds), "length" (the length
+penalty on: 0.2 per token past 4, correct answers only), "coconut" (a Coconut policy from a short
+Coconut run, both hops as thoughts from its first update as the embedded default trains it).
+docs/rl.md has the measured runs, including why the penalty does not shorten answers here.
 """
 
 import copy
@@ -45,10 +47,12 @@ def rl_fields() -> ConfigDict:
         num_iterations=1,  # updates per rollout (>1: ratio against the rollout policy, clipping active)
         format_weight=0.0,  # + weight * (exactly one "[A] answer")
         strict_format=True,  # no correctness reward without the answer delimiter ("###" / "[A]")
-        # the seed's length penalty (rl/rewards.py); correct_only: only correct answers pay, at most
-        # max_fraction (< 1) of their reward, so every correct answer outranks every wrong one
+        # the seed's length penalty (rl/rewards.py, docs/rl.md); correct_only: only correct answers
+        # pay, at most max_fraction (< 1) of their reward, so every correct answer outranks every
+        # wrong one and a wrong answer never gains by being short (False: the seed's form, which
+        # takes from every answer)
         length_penalty=ConfigDict(dict(enabled=False, threshold=1000, factor=0.001, shape="quadratic",
-                                       preserve_accuracy=False, correct_only=False, max_fraction=0.5)),
+                                       preserve_accuracy=False, correct_only=True, max_fraction=0.5)),
         eval_every=20,  # held-out greedy accuracy every N steps (and at the end)
         checkpoint_every=0,  # extra checkpoints between evaluations
         max_eval_rows=0,  # 0 = the whole test split

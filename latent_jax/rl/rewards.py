@@ -35,7 +35,12 @@ penalty up to `threshold` generated tokens; past it, with x = length - threshold
 one and grows without bound). `apply_length_penalty` subtracts it from the reward; with
 `preserve_accuracy` the penalty only eats into the part of the reward that is not the
 accuracy component (a format bonus, say), never below it: a correct answer keeps its
-accuracy reward however long it is. Seed defaults: threshold 1000 tokens, factor 0.001.
+accuracy reward however long it is. With `correct_only` (the GRPO configs' default) only
+correct answers pay, at most `max_fraction` (< 1) of their accuracy reward: a wrong answer
+never gains by being short, and a correct answer of any length outranks every wrong one
+(the seed's form takes from every answer; under group-normalised advantages it then teaches
+"shorter" from groups where every answer is wrong, docs/rl.md). Seed defaults: threshold
+1000 tokens, factor 0.001.
 """
 
 from __future__ import annotations

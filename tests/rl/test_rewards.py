@@ -164,3 +164,17 @@ def test_correct_only_penalty_in_group_advantages():
     seed = R.answer_rewards(texts, golds, lens, task="prosqa", delimiter="[A]", penalty={**pen, "correct_only": False})
     adv = np.asarray(group_advantages(seed["reward"], 4))
     assert adv[7] > 0.5 and adv[6] < -0.5  # the seed's form: an all-wrong group learns "shorter" at full scale
+
+
+def test_grpo_length_penalty_defaults_to_correct_answers_only():
+    from configs.prosqa_grpo import get_config
+    from latent_jax.rl.workflow import rl_settings
+
+    assert rl_settings(get_config(""))["penalty"] is None  # off unless enabled
+    pen = rl_settings(get_config("length"))["penalty"]
+    assert pen == {"threshold": 4.0, "factor": 0.2, "shape": "linear", "preserve_accuracy": False,
+                   "correct_only": True, "max_fraction": 0.5}
+    c = get_config("length")
+    c.rl.length_penalty.max_fraction = 1.0
+    with pytest.raises(ValueError, match="max_fraction"):
+        rl_settings(c)
