@@ -71,7 +71,7 @@ def _losses():
 
 @pytest.mark.parametrize("name", ["grpo", "diffusion", "coconut_diffusion", "streaming"])
 def test_every_task_loss_chunked_equals_whole(name):
-    cfg = tiny_config("llama", vocab_size=96)
+    cfg = tiny_config("llama", vocab_size=96, num_hidden_layers=1, scan_layers=True)
     params = init_params(cfg, 0)
     f = _losses()[name]
 
