@@ -29,7 +29,7 @@ from configs.prosqa_coconut import get_config as _prosqa  # noqa: E402
 
 
 def rl_fields() -> ConfigDict:
-    """Every GRPO knob (latent_jax.rl.workflow, docs/rl.md)."""
+    """Every GRPO knob (latent_jax.tasks.grpo, docs/rl.md)."""
     return ConfigDict(dict(
         task="prosqa",  # the reward's scorer: Coconut exact match after the answer delimiter
         init="sft",  # sft (a short supervised run into workdir/sft first) | model (config.load_model_path)
@@ -75,7 +75,9 @@ def get_config(arg: str = "") -> ConfigDict:
     c.decode_thoughts = 0
     c.rl = rl_fields()
     sft_optim = copy.deepcopy(c.optim)  # the supervised start trains with the embedded default's optimizer
+    sft_optim.schedule = "constant"  # at a constant lr (the default's methods decay over 10 epochs)
     c.optim.learning_rate = 1e-4
+    c.optim.schedule = "constant"  # GRPO: Adam at a constant 1e-4
     c.optim.warmup_steps = 0
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 1.0

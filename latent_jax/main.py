@@ -33,7 +33,7 @@ WORKFLOWS = {
     "diffusion": "latent_jax.tasks.diffusion:run",
     "medusa": "latent_jax.tasks.medusa:run",
     "multimodal_coconut": "latent_jax.tasks.coconut_mm:run",
-    "grpo": "latent_jax.rl.workflow:run",
+    "grpo": "latent_jax.tasks.grpo:run",
     "continual": "latent_jax.tasks.continual:run",
     "streaming": "latent_jax.tasks.streaming:run",
 }

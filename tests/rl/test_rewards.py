@@ -75,7 +75,7 @@ def test_undelimited_answers_earn_no_correctness_reward():
 def test_grpo_rewards_are_strict_and_heldout_reads_as_the_evaluation():
     """rl.strict_format defaults to True in the GRPO settings."""
     from configs.prosqa_grpo import get_config
-    from latent_jax.rl.workflow import rl_settings
+    from latent_jax.tasks.grpo import rl_settings
 
     c = get_config("smoke")
     assert rl_settings(c)["strict_format"] is True
@@ -168,7 +168,7 @@ def test_correct_only_penalty_in_group_advantages():
 
 def test_grpo_length_penalty_defaults_to_correct_answers_only():
     from configs.prosqa_grpo import get_config
-    from latent_jax.rl.workflow import rl_settings
+    from latent_jax.tasks.grpo import rl_settings
 
     assert rl_settings(get_config(""))["penalty"] is None  # off unless enabled
     pen = rl_settings(get_config("length"))["penalty"]

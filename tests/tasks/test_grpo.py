@@ -10,7 +10,7 @@ import numpy as np
 from latent_jax.latent.curriculum import CurriculumConfig, LatentTokenIds, TokenizedExample
 from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
-from latent_jax.rl.workflow import GRPOTask, GRPOTrainer, PromptSet, rl_settings
+from latent_jax.tasks.grpo import GRPOTask, GRPOTrainer, PromptSet, rl_settings
 from latent_jax.data.pipeline import eval_geometry
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -92,7 +92,7 @@ def test_coconut_preset_runs_at_smoke_size(tmp_path):
     """configs/prosqa_grpo.py:coconut at smoke size through the workflow: a supervised Coconut
     start (its final layout, thoughts from the first update), then GRPO on prompts that hold the
     thoughts, evaluated and exported."""
-    from latent_jax.rl.workflow import run
+    from latent_jax.tasks.grpo import run
     from latent_jax.train.metrics import read_metrics
 
     c = get_config("coconut,smoke")
