@@ -90,7 +90,7 @@ do_create() {
 
 do_setup() {
   local tgz="${SRC_TGZ:-/tmp/latent_jax_src.tgz}"
-  run tar -C "$ROOT" --exclude=.venv --exclude=runs --exclude=.git --exclude=__pycache__ -czf "$tgz" .
+  run tar -C "$ROOT" --exclude=.venv --exclude=runs --exclude=.git --exclude=__pycache__ --exclude=.pytest_cache -czf "$tgz" .
   tpu scp "$tgz" "$TPU_NAME":"$tgz" --worker=all
   on_all "mkdir -p $REMOTE_DIR && tar -xzf $tgz -C $REMOTE_DIR && cd $REMOTE_DIR && \
 python3 -m venv .venv && . .venv/bin/activate && pip install -q -U pip && \
