@@ -4,6 +4,13 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One persistent XLA compilation cache for the test session, shared by both xdist workers and
+# inherited by every subprocess the tests start (a smoke compiled by one test is read back by the
+# next): under the pytest cache, so a second run starts warm. LATENT_JAX_TEST_CACHE=0 turns it off.
+if os.environ.get("LATENT_JAX_TEST_CACHE", "1") != "0":
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_root, ".pytest_cache", "jax_compile"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
