@@ -167,6 +167,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def spans_processes(x: Any) -> bool:
+    """True for a jax.Array whose shards live on several processes and no process holds it
+    whole (FSDP or tensor sharding across hosts): np.asarray / jax.device_get cannot read it."""
+    return isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated
+
+
+def to_host(tree: Any) -> Any:
+    """Every array leaf of `tree` as a whole numpy array on this process (jax.device_get for
+    arrays it can read). Arrays sharded across processes are gathered with
+    multihost_utils.process_allgather, a collective: in a multi-host run every process calls
+    this with the same tree, in the same order. Use it only where a host copy is truly needed
+    (HF/safetensors export, generated tokens); Orbax saves sharded arrays as they are."""
+
+    def one(x):
+        if spans_processes(x):
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return jax.device_get(x)
+
+    return jax.tree.map(one, tree)
+
+
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules: dict | None = None) -> Iterator[Mesh]:
     """Trace (jit, lower, first call) under this to make `mesh` and `rules` the ones that

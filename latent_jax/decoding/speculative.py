@@ -46,6 +46,7 @@ from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, p
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
+from latent_jax.parallel import to_host
 
 Array = jax.Array
 
@@ -380,8 +381,8 @@ def typical_generate(params: dict, heads: dict, input_ids: Array, attention_mask
 def acceptance_stats(out: TypicalOutput) -> dict:
     """mean_accepted_length (tokens per decode forward pass, 1 = nothing accepted) and
     acceptance_rate (fraction of drafted tokens accepted), over all rows."""
-    steps = int(np.sum(np.asarray(out.steps)))
-    acc = int(np.sum(np.asarray(out.accepted)))
+    steps = int(np.sum(to_host(out.steps)))  # gathered when sharded across processes
+    acc = int(np.sum(to_host(out.accepted)))
     n = int(out.drafted)
     return {"mean_accepted_length": (steps + acc) / max(steps, 1),
             "acceptance_rate": acc / max(steps * n, 1), "decode_forward_passes": steps, "accepted_tokens": acc}

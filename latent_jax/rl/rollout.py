@@ -32,6 +32,7 @@ from latent_jax.decoding.sampling import SamplingParams, generate
 from latent_jax.latent.coconut import coconut_forward, coconut_generate
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.lm_head import map_head_chunks
+from latent_jax.parallel import to_host
 from latent_jax.rl.grpo import token_logprobs
 
 Array = jax.Array
@@ -120,7 +121,7 @@ def rollout(
             embeds_override_mask=None if eom is None else jnp.asarray(eom),
         )
     return Rollout(prompt=prompt, latent_start=int(latent_start), num_latent=int(num_latent),
-                   tokens=np.asarray(out.tokens), lengths=np.asarray(out.lengths), group_size=G,
+                   tokens=to_host(out.tokens), lengths=to_host(out.lengths), group_size=G,
                    embeds_override=eo, embeds_override_mask=eom)
 
 

@@ -36,6 +36,7 @@ from latent_jax.data.mnist import load_mnist
 from latent_jax.latent.act import ACTConfig, act_apply, act_loss, init_params
 from latent_jax.models import vision_tokens as vt
 from latent_jax.models.config import ModelConfig
+from latent_jax.parallel import to_host
 from latent_jax.tasks.common import load_model, model_config_from
 from latent_jax.train.metrics import MetricsWriter, plot_series
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, check_mode, quiet_logs, write_json
@@ -242,7 +243,7 @@ class ACTTask(Task):
         tot: dict[str, float] = {}
         inner = []
         for b in self.eval_batches:
-            r = jax.device_get(self.eval_step(params, trainer.place_all(b)))
+            r = to_host(self.eval_step(params, trainer.place_all(b)))
             inner.append(float(r.pop("act_inner_steps")))
             for k, v in r.items():
                 tot[k] = tot.get(k, 0.0) + float(v)

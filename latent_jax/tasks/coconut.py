@@ -86,7 +86,8 @@ from latent_jax.latent.curriculum import (
 from latent_jax.latent.probe import format_probe, frontier_probe, plot_probe
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
-from latent_jax.models.io import save_model
+from latent_jax.models.io import load_model as load_checkpoint, save_model
+from latent_jax.parallel import to_host
 from latent_jax.paths import barrier, is_primary, write_text
 from latent_jax.tasks.coconut_model import generate_aligned, task_files
 from latent_jax.tasks.common import load_model, model_config_from
@@ -457,7 +458,9 @@ class CoconutTask(Task):
         return hit / max(n, 1.0)
 
     def export(self, trainer, params):
-        self.export_fn(os.path.join(self.workdir, "best_model"), jax.device_get(params))
+        # the params as they are on the mesh: Orbax's save is collective, each process writes
+        # its own shards (no process need hold a whole parameter, as with FSDP across hosts)
+        self.export_fn(os.path.join(self.workdir, "best_model"), params)
 
     def generate(self, params: dict, eb, rng, geom: Geometry, split: str = "eval"):
         """Batched cached generation for an EvalBatch re-padded to `geom`; `split` names the
@@ -482,7 +485,8 @@ class CoconutTask(Task):
         ids, probs = thought_topk(
             params, jnp.asarray(a["input_ids"]), jnp.asarray(a["attention_mask"]), jnp.asarray(a["latent_mask"]),
             config=self.mcfg, latent_start=start, num_latent=n, k=k, thought_norm=self.thought_norm)
-        return np.asarray(ids), np.asarray(probs), np.asarray(a["latent_mask"])[:, start : start + n].astype(bool)
+        ids, probs = to_host((ids, probs))
+        return ids, probs, np.asarray(a["latent_mask"])[:, start : start + n].astype(bool)
 
     def score(self, params: dict, eval_data, stage: int, seed: int, out_dir: str | None = None,
               desc: str = "eval", split: str = "eval") -> dict:
@@ -498,7 +502,7 @@ class CoconutTask(Task):
             eb = ds[bi]
             rng, sub = jax.random.split(rng)
             out = self.generate(params, eb, sub, geom, split)
-            toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+            toks, lens = to_host((out.tokens, out.lengths))  # gathered when sharded across processes
             passes = 1 + int(out.steps)  # the prompt-and-thoughts prefill, then the answer's passes
             th = self.thought_tokens(params, eb, k_th, geom) if k_th > 0 and eb.num_latent > 0 and eb.feedback else None
             for r in range(toks.shape[0]):
@@ -559,15 +563,18 @@ class CoconutTask(Task):
                                     {title: [h for h in out["history"] if "accuracy" in h]},
                                     stage_boundaries(self.num_epochs, self.cc), f"{title}: validation accuracy",
                                     "stage boundary")
-        res = self.test(self.load_best(trainer), int(self.config.seed))
+        res = self.test(self.load_best(trainer, like=state["params"]), int(self.config.seed))
         trainer.writer.write(out["step"], {"accuracy": res["accuracy"], "mean_new_tokens": res["mean_new_tokens"]},
                              prefix="test/")
         out["test"] = res
         return out
 
-    def load_best(self, trainer) -> dict:
-        """The exported best model (workdir/best_model) on the mesh."""
+    def load_best(self, trainer, like: Any = None) -> dict:
+        """The exported best model (workdir/best_model) on the mesh. With `like` (the trained
+        params) each process restores only its own shards, placed as `like`'s."""
         path = os.path.join(self.workdir, "best_model")
+        if self.load_fn is None and like is not None:
+            return load_checkpoint(path, shardings=jax.tree.map(lambda x: x.sharding, like))[1]
         return trainer.put(self.load_fn(path) if self.load_fn else load_model(self.config, path)[1])
 
 

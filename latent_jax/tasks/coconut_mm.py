@@ -60,6 +60,7 @@ from latent_jax.models.hico import compression_ratio
 from latent_jax.models.image_processing import vlm_image_inputs
 from latent_jax.models.io import restack_layers
 from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
+from latent_jax.paths import barrier, is_primary
 from latent_jax.tasks import coconut
 from latent_jax.tasks.coconut import CoconutTask, coconut_data, curriculum_config
 from latent_jax.train.trainer import Trainer, check_mode, quiet_logs, write_json
@@ -352,8 +353,10 @@ def run_single(config: ConfigDict, workdir: str) -> dict:
                                "compression_ratio": compression_ratio(feats.tokens_before, feats.tokens_after)}
     write_json(os.path.join(workdir, "results.json"), res)
     if config.mode == "train" and config.save_model:
-        _, best, best_unused = load_vlm_any(os.path.join(workdir, "best_model"))
-        save_vlm(best, cfg, os.path.join(workdir, "final_model"), tokenizer_dir=config.model.path,
-                 unused=best_unused)
+        _, best, best_unused = load_vlm_any(os.path.join(workdir, "best_model"))  # every process (Orbax's restore)
+        if is_primary():  # one writer of the HF directory
+            save_vlm(best, cfg, os.path.join(workdir, "final_model"), tokenizer_dir=config.model.path,
+                     unused=best_unused)
+        barrier("coconut_mm:final_model")
     print(json.dumps({k: res[k] for k in ("accuracy", "n") if k in res}))
     return res

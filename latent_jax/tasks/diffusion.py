@@ -38,6 +38,7 @@ from latent_jax.data.text_tokens import BYTE_VOCAB, lm_windows, load_tokens
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import init_params
 from latent_jax.models.io import load_any, save_model
+from latent_jax.parallel import to_host
 from latent_jax.tasks.common import load_model, model_config_from
 from latent_jax.train.metrics import plot_series, read_metrics
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, check_mode, quiet_logs, write_json
@@ -138,7 +139,7 @@ def evaluate_answers(params, mcfg: ModelConfig, ids: np.ndarray, prompt_len: int
     opts = DiffusionOptions(steps=A, gen_length=A, block_length=A, mask_id=mask_id, causal=causal)
     prompts = ids[:, :prompt_len]
     out = diffusion_generate(params, prompts, np.ones_like(prompts), jax.random.PRNGKey(0), config=mcfg, opts=opts)
-    pred = np.asarray(out.tokens)
+    pred = to_host(out.tokens)  # gathered when sharded across processes
     ref = ids[:, prompt_len:]
     return {"answer_token_acc": float(np.mean(pred == ref)), "answer_exact": float(np.mean(np.all(pred == ref, 1))),
             "decode_forward_passes": int(out.forward_passes)}
@@ -196,7 +197,7 @@ class DiffusionTask(Task):
         return row, row[self.best_metric]
 
     def export(self, trainer, params):
-        save_model(os.path.join(self.workdir, "model"), jax.device_get(params), self.mcfg,
+        save_model(os.path.join(self.workdir, "model"), params, self.mcfg,  # Orbax saves each process's shards
                    tokenizer_dir=self.config.model.path or None)
 
     def finish(self, trainer, state, out):

@@ -37,6 +37,7 @@ from latent_jax.data.pipeline import CoconutEvalData, eval_geometry, load_split,
 from latent_jax.latent.curriculum import problem_format, scheduled_stage
 from latent_jax.models.hf_vlm import save_vlm_checkpoint
 from latent_jax.models.io import save_model
+from latent_jax.parallel import to_host
 from latent_jax.rl.grpo import check_aggregation, check_scale, group_advantages, grpo_objective
 from latent_jax.rl.rewards import TASKS, answer_rewards, check_shape
 from latent_jax.rl.rollout import (
@@ -307,9 +308,9 @@ class GRPOTask(Task):
                   feedback=ts.feedback, thought_norm=self.thought_norm)
         temp = jnp.float32(s["temperature"])
         if s["num_iterations"] > 1:  # the ratio is taken against the policy that sampled
-            arrays["old_logp"] = np.asarray(completion_logprobs_jit(params, jb, temp, **kw))
+            arrays["old_logp"] = to_host(completion_logprobs_jit(params, jb, temp, **kw))
         if self.ref is not None:
-            arrays["ref_logp"] = np.asarray(completion_logprobs_jit(self.ref, jb, temp, **kw))
+            arrays["ref_logp"] = to_host(completion_logprobs_jit(self.ref, jb, temp, **kw))
         info = {"reward": float(r["reward"].mean()), "accuracy": float(r["accuracy"].mean()),
                 "length": float(ro.lengths.mean()), "penalty": float(r["penalty"].mean()),
                 "zero_std_groups": float(np.mean(np.std(r["reward"].reshape(-1, G), axis=1) == 0))}
@@ -359,10 +360,10 @@ class GRPOTask(Task):
         return m, val["accuracy"]
 
     def export(self, trainer, params) -> None:
-        self.export_fn(os.path.join(self.workdir, "best_model"), jax.device_get(params))
+        self.export_fn(os.path.join(self.workdir, "best_model"), params)  # Orbax saves each process's shards
 
     def finish(self, trainer, state, out: dict) -> dict:
-        self.export_fn(os.path.join(self.workdir, "final_model"), jax.device_get(state["params"]))
+        self.export_fn(os.path.join(self.workdir, "final_model"), state["params"])
         rows = read_metrics(os.path.join(self.workdir, "metrics.jsonl"))
         train = [{"step": r["step"], "reward": r["train/reward"], "accuracy": r["train/accuracy"],
                   "length": r["train/length"], "rollout_s": r.get("train/rollout_s", 0.0),

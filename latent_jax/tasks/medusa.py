@@ -34,6 +34,8 @@ from latent_jax.data.text_tokens import lm_windows, load_tokens
 from latent_jax.models.config import ModelConfig
 from latent_jax.testing import tiny_config
 from latent_jax.models.decoder import init_params
+from latent_jax.parallel import to_host
+from latent_jax.paths import barrier, is_primary
 from latent_jax.tasks.common import load_model
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, write_json
 
@@ -103,8 +105,11 @@ class MedusaTask(Task):
         return stats, stats["mean_accepted_length"]
 
     def export(self, trainer, params):
-        save_heads(os.path.join(self.workdir, "heads"), jax.device_get(params["heads"]),
-                   {"decay": self.decay, "base_model": self.config.model.path})
+        heads = to_host(params["heads"])  # every process (a collective when sharded across processes)
+        if is_primary():  # one writer of the safetensors file
+            save_heads(os.path.join(self.workdir, "heads"), heads,
+                       {"decay": self.decay, "base_model": self.config.model.path})
+        barrier("medusa:export")
 
 
 def run(config: ConfigDict, workdir: str) -> dict:

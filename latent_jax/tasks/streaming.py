@@ -20,7 +20,6 @@ import os
 import random
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
@@ -40,6 +39,7 @@ from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder, init_params
 from latent_jax.models.io import save_model
 from latent_jax.models.lm_head import next_token_stats
+from latent_jax.parallel import to_host
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, quiet_logs, write_json
 
 CATEGORIES = ("query", "noise", "stop")
@@ -170,14 +170,14 @@ class StreamTask(Task):
         return evaluate_streams(self.session, self.eval, self.tok, self.template)
 
     def evaluate(self, trainer, params, epoch):
-        r = self.rates(jax.device_get(params))
+        r = self.rates(to_host(params))
         metrics = {c: r[c] for c in CATEGORIES}
         metrics["mean_rate"] = float(np.mean([r[c] for c in CATEGORIES]))
         self.last = r
         return metrics, metrics["mean_rate"]
 
     def export(self, trainer, params):
-        path = save_model(os.path.join(self.workdir, "best_model"), jax.device_get(params), self.mcfg, self.tok_dir)
+        path = save_model(os.path.join(self.workdir, "best_model"), params, self.mcfg, self.tok_dir)
         write_json(os.path.join(path, "stream.json"), {"template": self.template.name})
 
 
@@ -192,7 +192,7 @@ def run(config: ConfigDict, workdir: str) -> dict:
     state = trainer.init_state(init_params(task.mcfg, int(config.seed)),
                                task.steps_per_epoch() * int(config.num_epochs))
     out = trainer.fit(state)
-    last = getattr(task, "last", None) or task.rates(jax.device_get(state["params"]))
+    last = getattr(task, "last", None) or task.rates(to_host(state["params"]))
     res = {
         "workflow": "streaming", "train_samples": len(task.train), "n_stop": int(config.data.n_stop),
         "n_noise": int(config.data.n_noise), "eval_samples": len(task.eval),
