@@ -33,6 +33,11 @@ def get_base() -> ConfigDict:
     # every task's loss applies the LM head over chunks of this many positions (0 = the whole
     # sequence): full-vocabulary fp32 logits exist for one chunk at a time (models/lm_head.py)
     c.model.ce_chunk = 0
+    # attention implementation (models/attention.py): auto | xla | chunked | cudnn | splash. auto: cuDNN
+    # on GPU (bf16), Pallas splash on TPU, for calls without a KV cache; the query-chunked XLA path for
+    # long calls elsewhere; xla (every head's scores at once) otherwise
+    c.model.attention = "auto"
+    c.model.attention_chunk = 512  # queries per block of the chunked path
 
     # multi-host (--multihost): seconds a process waits for a peer that stopped answering before
     # it fails (jax.distributed's heartbeat; jax's default is 100)
@@ -54,6 +59,7 @@ def get_base() -> ConfigDict:
     c.optim.grad_accum = 1
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
+    c.optim.mu_dtype = ""  # AdamW's first moment: "" = the param dtype; "bfloat16" halves it
     c.optim.adamw_learning_rate = 3e-4  # for muon: the AdamW group's learning rate
     c.optim.reset_on_stage_change = False
 

@@ -95,21 +95,21 @@ def _path_str(path) -> str:
     return "/".join(parts)
 
 
+def param_axes(path: str, ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of a param of `ndim` dims at the '/'-joined `path` (PARAM_AXES; extra leading
+    dims, as stacked scan layers have, are 'layers')."""
+    for pat, axes in PARAM_AXES:
+        if re.search(pat, path):
+            extra = ndim - len(axes)
+            if extra < 0:
+                break
+            return ("layers",) * extra + tuple(axes)
+    return (None,) * ndim
+
+
 def logical_axes(params) -> Any:
     """Pytree of logical-axis tuples matching `params` (stacked scan layers get 'layers' first)."""
-
-    def one(path, x):
-        s = _path_str(path)
-        nd = np.ndim(x)
-        for pat, axes in PARAM_AXES:
-            if re.search(pat, s):
-                extra = nd - len(axes)
-                if extra < 0:
-                    break
-                return ("layers",) * extra + tuple(axes)
-        return (None,) * nd
-
-    return jax.tree_util.tree_map_with_path(one, params)
+    return jax.tree_util.tree_map_with_path(lambda path, x: param_axes(_path_str(path), np.ndim(x)), params)
 
 
 def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: dict | None = None) -> P:
@@ -202,14 +202,29 @@ def use_mesh(mesh: Mesh, rules: dict | None = None) -> Iterator[Mesh]:
         _RULES.reset(token)
 
 
+def current_rules() -> dict:
+    """The rules table `constrain` uses now (use_mesh's, else DEFAULT_RULES)."""
+    return _RULES.get() or DEFAULT_RULES
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None], rules: dict | None = None) -> jax.Array:
     """`x` sharded by its logical `axes` on the mesh active during tracing (`use_mesh` or
     jax.set_mesh); unchanged when no mesh (or a one-device mesh) is active."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return x
-    rules = rules if rules is not None else (_RULES.get() or DEFAULT_RULES)
+    rules = rules if rules is not None else current_rules()
     return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
+
+
+def cast_for_compute(w: jax.Array, dtype, axes: Sequence[str | None]) -> jax.Array:
+    """The weight `w` in the compute `dtype`, cast where it is stored: under a mesh the cast copy is
+    pinned to the param's sharding (logical `axes`), so FSDP all-gathers the compute-dtype copy
+    (bf16: half the bytes of gathering fp32 and casting after), whatever sharding propagation
+    would choose. Without a mesh, a plain cast."""
+    if w.dtype == np.dtype(dtype):
+        return w
+    return constrain(w.astype(dtype), axes)
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,

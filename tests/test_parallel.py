@@ -140,3 +140,58 @@ def test_initialize_distributed_reads_all_three_env_vars(monkeypatch):
     monkeypatch.setenv("JAX_PROCESS_ID", "one")
     with pytest.raises(ValueError, match="not an integer"):
         par.initialize_distributed()
+
+
+COMPUTE_DTYPE_GATHER = textwrap.dedent(
+    """
+    import os, re, tempfile
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from latent_jax import parallel
+    from latent_jax.testing import tiny_config
+    from latent_jax.models.decoder import Decoder, init_params
+
+    jax.config.update("jax_enable_compilation_cache", False)  # a cache hit would skip the compile and its dump
+    cfg = tiny_config("llama", scan_layers=True, dtype="bfloat16", param_dtype="float32", hidden_size=128,
+                      intermediate_size=256, vocab_size=512, tie_word_embeddings=True)
+    params = init_params(cfg, 0)
+    ids = np.random.default_rng(0).integers(3, 500, size=(8, 16)).astype(np.int32)
+
+    def loss_fn(p, ids):
+        lg = Decoder(cfg).apply({"params": p}, ids).logits
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg[:, :-1], ids[:, 1:]))
+
+    mesh = parallel.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    ps, bs = parallel.shard_params(params, mesh), parallel.shard_batch(ids, mesh)
+    with parallel.use_mesh(mesh):
+        lowered = jax.jit(jax.value_and_grad(loss_fn)).lower(ps, bs)
+    # every weight is cast to bf16 where it is stored: the cast copy carries the param's sharding
+    pinned = re.findall(r"sharding_constraint [^\\n]*: tensor<([0-9x]+)xbf16>", lowered.as_text())
+    shapes = {"x".join(map(str, x.shape[1:] if x.ndim == 3 else x.shape))
+              for path, x in jax.tree_util.tree_leaves_with_path(params) if "scale" not in str(path)}
+    assert shapes <= set(pinned), (shapes, set(pinned))
+    with tempfile.TemporaryDirectory() as d:
+        compiled = lowered.compile(compiler_options={"xla_dump_to": d, "xla_dump_hlo_pass_re": "spmd-partitioning"})
+        txt = open(os.path.join(d, sorted(f for f in os.listdir(d) if "after_spmd-partitioning" in f)[-1])).read()
+    # the partitioned step gathers the weights in bf16 (XLA:CPU's float normalization later widens
+    # its bf16 collectives to fp32; TPU and GPU keep them)
+    gathers = re.findall(r"= (\\w+)\\[([\\d,]*)\\][^=\\n]*? all-gather\\(", txt)
+    weights = [(dt, dims) for dt, dims in gathers if dims.count(",") >= 1 and dt[0] in "fb"]
+    assert weights and all(dt == "bf16" for dt, _ in weights), weights
+    l8, g8 = compiled(ps, bs)
+    l1, g1 = jax.jit(jax.value_and_grad(loss_fn))(params, ids)
+    assert abs(float(l1) - float(l8)) < 1e-3, (float(l1), float(l8))
+    d = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)))
+    assert d < 2e-3, d
+    print("OK", len(weights), "bf16 weight gathers")
+    """
+)
+
+
+def test_weights_are_gathered_in_the_compute_dtype():
+    """bf16 compute over fp32 params under FSDP (issue 24 item 4): every weight is cast where it is
+    stored and the partitioned step all-gathers the bf16 copy; 8 devices give 1 device's loss."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", COMPUTE_DTYPE_GATHER], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]

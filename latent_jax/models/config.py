@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 SUPPORTED_MODEL_TYPES = ("mistral", "llama", "qwen2", "phi3")
+# model.attention: which attention implementation the decoder uses (models/attention.py)
+ATTENTION_IMPLS = ("auto", "xla", "chunked", "cudnn", "splash")
 
 
 class ConfigError(ValueError):
@@ -94,6 +96,10 @@ class ModelConfig:
     # sequence at once): full-vocabulary fp32 logits then exist for one chunk at a time
     # (models.lm_head.map_head_chunks)
     ce_chunk: int = 0
+    # attention implementation (models/attention.py): auto | xla | chunked | cudnn | splash; auto =
+    # cuDNN on GPU, Pallas splash on TPU where they apply, else chunked for long calls, else xla
+    attention: str = "auto"
+    attention_chunk: int = 512  # queries per block of the chunked path
     initializer_range: float = 0.02
     # unknown HF keys, kept for a faithful export (JSON string so the config stays hashable)
     hf_extra_json: str = "{}"
@@ -107,6 +113,10 @@ class ModelConfig:
         if not isinstance(self.ce_chunk, int) or self.ce_chunk < 0:
             raise ConfigError(f"ce_chunk={self.ce_chunk!r}; use a token count >= 0 (0 = the loss over the whole "
                               "sequence at once)")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention={self.attention!r}; use one of {', '.join(ATTENTION_IMPLS)}")
+        if not isinstance(self.attention_chunk, int) or self.attention_chunk < 1:
+            raise ConfigError(f"attention_chunk={self.attention_chunk!r}; use a query count >= 1")
         if not self.layer_windows:
             object.__setattr__(self, "layer_windows", (0,) * self.num_hidden_layers)
         if len(self.layer_windows) != self.num_hidden_layers:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from latent_jax.models.config import ModelConfig
-from latent_jax.models.layers import HIDDEN_AXES, DecoderLayer, KVCache, RMSNorm, dense
+from latent_jax.models.layers import HIDDEN_AXES, DecoderLayer, KVCache, RMSNorm, dense, weights_in_compute_dtype
 from latent_jax.parallel import constrain
 
 Array = jax.Array
@@ -82,6 +82,7 @@ class Decoder(nn.Module):
             embedding_init=nn.initializers.normal(cfg.initializer_range),
             dtype=cfg.jnp_dtype,
             param_dtype=cfg.jnp_param_dtype,
+            promote_dtype=weights_in_compute_dtype("embed_tokens", ("embedding",)),  # cast, then gathered
         )
         if cfg.scan_layers:
             self.layers = nn.scan(
@@ -185,7 +186,8 @@ class Decoder(nn.Module):
                 positions = jnp.maximum(positions, default_positions(valid, pc))
         positions = positions.astype(jnp.int32)
         key_pos = jnp.where(valid, positions, -1)
-        causal = jnp.asarray(causal, bool)
+        # a Python bool stays one (static for the fused kernels: one splash kernel, not a switch of two)
+        causal = causal if isinstance(causal, bool) else jnp.asarray(causal, bool)
         windows = jnp.asarray(cfg.layer_windows, jnp.int32)
         cache_end = None if cache is None else cache.end
         key_mask = None
@@ -218,8 +220,9 @@ class Decoder(nn.Module):
                 outs_h.append(x)
                 layer_cache = {n: a[i] for n, a in caches.items()} if split else new_caches
                 layer_prefix = None if prefix is None else jax.tree.map(lambda a: a[i], prefix)
-                x, new_caches, a = layer(x, positions, key_pos, causal, windows[i], layer_cache, cache_end, i,
-                                         layer_prefix, key_mask)
+                w = cfg.layer_windows[i]  # a Python int: static for the fused kernels
+                x, new_caches, a = layer(x, positions, key_pos, causal, w, layer_cache, cache_end, i, layer_prefix,
+                                         key_mask)
                 if split:
                     for n in split_out:
                         split_out[n].append(new_caches[n])

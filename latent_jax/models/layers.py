@@ -6,7 +6,6 @@ Everything is a pure function of params and arrays. The KV cache is an explicit 
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax
@@ -15,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from latent_jax.models.attention import Segment, attention
 from latent_jax.models.config import ModelConfig
-from latent_jax.parallel import constrain
+from latent_jax.parallel import cast_for_compute, constrain, param_axes
 
 Array = jax.Array
 HIDDEN_AXES = ("batch", "length", "act_embed")  # logical axes of hidden states (B, T, D)
@@ -234,23 +234,25 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
     return jnp.concatenate([x_rot, x_pass], axis=-1) if x_pass.shape[-1] else x_rot
 
 
-def attention_mask_from_positions(
-    q_pos: Array, k_pos: Array, causal: bool | Array, window: Array | int
-) -> Array:
-    """Boolean (batch, q, k): which keys each query may see.
-
-    k_pos = -1 marks padding or empty cache slots. window = 0 means full attention; otherwise
-    a key is visible only when q_pos - k_pos < window (Mistral / Qwen2 sliding window).
-    """
-    qp = q_pos[:, :, None]
-    kp = k_pos[:, None, :]
-    ok = (kp >= 0) & (~jnp.asarray(causal, bool) | (kp <= qp))
-    window = jnp.asarray(window)
-    ok &= (window <= 0) | (qp - kp < window)
-    return ok
-
-
 # ------------------------------------------------------------------------ attention
+def weights_in_compute_dtype(name: str, weights: tuple[str, ...]):
+    """A flax `promote_dtype` function for the module `name` whose last len(weights) arrays are the
+    params `weights` (a Dense's (inputs, kernel, bias), an Embed's (embedding,) or (query,
+    embedding)): everything in the compute dtype, the params cast where they are stored
+    (parallel.cast_for_compute), so FSDP gathers the compute-dtype copy."""
+
+    def promote(*xs, dtype=None, inexact=True):
+        if dtype is None:
+            return nn.dtypes.promote_dtype(*xs, dtype=dtype, inexact=inexact)
+        n = len(xs) - len(weights)
+        out = [None if x is None else jnp.asarray(x, dtype) for x in xs[:n]]
+        for x, w in zip(xs[n:], weights):
+            out.append(None if x is None else cast_for_compute(x, dtype, param_axes(f"{name}/{w}", x.ndim)))
+        return out
+
+    return promote
+
+
 def dense(features: int, bias: bool, cfg: ModelConfig, name: str) -> nn.Dense:
     return nn.Dense(
         features,
@@ -258,91 +260,9 @@ def dense(features: int, bias: bool, cfg: ModelConfig, name: str) -> nn.Dense:
         dtype=cfg.jnp_dtype,
         param_dtype=cfg.jnp_param_dtype,
         kernel_init=nn.initializers.normal(cfg.initializer_range),
+        promote_dtype=weights_in_compute_dtype(name, ("kernel", "bias")),
         name=name,
     )
-
-
-_BIG_NEG = float(jnp.finfo(jnp.float32).min)
-
-
-def _dot(eq3: str, eq4: str, a: Array, b: Array, **kw) -> Array:
-    """A batched matmul over (B * Hkv, ...) (eq3) or (B, Hkv, ...) (eq4) operands: keys / values
-    from a layer-split cache are (B * Hkv, S, D) and are read as they are stored (a reshape
-    between the cache buffer and the dot makes XLA:CPU duplicate the in-place update)."""
-    if b.ndim == 3:
-        lead = a.shape[:2]
-        out = jnp.einsum(eq3, a.reshape((-1,) + a.shape[2:]), b, **kw)
-        return out.reshape(lead + out.shape[1:])
-    return jnp.einsum(eq4, a, b, **kw)
-
-
-def _attend_fwd_core(q, ks, vs, masks, G, scale):
-    """Softmax attention of q (B, Hkv, G * T, D), scores scaled by `scale`, over the concatenation of the
-    key segments ks[i] (B, Hkv, S_i, D) or (B * Hkv, S_i, D) with boolean masks (B, T, S_i).
-    Returns out (B, Hkv, G * T, D) in q's dtype and probs (B, Hkv, G, T, sum S_i), float32."""
-    B, Hkv, GT, _ = q.shape
-    T = GT // G
-    scores = []
-    for k, m in zip(ks, masks):
-        sc = _dot("nqd,nsd->nqs", "bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
-        sc = sc.reshape(B, Hkv, G, T, -1) * scale
-        scores.append(jnp.where(m[:, None, None], sc, _BIG_NEG))
-    sc = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
-    probs = jax.nn.softmax(sc, axis=-1)
-    pm = probs.reshape(B, Hkv, GT, -1)
-    out, at = None, 0
-    for v in vs:
-        S = v.shape[-2]
-        o = _dot("nqs,nsd->nqd", "bkqs,bksd->bkqd", pm[..., at:at + S].astype(v.dtype), v)
-        out = o if out is None else out + o
-        at += S
-    return out.astype(q.dtype), probs
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def attend(q, ks, vs, masks, G, scale):
-    """`_attend_fwd_core` with a hand-written backward: the gradients are five batched matmuls
-    and one elementwise pass over the probabilities (dS = P * (dP - rowsum(dO * O)), zero where
-    masked), instead of autodiff's chain through the mask, the softmax's normalisation and the
-    transposes XLA:CPU inserts around each dot. probs carries no gradient (it is read only by
-    decoding heuristics)."""
-    return _attend_fwd_core(q, ks, vs, masks, G, scale)
-
-
-def _attend_fwd(q, ks, vs, masks, G, scale):
-    out, probs = _attend_fwd_core(q, ks, vs, masks, G, scale)
-    return (out, probs), (q, ks, vs, masks, probs, out)
-
-
-def _attend_bwd(G, scale, res, cts):
-    q, ks, vs, masks, probs, out = res
-    d_out = cts[0]
-    B, Hkv, GT, _ = q.shape
-    T = GT // G
-    f32 = jnp.float32
-    delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1).reshape(B, Hkv, G, T, 1)
-    dq = None
-    dks, dvs = [], []
-    at = 0
-    for k, v, m in zip(ks, vs, masks):
-        S = k.shape[-2]
-        p = probs[..., at:at + S]
-        at += S
-        dp = _dot("nqd,nsd->nqs", "bkqd,bksd->bkqs", d_out, v, preferred_element_type=f32).reshape(B, Hkv, G, T, S)
-        ds = jnp.where(m[:, None, None], p * (dp - delta) * scale, 0.0).reshape(B, Hkv, GT, S)
-        pm = p.reshape(B, Hkv, GT, S).astype(v.dtype)
-        dv = _dot("nqs,nqd->nsd", "bkqs,bkqd->bksd", pm, d_out)
-        dk = _dot("nqs,nqd->nsd", "bkqs,bkqd->bksd", ds.astype(q.dtype), q)
-        if v.ndim == 3:
-            dv, dk = dv.reshape(v.shape), dk.reshape(k.shape)
-        dvs.append(dv.astype(v.dtype))
-        dks.append(dk.astype(k.dtype))
-        dqi = _dot("nqs,nsd->nqd", "bkqs,bksd->bkqd", ds.astype(k.dtype), k)
-        dq = dqi if dq is None else dq + dqi
-    return dq.astype(q.dtype), tuple(dks), tuple(dvs), tuple(None for _ in masks)
-
-
-attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 class Attention(nn.Module):
@@ -395,7 +315,7 @@ class Attention(nn.Module):
                 v_m = jax.lax.dynamic_update_slice(layer_cache["v"], vh.reshape(B * Hkv, T, D), idx)
                 kpos_all = jax.lax.dynamic_update_slice(layer_cache["pos"], key_pos.astype(jnp.int32), (zero, cache_end))
                 new_cache = {"k": k_m, "v": v_m, "pos": kpos_all}
-                k_all, v_all = k_m, v_m  # read as they are stored: see _dot
+                k_all, v_all = k_m, v_m  # read as they are stored (models/attention.py, _dot)
             else:
                 li = jnp.asarray(layer_idx, jnp.int32)
                 idx = (li, zero, zero, cache_end, zero)
@@ -417,28 +337,16 @@ class Attention(nn.Module):
             # in training they leave the layer scan as outputs, no cache is threaded through it
             new_cache = {"k": k_all, "v": v_all}
 
-        G = H // Hkv
-        # queries head-major with the G query heads of a KV head merged into the rows,
-        # (B, Hkv, G * T, D): every attention matmul is then a plain batched GEMM over
-        # (B, Hkv) (XLA:CPU otherwise transposes around each dot, forward and backward)
-        qm = q.transpose(0, 2, 1, 3).reshape(B, Hkv, G * T, D)
-
-        def mask_for(kpos, extra=None):
-            m = attention_mask_from_positions(positions, kpos, causal, window)
-            return m if extra is None else m & extra
-
-        segments = [(k_all, v_all, mask_for(kpos_all, key_mask))]
+        segments = [Segment(k_all, v_all, kpos_all, key_mask)]
         if prefix is not None:
             # this layer's read-only prefix segments, attended in order before the cache's (or
-            # these tokens'); read in place, never concatenated with them
+            # these tokens'); read in place, never concatenated with them (except by the fused kernels)
             segs = [prefix] if isinstance(prefix, dict) else list(prefix)
-            segments[:0] = [(s["k"].astype(q.dtype), s["v"].astype(q.dtype), mask_for(s["pos"])) for s in segs]
-        ks, vs, ms = zip(*segments)
-        out, probs = attend(qm, ks, vs, ms, G, D ** -0.5)
-        out = out.reshape(B, H, T, D).transpose(0, 2, 1, 3)
+            segments[:0] = [Segment(s["k"].astype(q.dtype), s["v"].astype(q.dtype), s["pos"]) for s in segs]
+        # the implementation config.attention chooses (models/attention.py); out (B, T, H, D)
+        out, attn_last = attention(q, segments, positions, causal, window, config=cfg, cached=layer_cache is not None)
         out = out.reshape(B, T, H * D)
         out = dense(cfg.hidden_size, cfg.o_bias, cfg, "o_proj")(out)
-        attn_last = jax.lax.stop_gradient(probs[:, :, :, -1, :]).reshape(B, H, -1)
         return out, new_cache, attn_last
 
 

@@ -16,7 +16,7 @@ run's best model.
 As the text workflow: validation accuracy every epoch (config.data.val_holdout training
 items held out, or the eval split when 0), keep-best by it, the eval split scored with the
 best model at the trained thought count. model.dtype / param_dtype / remat_policy /
-scan_layers / ce_chunk apply to the language model.
+scan_layers / ce_chunk / attention apply to the language model.
 
     workdir/metrics.jsonl, tb/       train loss, val accuracy (MetricsWriter)
     workdir/predictions.jsonl        per eval example: question, response, scores
@@ -63,6 +63,7 @@ from latent_jax.models.multimodal import VisionLanguageModel, VLMConfig
 from latent_jax.paths import barrier, is_primary
 from latent_jax.tasks import coconut
 from latent_jax.tasks.coconut import CoconutTask, coconut_data, curriculum_config
+from latent_jax.tasks.common import execution_fields
 from latent_jax.train.trainer import Trainer, check_mode, quiet_logs, write_json
 
 @dataclasses.dataclass
@@ -266,7 +267,7 @@ class MMScorer:
 def load_model(config: ConfigDict):
     """(VLMConfig, params, unused HF tensors, tokenizer, latent ids): from an HF directory or an
     Orbax VLM checkpoint, the vocabulary grown for the Coconut tokens, the language model's
-    dtype / remat / scan_layers from config.model."""
+    dtype / remat / scan_layers / ce_chunk / attention from config.model."""
     m = config.model
     cfg, params, unused = load_vlm_any(config.load_model_path or m.path, dtype=m.param_dtype)
     tok = load_tokenizer(tokenizer_dir(config))
@@ -277,7 +278,7 @@ def load_model(config: ConfigDict):
     scan = bool(m.scan_layers)
     if scan != text.scan_layers:
         lm = restack_layers(lm, text, scan)
-    text = text.replace(dtype=m.dtype, remat_policy=m.remat_policy, scan_layers=scan, ce_chunk=int(m.get("ce_chunk", 0)))
+    text = text.replace(dtype=m.dtype, remat_policy=m.remat_policy, scan_layers=scan, **execution_fields(m))
     return cfg.replace(text=text), dict(params, language_model=lm), unused, tok, ids
 
 

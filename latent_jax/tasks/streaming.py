@@ -40,6 +40,7 @@ from latent_jax.models.decoder import Decoder, init_params
 from latent_jax.models.io import save_model
 from latent_jax.models.lm_head import next_token_stats
 from latent_jax.parallel import to_host
+from latent_jax.tasks.common import execution_fields
 from latent_jax.train.trainer import Batch, IndexedBatches, Task, Trainer, quiet_logs, write_json
 
 CATEGORIES = ("query", "noise", "stop")
@@ -131,7 +132,7 @@ class StreamTask(Task):
             num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
             head_dim=m.head_dim, max_position_embeddings=m.max_position_embeddings, rms_norm_eps=1e-5,
             bos_token_id=self.tok.bos_id, eos_token_id=tuple(self.tok.encode(self.template.end)),
-            pad_token_id=self.tok.pad_id, dtype=m.dtype, param_dtype=m.param_dtype, ce_chunk=int(m.get("ce_chunk", 0)))
+            pad_token_id=self.tok.pad_id, dtype=m.dtype, param_dtype=m.param_dtype, **execution_fields(m))
         base = synthetic_streams(int(d.n_train), seed=int(config.seed), turns=int(d.turns))
         self.train = mix_stop_noise(base, int(d.n_stop), int(d.n_noise), seed=int(config.seed))
         held = synthetic_streams(int(d.n_eval), seed=int(config.seed) + 1000, turns=int(d.turns))
