@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from latent_jax.testing import tiny_config  # noqa: E402
 from latent_jax.models.decoder import Decoder, init_params  # noqa: E402
-from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated  # noqa: E402
+from latent_jax.parallel import batch_sharding, make_mesh, param_shardings, replicated, use_mesh  # noqa: E402
 
 PEAKS = [  # (substring of device_kind, peak dense bf16 FLOP/s per device)
     ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
@@ -72,29 +72,23 @@ def measured_cpu_peak(dtype, n: int = 1024, reps: int = 5) -> float:
     return 2 * n**3 / float(np.median(t))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def measure(size: str, batch: int = 0, seq: int = 0, steps: int = 5, remat: str = "", scan: bool = True,
+            mesh_spec: str = "", attention: str = "auto") -> dict:
+    """Train `steps` timed steps (after 2 warm-up steps) of the `size` decoder on all local devices
+    and return the figures the table prints (step_s, tokens_per_s, model_flops, hw_flops, mfu, ...)."""
     on_cpu = jax.default_backend() == "cpu"
-    ap.add_argument("--size", choices=sorted(SIZES), default="tiny" if on_cpu else "1b")
-    ap.add_argument("--batch", type=int, default=0, help="global batch (default: 2 per device on CPU, 8 per device else)")
-    ap.add_argument("--seq", type=int, default=0, help="tokens per example (default 128 on CPU, 2048 else)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
-    ap.add_argument("--remat", default="", help="none | full | dots | dots_no_batch (default: none on CPU, dots else)")
-    ap.add_argument("--scan", type=int, default=1, help="scan the layers (1) or unroll them (0)")
-    ap.add_argument("--mesh", default="", help="data=..,fsdp=..,tensor=.. (default: fsdp over all devices)")
-    a = ap.parse_args()
-
-    D, F, L, H, KV, V = SIZES[a.size]
+    D, F, L, H, KV, V = SIZES[size]
     n_dev = jax.device_count()
-    B = a.batch or n_dev * (2 if on_cpu else 8)
-    T = a.seq or (128 if on_cpu else 2048)
-    remat = a.remat or ("none" if on_cpu else "dots")
+    B = batch or n_dev * (2 if on_cpu else 8)
+    T = seq or (128 if on_cpu else 2048)
+    remat = remat or ("none" if on_cpu else "dots")
     cfg = tiny_config("llama", vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L,
                       num_attention_heads=H, num_key_value_heads=KV, head_dim=D // H, max_position_embeddings=T,
-                      dtype="bfloat16", param_dtype="float32", scan_layers=bool(a.scan), remat_policy=remat)
+                      dtype="bfloat16", param_dtype="float32", scan_layers=bool(scan), remat_policy=remat,
+                      attention=attention)
     shape = {"data": 1, "fsdp": n_dev, "tensor": 1}
-    if a.mesh:
-        shape = {k: int(v) for k, v in (p.split("=") for p in a.mesh.split(","))}
+    if mesh_spec:
+        shape = {k: int(v) for k, v in (p.split("=") for p in mesh_spec.split(","))}
     mesh = make_mesh(shape)
     params = init_params(cfg, 0)
     p_sh = param_shardings(params, mesh)
@@ -122,7 +116,8 @@ def main() -> None:
     jstep = jax.jit(step, in_shardings=(p_sh, o_sh, ids_sh), out_shardings=(p_sh, o_sh, replicated(mesh)),
                     donate_argnums=(0, 1))
     ids = jax.device_put(np.random.default_rng(0).integers(0, V, (B, T), dtype=np.int32), ids_sh)
-    compiled = jstep.lower(params, opt, ids).compile()
+    with use_mesh(mesh):  # the decoder's activation constraints, as the Trainer traces its step
+        compiled = jstep.lower(params, opt, ids).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     hw_flops = float((cost or {}).get("flops", 0.0)) * n_dev
@@ -131,7 +126,7 @@ def main() -> None:
         params, opt, loss = compiled(params, opt, ids)
     loss.block_until_ready()
     times = []
-    for _ in range(a.steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
         params, opt, loss = compiled(params, opt, ids)
         loss.block_until_ready()
@@ -146,19 +141,37 @@ def main() -> None:
     label = "published peak"
     if peak is None:
         peak, label = measured_cpu_peak(jnp.bfloat16), "measured peak (1024^2 bf16 matmul)"
-    mfu = model_flops / dt / (peak * n_dev)
+    if not math.isfinite(float(loss)):
+        raise SystemExit("error: the loss is not finite")
+    return dict(step_s=dt, tokens_per_s=tokens / dt, model_flops=model_flops, hw_flops=hw_flops,
+                mfu=model_flops / dt / (peak * n_dev), peak=peak, peak_label=label, kind=kind, n_dev=n_dev,
+                n_params=n_params, batch=B, seq=T, remat=remat, scan=bool(scan), layers=L, hidden=D, vocab=V,
+                mesh=dict(mesh.shape), steps=steps)
 
-    print(f"device: {n_dev} x {kind}  ({label} {peak / 1e12:.3g} TFLOP/s each)")
-    print(f"model: {a.size} llama-shaped, {n_params / 1e9:.3f} B params ({L} x {D}, vocab {V}), bf16 compute, "
-          f"fp32 params, remat {remat}, scan {bool(a.scan)}; mesh {dict(mesh.shape)}")
-    print(f"batch {B} x {T} tokens, median of {a.steps} steps")
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    on_cpu = jax.default_backend() == "cpu"
+    ap.add_argument("--size", choices=sorted(SIZES), default="tiny" if on_cpu else "1b")
+    ap.add_argument("--batch", type=int, default=0, help="global batch (default: 2 per device on CPU, 8 per device else)")
+    ap.add_argument("--seq", type=int, default=0, help="tokens per example (default 128 on CPU, 2048 else)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    ap.add_argument("--remat", default="", help="none | full | dots | dots_no_batch (default: none on CPU, dots else)")
+    ap.add_argument("--scan", type=int, default=1, help="scan the layers (1) or unroll them (0)")
+    ap.add_argument("--mesh", default="", help="data=..,fsdp=..,tensor=.. (default: fsdp over all devices)")
+    ap.add_argument("--attention", default="auto", help="model.attention: auto | xla | chunked | cudnn | splash")
+    a = ap.parse_args()
+    r = measure(a.size, a.batch, a.seq, a.steps, a.remat, bool(a.scan), a.mesh, a.attention)
+    print(f"device: {r['n_dev']} x {r['kind']}  ({r['peak_label']} {r['peak'] / 1e12:.3g} TFLOP/s each)")
+    print(f"model: {a.size} llama-shaped, {r['n_params'] / 1e9:.3f} B params ({r['layers']} x {r['hidden']}, vocab "
+          f"{r['vocab']}), bf16 compute, fp32 params, remat {r['remat']}, scan {r['scan']}, attention {a.attention}; "
+          f"mesh {r['mesh']}")
+    print(f"batch {r['batch']} x {r['seq']} tokens, median of {a.steps} steps")
     print()
     print(f"| {'chip':<22} | step s | tokens/s | model TFLOP/step | compiled TFLOP/step | MFU |")
     print(f"|{'-' * 24}|--------|----------|------------------|---------------------|-----|")
-    print(f"| {kind[:22]:<22} | {dt:6.3f} | {tokens / dt:8.0f} | {model_flops / 1e12:16.3f} | "
-          f"{hw_flops / 1e12:19.3f} | {100 * mfu:.1f}% |")
-    if not math.isfinite(float(loss)):
-        raise SystemExit("error: the loss is not finite")
+    print(f"| {r['kind'][:22]:<22} | {r['step_s']:6.3f} | {r['tokens_per_s']:8.0f} | {r['model_flops'] / 1e12:16.3f} | "
+          f"{r['hw_flops'] / 1e12:19.3f} | {100 * r['mfu']:.1f}% |")
 
 
 if __name__ == "__main__":
