@@ -154,7 +154,7 @@ def get_config(arg: str = "") -> ConfigDict:
     c.coconut.max_latent_stage = 2
     c.coconut.epochs_per_stage = 1
     c.chain_overrides.coconut = ConfigDict(dict(coconut=ConfigDict(dict(ablation="no_curriculum", uniform_prob=0.0))))
-    c.num_epochs = 10
+    c.num_epochs = 8
     c.batch_size = 64
     c.eval_batch_size = 100
     c.optim.learning_rate = 3e-3

@@ -10,7 +10,9 @@ parallel.use_mesh (so the decoder's activation constraints apply) and compiles t
 step (latent.coconut.coconut_loss, value_and_grad, AdamW update; bf16 compute, fp32 master
 params and moments, per-layer remat, scanned layers; --ce-chunk N applies the LM head and the
 loss over chunks of N positions, as config model.ce_chunk; --mu-dtype bfloat16 halves the first
-moment, as optim.mu_dtype), and prints per-device bytes of params, optimizer state and the
+moment, as optim.mu_dtype; --attention chooses the attention path, config model.attention: by default the query-chunked
+XLA path, the CPU stand-in for the chip's fused kernel, which like it never holds a (T, keys)
+score array; --attention xla materialises the scores), and prints per-device bytes of params, optimizer state and the
 compiled step's temporaries (compiled.memory_analysis()), the buffers live at the step's peak
 summed by kind (params, optimizer, weight copies, gradients, logits, attention, per-layer
 stacks, ...: XLA's own live-range and buffer-assignment dumps of the compile, so a user sees
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AdamW's first moment (config optim.mu_dtype; default: the param dtype)")
     p.add_argument("--ce-chunk", type=int, default=0,
                    help="LM head + cross-entropy over chunks of this many positions (config model.ce_chunk; 0 = off)")
+    p.add_argument("--attention", default="chunked", choices=("xla", "chunked"),
+                   help="config model.attention: chunked (default) = the query-chunked XLA path, the CPU stand-in for "
+                        "the chip's fused kernel (splash / cuDNN, what auto picks there; their memory is at most "
+                        "chunked's); xla = the scores of every head at once (the plans before issue 24 item 3)")
+    p.add_argument("--attention-chunk", type=int, default=512, help="config model.attention_chunk: queries per block")
     p.add_argument("--no-breakdown", action="store_true",
                    help="skip the peak breakdown (it reads XLA's buffer assignment from a dump of the compile)")
     p.add_argument("--layers", type=int, default=0, help="override num_hidden_layers (scaling experiments)")
@@ -138,7 +145,7 @@ def make_plan(args, devices=None) -> dict:
                          "process (it sets XLA_FLAGS=--xla_force_host_platform_device_count before jax starts)")
     text, vlm = load_model_config(args.config)
     cfg = text.replace(dtype="bfloat16", param_dtype=args.param_dtype, scan_layers=True, remat_policy=args.remat,
-                       ce_chunk=args.ce_chunk)
+                       ce_chunk=args.ce_chunk, attention=args.attention, attention_chunk=args.attention_chunk)
     if args.layers:
         w = tuple(cfg.layer_windows)
         cfg = cfg.replace(num_hidden_layers=args.layers, layer_windows=(w * args.layers)[:args.layers])
@@ -187,7 +194,9 @@ def make_plan(args, devices=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="latent_jax_plan_") as dump:
         # XLA's own account of the buffers live at the step's peak (its live-range dump), for the
         # breakdown; the dump options are per-compile (never the process's XLA_FLAGS)
-        opts = {} if args.no_breakdown else {"xla_dump_to": dump, "xla_dump_hlo_module_re": ".*step.*"}
+        # (and the partitioned module, for the dtypes FSDP gathers in, before XLA:CPU's float normalization)
+        opts = {} if args.no_breakdown else {"xla_dump_to": dump, "xla_dump_hlo_module_re": ".*step.*",
+                                             "xla_dump_hlo_pass_re": "spmd-partitioning"}
         cache_on = jax.config.jax_enable_compilation_cache
         if opts:  # a persistent-cache hit would skip the compile, and with it the dump
             jax.config.update("jax_enable_compilation_cache", False)
@@ -196,6 +205,7 @@ def make_plan(args, devices=None) -> dict:
         finally:
             jax.config.update("jax_enable_compilation_cache", cache_on)
         breakdown = None if args.no_breakdown else peak_breakdown(dump, params, cfg)
+        gathers = None if args.no_breakdown else partitioned_gathers(dump)
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -238,10 +248,11 @@ def make_plan(args, devices=None) -> dict:
         "global_batch": B, "seq": T, "latent": L, "latent_start": P, "media_tokens": args.media_tokens,
         "layers": cfg.num_hidden_layers, "activation_sharding": constrained,
         "remat": args.remat, "param_dtype": args.param_dtype, "mu_dtype": args.mu_dtype or args.param_dtype,
-        "compute_dtype": "bfloat16", "ce_chunk": cfg.ce_chunk,
+        "compute_dtype": "bfloat16", "ce_chunk": cfg.ce_chunk, "attention": cfg.attention,
+        "attention_chunk": cfg.attention_chunk,
         "bytes_per_device": {"params": p_bytes, "optimizer": o_bytes, "arguments": args_b, "outputs": out_b,
                              "aliased": alias, "temporaries": temp, "code": code, "peak": peak_bytes},
-        "peak_breakdown": breakdown,
+        "peak_breakdown": breakdown, "partitioned_all_gathers": gathers,
         "hbm_bytes": hbm, "fits": peak_bytes <= 0.95 * hbm,
         "flops_per_step_compiled": flops_dev * n if flops_dev else None, "flops_per_step_6N": est,
         "flops_per_step_lm_head": est_head,
@@ -387,6 +398,30 @@ def peak_breakdown(dump: str, params, cfg) -> dict | None:
     return {"live_bytes": sum(s for _, s in live), "kinds": kinds, "largest": rows[:12]}
 
 
+_HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+              "f64": 8, "s64": 8, "u64": 8}
+_GATHER = re.compile(r"= (\w+)\[([\d,]*)\][^=\n]*? all-gather(?:-start)?\(")
+
+
+def partitioned_gathers(dump: str) -> dict | None:
+    """The all-gathers of the SPMD-partitioned step (before XLA:CPU's float normalization, which
+    turns a bf16 all-gather into an fp32 one: its collectives and dot emitter take no bf16; TPU and
+    GPU gather bf16 as it is): {dtype: [count, bytes of their results]}, each loop body counted
+    once. What dtype FSDP gathers the weights in. None when the dump lacks the module."""
+    names = [f for f in os.listdir(dump) if "jit_step" in f and "after_spmd-partitioning" in f]
+    if not names:
+        return None
+    with open(os.path.join(dump, sorted(names)[-1])) as f:
+        txt = f.read()
+    out: dict[str, list[int]] = {}
+    for dt, dims in _GATHER.findall(txt):
+        n = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64)) if dims else 1
+        c = out.setdefault(dt, [0, 0])
+        c[0] += 1
+        c[1] += n * _HLO_BYTES.get(dt, 4)
+    return out
+
+
 def _vision_params(vlm) -> int:
     try:
         full = jax.eval_shape(lambda: init_vlm_params(vlm, 0))
@@ -406,7 +441,8 @@ def format_plan(p: dict) -> str:
         f"{p['latent']} thoughts at {p['latent_start']}"
         + (f", {p['media_tokens']} media tokens" if p["media_tokens"] else ""),
         f"  remat {p['remat']}, params/moments {p['param_dtype']} (first moment {p['mu_dtype']}), compute "
-        f"{p['compute_dtype']}, ce_chunk {p['ce_chunk'] or 'off'}",
+        f"{p['compute_dtype']}, ce_chunk {p['ce_chunk'] or 'off'}, attention {p['attention']} "
+        f"(blocks of {p['attention_chunk']} queries when chunked)",
         "  per device:",
         f"    params        {g(b['params'])}",
         f"    optimizer     {g(b['optimizer'])}",
@@ -425,6 +461,10 @@ def format_plan(p: dict) -> str:
         lines.append(f"  live at the step's peak (XLA buffer assignment, {g(bd['live_bytes']).strip()}), by kind:")
         for k, v in sorted(bd["kinds"].items(), key=lambda kv: -kv[1]):
             lines.append(f"    {g(v)}  {KINDS.get(k, k)}")
+        ag = p.get("partitioned_all_gathers")
+        if ag:
+            lines.append("  all-gathers of the partitioned step (each loop body once; XLA:CPU then gathers bf16 as fp32): "
+                         + ", ".join(f"{dt} {c} ({g(b).strip()})" for dt, (c, b) in sorted(ag.items())))
         lines.append("  largest buffers live at the peak:")
         for name, shape, size, k in bd["largest"][:6]:
             lines.append(f"    {g(size)}  {shape.split('{')[0]:<28} {k:<10} ({name})")
