@@ -12,6 +12,16 @@ if os.environ.get("LATENT_JAX_TEST_CACHE", "1") != "0":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_root, ".pytest_cache", "jax_compile"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
+# Fast compiles for the test session (and its subprocesses): the tests run tiny models, where
+# XLA:CPU's compile is most of a test's time and the code it makes hardly matters. LLVM's
+# expensive passes off (jax_disable_most_optimizations) and the legacy elemental emitters
+# instead of the fusion emitters cut the compile of a Coconut gradient about 4x.
+# LATENT_JAX_TEST_FAST_COMPILE=0 compiles as users do.
+if os.environ.get("LATENT_JAX_TEST_FAST_COMPILE", "1") != "0":
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -60,3 +70,47 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
+
+
+# XLA compile time per test (in-process compiles; a subprocess's are its own): each test's
+# teardown report carries it, and the session prints the 15 tests that compile longest, the
+# counterpart of --durations for the suite's main cost on CPU (eager calls compile one program
+# per primitive and shape; a jitted function compiles once).
+_COMPILE = {"s": 0.0, "n": 0}
+
+
+def _on_duration(event, secs, **_):
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILE["s"] += secs
+        _COMPILE["n"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    if call.when == "setup":
+        item._compile_start = dict(_COMPILE)
+    outcome = yield
+    if call.when == "teardown" and hasattr(item, "_compile_start"):
+        s0 = item._compile_start
+        outcome.get_result().user_properties.append(
+            ("xla_compile", (round(_COMPILE["s"] - s0["s"], 2), _COMPILE["n"] - s0["n"])))
+
+
+def pytest_terminal_summary(terminalreporter):
+    rows = []
+    for reports in terminalreporter.stats.values():
+        for r in reports:
+            if getattr(r, "when", None) == "teardown":
+                for k, v in getattr(r, "user_properties", ()):
+                    if k == "xla_compile":
+                        rows.append((v[0], v[1], r.nodeid))
+    if not rows:
+        return
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    terminalreporter.write_sep("=", f"XLA compile time in the test processes: {total:.0f} s; 15 longest")
+    for s, n, nodeid in rows[:15]:
+        terminalreporter.write_line(f"{s:7.2f}s {n:5d} compiles  {nodeid}")

@@ -31,9 +31,11 @@ pytestmark = pytest.mark.multihost
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               **extra)
+    # the test session's compile settings (conftest) carry over; other JAX_ settings do not
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k == "JAX_DISABLE_MOST_OPTIMIZATIONS"}
+    flags = os.environ.get("XLA_FLAGS", "")
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(), **extra)
     return env
 
 

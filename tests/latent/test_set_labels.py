@@ -108,18 +108,20 @@ def test_coconut_loss_counts_each_set_as_one_labelled_token():
     b = collate_train(samples, 2, PAD, bucket=4)
     batch = {k: jnp.asarray(v) for k, v in b.arrays.items()}
     kw = dict(config=mc, latent_start=b.latent_start, num_latent=b.num_latent)
-    loss, aux = coconut_loss(params, batch, **kw)
+    # jitted: called eagerly, the scans compile one program per primitive (~560 compiles, ~50 s)
+    loss_fn = jax.jit(lambda p, bt: coconut_loss(p, bt, **kw))
+    loss, aux = loss_fn(params, batch)
     plain = {k: v for k, v in batch.items() if k != "label_sets"}
-    tok_loss, tok_aux = coconut_loss(params, plain, **kw)
+    tok_loss, tok_aux = loss_fn(params, plain)
     assert int(aux["n_tokens"]) == int(tok_aux["n_tokens"]) + 4  # two sets per row
-    lg = coconut_forward(params, batch["input_ids"], batch["attention_mask"], batch["latent_mask"],
-                         batch["position_ids"], **kw).logits
+    lg = jax.jit(lambda p, bt: coconut_forward(p, bt["input_ids"], bt["attention_mask"], bt["latent_mask"],
+                                               bt["position_ids"], **kw).logits)(params, batch)
     s_sum, s_n, _ = set_cross_entropy(lg, batch["label_sets"])
     want = (float(tok_loss) * int(tok_aux["n_tokens"]) + float(s_sum)) / (int(tok_aux["n_tokens"]) + int(s_n))
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     # the gradient reaches the thoughts' inputs: set labels alone give a non-zero gradient
     only_sets = {**batch, "labels": jnp.full_like(batch["labels"], -100)}
-    g = jax.grad(lambda p: coconut_loss(p, only_sets, **kw)[0])(params)
+    g = jax.jit(jax.grad(lambda p: loss_fn(p, only_sets)[0]))(params)
     assert float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(g))) > 0
 
 

@@ -253,7 +253,7 @@ SHARDED = textwrap.dedent(
 def test_eight_fake_devices_match_one():
     """Coconut's training loss with the chunked and the splash paths (interpret mode, run per
     device by shard_map) on a (data=2, fsdp=2, tensor=2) mesh equals the xla path on one device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
