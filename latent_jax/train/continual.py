@@ -460,6 +460,32 @@ def shrink_and_perturb(shrink: float, noise: float, seed: int = 0) -> optax.Grad
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+class AfterRealState(NamedTuple):
+    inner: Any
+    post: Any
+
+
+def after_real_updates(inner: optax.GradientTransformation, post: optax.GradientTransformation
+                       ) -> optax.GradientTransformation:
+    """`post` after `inner`, applied only on `inner`'s real updates: under gradient
+    accumulation (optax.MultiSteps inside `inner`) the accumulating micro-steps emit zero
+    updates and leave `post` and its state untouched, so shrink-and-perturb acts once per
+    optimizer update whatever optim.grad_accum is."""
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params):
+        return AfterRealState(inner.init(params), post.init(params))
+
+    def update_fn(updates, state, params=None, **extra):
+        u, new_inner = inner.update(updates, state.inner, params, **extra)
+        pu, new_post = post.update(u, state.post, params)
+        real = real_update(state.inner, new_inner)
+        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(real, x, y), a, b)
+        return pick(pu, u), AfterRealState(new_inner, pick(new_post, state.post))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 # ------------------------------------------------------------------ from config.continual
 def config_keys() -> dict[str, Any]:
     """config.continual's keys and defaults (configs/base.py holds the same)."""
@@ -499,7 +525,7 @@ def wrap_optimizer(tx: optax.GradientTransformation, params: Any, c: Any,
     if l2 > 0:
         tx = optax.chain(optax.add_decayed_weights(l2), tx)
     if shrink > 0 or noise > 0:
-        tx = optax.chain(tx, shrink_and_perturb(shrink, noise, int(_get(c, "seed", 0))))
+        tx = after_real_updates(tx, shrink_and_perturb(shrink, noise, int(_get(c, "seed", 0))))
     if bool(_get(c, "enabled", False)):
         if layers is None:
             layers = find_mlp_layers(params, str(_get(c, "layers", "") or ""))

@@ -172,6 +172,28 @@ def test_shrink_and_perturb_and_l2():
     np.testing.assert_allclose(u["w"], -0.1)
 
 
+def test_shrink_and_perturb_acts_once_per_update_under_grad_accum():
+    """With optax.MultiSteps (optim.grad_accum 3) shrink-and-perturb acts on the update MultiSteps
+    emits, not on the accumulating micro-steps: after 6 micro-steps the weights shrank twice, and
+    the noise stream matches grad_accum 1 after 2 updates."""
+    p0 = {"w": jnp.ones((4,)), "b": jnp.full((2,), 2.0)}
+    cfg = {"snp_shrink": 0.5, "snp_noise": 0.01, "seed": 3}
+
+    def run(accum, steps):
+        inner = optax.sgd(0.0) if accum == 1 else optax.MultiSteps(optax.sgd(0.0), every_k_schedule=accum)
+        tx = C.wrap_optimizer(inner, p0, cfg)
+        p, s = p0, tx.init(p0)
+        for _ in range(steps):
+            u, s = tx.update(jax.tree.map(jnp.zeros_like, p), s, p)
+            p = optax.apply_updates(p, u)
+        return p
+
+    one, acc = run(1, 2), run(3, 6)
+    for k in p0:
+        np.testing.assert_allclose(acc[k], one[k], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.mean(acc["b"]), 0.5, atol=0.05)  # 2 x 0.5 x 0.5, not 2 x 0.5**6
+
+
 def _train(params, layers, cfg, accum, updates=24, batch=16, seed=0):
     """`updates` Adam updates of a regression on fixed data, each over a batch of `batch` rows
     split into `accum` micro-batches (optax.MultiSteps as optim.grad_accum); returns the final
