@@ -37,8 +37,8 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 
+from latent_jax.parallel import to_host
 from latent_jax.data.pipeline import collate_eval
 from latent_jax.data.tokenizer import add_coconut_tokens
 from latent_jax.data.tokenizer import load_tokenizer as load_run_tokenizer
@@ -307,7 +307,8 @@ def _run_coconut(args, argv, config, params, path: str, cm: CoconutModel) -> lis
         out = generate_aligned(params, config, eb.arrays, eb.latent_start, eb.num_latent, sub, settings=settings,
                                stop_ids=stops, pad_id=tok.pad_id, feedback=cm.feedback, thought_norm=cm.thought_norm,
                                answer=answer, tova=tova, top_k=0 if args.strategy == "greedy" else int(args.top_k))
-        toks, lens, steps = np.asarray(out.tokens), np.asarray(out.lengths), int(out.steps)
+        toks, lens, steps = to_host((out.tokens, out.lengths, out.steps))
+        steps = int(steps)
         secs = time.perf_counter() - t0
         for j, p in enumerate(chunk):
             new = toks[j, : lens[j]].tolist()

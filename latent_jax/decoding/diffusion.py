@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_jax.parallel import to_host
 from latent_jax.decoding.sampling import needs_long_switch
 from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
 from latent_jax.models.config import ModelConfig
@@ -482,7 +483,7 @@ def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int
         t0 = time.perf_counter()
         out = jax.block_until_ready(diffusion_generate(params, ids, mask, sub, config=config, opts=opts))
         dt = time.perf_counter() - t0
-        toks, us = np.asarray(out.tokens), np.asarray(out.unmask_step)
+        toks, us = to_host((out.tokens, out.unmask_step))
         nfe = int(out.forward_passes)
         for j, p in enumerate(chunk):
             row = toks[j].tolist()

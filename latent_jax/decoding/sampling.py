@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_jax.parallel import to_host
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
@@ -258,6 +259,5 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, bucket: int = 1)
 
 def trim_output(out: GenerateOutput) -> list[list[int]]:
     """Per-row lists of new tokens (the stop token included when one was produced)."""
-    toks = np.asarray(out.tokens)
-    lens = np.asarray(out.lengths)
+    toks, lens = to_host((out.tokens, out.lengths))  # gathered when sharded across processes
     return [toks[i, : lens[i]].tolist() for i in range(toks.shape[0])]

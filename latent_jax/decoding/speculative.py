@@ -422,8 +422,7 @@ def run_cli(params: dict, config: ModelConfig, tokenizer, prompts: list[list[int
         t0 = time.perf_counter()
         out = jax.block_until_ready(typical_generate(params, heads, ids, mask, sub, sp, stops, **kw))
         dt = time.perf_counter() - t0
-        toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
-        steps, acc = np.asarray(out.steps), np.asarray(out.accepted)
+        toks, lens, steps, acc = to_host((out.tokens, out.lengths, out.steps, out.accepted))
         n = int(out.drafted)
         for j, p in enumerate(chunk):
             new = toks[j, : lens[j]].tolist()

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_jax.parallel import to_host
 from latent_jax.decoding.sampling import SamplingParams, decode, left_pad, prefill
 
 # name -> module path (a module exposing add_cli_args and run_cli)
@@ -140,7 +141,8 @@ def run_cli(params, config, tokenizer, prompts: list[list[int]], args) -> list[d
         t1 = time.perf_counter()
         out = jax.block_until_ready(dec(params, state, sp, stops))
         t2 = time.perf_counter()
-        toks, lens, steps = np.asarray(out.tokens), np.asarray(out.lengths), int(out.steps)
+        toks, lens, steps = to_host((out.tokens, out.lengths, out.steps))
+        steps = int(steps)
         stop_set = set(np.asarray(stops).tolist())
         for j, p in enumerate(chunk):
             new = toks[j, : lens[j]].tolist()
