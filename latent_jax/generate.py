@@ -38,7 +38,6 @@ from typing import Any
 
 import jax
 
-from latent_jax.parallel import to_host
 from latent_jax.data.pipeline import collate_eval
 from latent_jax.data.tokenizer import add_coconut_tokens
 from latent_jax.data.tokenizer import load_tokenizer as load_run_tokenizer
@@ -50,6 +49,7 @@ from latent_jax.decoding.vlm import run_cli
 from latent_jax.latent.curriculum import END_LATENT, LATENT, START_LATENT, EvalPrompt
 from latent_jax.models.hf_vlm import is_vlm_checkpoint, is_vlm_dir, load_vlm_any
 from latent_jax.models.io import load_any, resolve_checkpoint
+from latent_jax.parallel import to_host
 from latent_jax.paths import resolve_path
 from latent_jax.tasks.coconut_model import CoconutModel, generate_aligned, read_coconut_model
 

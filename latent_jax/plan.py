@@ -286,8 +286,9 @@ _OPERAND = re.compile(r"%([\w.\-]+)")
 _DIMS = re.compile(r"^[a-z]+\d*\[([\d,]*)\]")
 
 
-def _read(dump: str, suffix: str) -> str:
-    names = [f for f in os.listdir(dump) if f.endswith(suffix) and "jit_step" in f]
+def _read(dump: str, suffix: str, anywhere: bool = False) -> str:
+    """The step's dump file whose name ends with `suffix` (holds it, with anywhere=True)."""
+    names = [f for f in os.listdir(dump) if (suffix in f if anywhere else f.endswith(suffix)) and "jit_step" in f]
     if not names:
         raise FileNotFoundError(suffix)
     with open(os.path.join(dump, sorted(names)[-1])) as f:
@@ -408,11 +409,10 @@ def partitioned_gathers(dump: str) -> dict | None:
     turns a bf16 all-gather into an fp32 one: its collectives and dot emitter take no bf16; TPU and
     GPU gather bf16 as it is): {dtype: [count, bytes of their results]}, each loop body counted
     once. What dtype FSDP gathers the weights in. None when the dump lacks the module."""
-    names = [f for f in os.listdir(dump) if "jit_step" in f and "after_spmd-partitioning" in f]
-    if not names:
+    try:
+        txt = _read(dump, "after_spmd-partitioning", anywhere=True)
+    except (FileNotFoundError, OSError):
         return None
-    with open(os.path.join(dump, sorted(names)[-1])) as f:
-        txt = f.read()
     out: dict[str, list[int]] = {}
     for dt, dims in _GATHER.findall(txt):
         n = int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64)) if dims else 1

@@ -483,3 +483,10 @@ def write_aokvqa_fixture(root: str, n_train: int = 8, n_val: int = 6, image_size
             synthetic_image(image_size, image_size + 8, seed=r["image_id"]).save(
                 os.path.join(d, f"{r['image_id']:012d}.jpg"))
     return root
+
+
+def cpu_devices_env(n: int) -> dict[str, str]:
+    """os.environ for a subprocess that sees `n` fake CPU devices: the device count is appended
+    to XLA_FLAGS, so the flags the caller runs with (the test session's compile settings) carry over."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")

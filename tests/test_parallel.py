@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from latent_jax.testing import cpu_devices_env
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +100,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_one_vs_eight_devices_same_loss_and_grads():
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
@@ -190,7 +192,7 @@ COMPUTE_DTYPE_GATHER = textwrap.dedent(
 def test_weights_are_gathered_in_the_compute_dtype():
     """bf16 compute over fp32 params under FSDP (issue 24 item 4): every weight is cast where it is
     stored and the partitioned step all-gathers the bf16 copy; 8 devices give 1 device's loss."""
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", COMPUTE_DTYPE_GATHER], capture_output=True, text=True, env=env, cwd=ROOT,
                        timeout=600)

@@ -64,6 +64,12 @@ def test_plan_bytes_match_a_hand_count(tiny_plan):
     assert bd and sum(bd["kinds"].values()) == bd["live_bytes"] <= b["peak"]
     assert bd["kinds"]["params"] > 0 and bd["kinds"]["optimizer"] > 0
     assert "live at the step's peak" in text
+    # attention defaults to the query-chunked path; FSDP gathers the weights in the bf16 compute
+    # dtype (cast where stored), read from the SPMD-partitioned step
+    assert plan["attention"] == "chunked"
+    ag = plan["partitioned_all_gathers"]
+    assert ag and ag["bf16"][0] > 0 and "f32" not in ag, ag
+    assert "all-gathers of the partitioned step" in text
 
 
 def test_bad_mesh_is_one_line():

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+from latent_jax.testing import cpu_devices_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(
@@ -38,7 +40,7 @@ def test_fsdp_temporaries_do_not_grow_with_global_batch(tmp_path):
            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
            "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "config.json")], capture_output=True, text=True,
                        env=env, cwd=ROOT, timeout=600)

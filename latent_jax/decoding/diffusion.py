@@ -45,13 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.parallel import to_host
 from latent_jax.decoding.sampling import needs_long_switch
 from latent_jax.decoding.strategies import batches, bucket_batch, decode_text, pad_batch, stop_ids_from
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
 from latent_jax.models.lm_head import logprob_and_argmax, map_head_chunks
+from latent_jax.parallel import to_host
 
 Array = jax.Array
 

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.parallel import to_host
 from latent_jax.models.config import ModelConfig
 from latent_jax.models.decoder import Decoder
 from latent_jax.models.layers import KVCache
+from latent_jax.parallel import to_host
 
 Array = jax.Array
 

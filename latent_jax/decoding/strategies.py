@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from latent_jax.parallel import to_host
 from latent_jax.decoding.sampling import SamplingParams, decode, left_pad, prefill
+from latent_jax.parallel import to_host
 
 # name -> module path (a module exposing add_cli_args and run_cli)
 STRATEGIES: dict[str, str] = {

@@ -478,10 +478,14 @@ def after_real_updates(inner: optax.GradientTransformation, post: optax.Gradient
 
     def update_fn(updates, state, params=None, **extra):
         u, new_inner = inner.update(updates, state.inner, params, **extra)
-        pu, new_post = post.update(u, state.post, params)
-        real = real_update(state.inner, new_inner)
-        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(real, x, y), a, b)
-        return pick(pu, u), AfterRealState(new_inner, pick(new_post, state.post))
+
+        def apply(u, s):
+            pu, ps = post.update(u, s, params)
+            return jax.tree.map(lambda a, b: a.astype(b.dtype), pu, u), ps
+
+        # post runs only on real updates (no noise drawn on the accumulating micro-steps)
+        u, new_post = jax.lax.cond(real_update(state.inner, new_inner), apply, lambda u, s: (u, s), u, state.post)
+        return u, AfterRealState(new_inner, new_post)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -28,7 +28,7 @@ from latent_jax.models.attention import (
 from latent_jax.models.config import ConfigError
 from latent_jax.models.decoder import Decoder, init_params
 from latent_jax.models.layers import KVCache
-from latent_jax.testing import tiny_config
+from latent_jax.testing import cpu_devices_env, tiny_config
 
 jax.config.update("jax_default_matmul_precision", "highest")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -253,7 +253,7 @@ SHARDED = textwrap.dedent(
 def test_eight_fake_devices_match_one():
     """Coconut's training loss with the chunked and the splash paths (interpret mode, run per
     device by shard_map) on a (data=2, fsdp=2, tensor=2) mesh equals the xla path on one device."""
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]

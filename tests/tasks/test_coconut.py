@@ -14,6 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from latent_jax.testing import cpu_devices_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 4  # 2 epochs x 2 steps: stage 0 (no latent), then stage 1 (one latent)
 
@@ -87,7 +89,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_eight_fake_devices_match_one(uninterrupted, tmp_path):
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     code = _SCRIPT.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), workdir=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -15,6 +15,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from latent_jax.testing import cpu_devices_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 6
 TASKS = ("act", "diffusion", "medusa")
@@ -131,7 +133,7 @@ _SCRIPT = textwrap.dedent("""
 def test_eight_fake_devices_match_one(reference, tmp_path):
     for name in TASKS + ("mm",):  # the 1-device runs first (they also build the VLM fixtures)
         reference(name)
-    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     code = _SCRIPT.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), workdir=str(tmp_path),
                           fx=reference.fixtures)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
